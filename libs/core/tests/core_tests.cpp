@@ -1,0 +1,73 @@
+#include <catch2/catch.hpp>
+
+#include "engram/core/glob.h"
+#include "engram/core/result.h"
+#include "engram/core/strong.h"
+#include "engram/core/time.h"
+#include "engram/core/uuid.h"
+
+using namespace engram;
+
+TEST_CASE("uuid parses, prints and rejects malformed text", "[unit][core]") {
+    auto u = Uuid::parse("6F9619FF-8B86-D011-B42D-00CF4FC964FF");
+    REQUIRE(u);
+    CHECK(u->str() == "6f9619ff-8b86-d011-b42d-00cf4fc964ff");
+    CHECK_FALSE(Uuid::parse("6f9619ff8b86d011b42d00cf4fc964ff"));
+    CHECK_FALSE(Uuid::parse("6f9619ff-8b86-d011-b42d-00cf4fc964fg"));
+    CHECK_FALSE(Uuid::parse(""));
+    auto a = Uuid::v4(), b = Uuid::v4();
+    CHECK(a != b);
+    CHECK(a.str()[14] == '4');
+}
+
+TEST_CASE("uuid v5 matches the RFC 4122 reference vector", "[unit][core]") {
+    // Python: uuid.uuid5(uuid.NAMESPACE_DNS, "python.org") == 886313e1-3b8a-5372-9b90-0c9aee199e5d
+    auto dns = *Uuid::parse("6ba7b810-9dad-11d1-80b4-00c04fd430c8");
+    CHECK(Uuid::v5(dns, "python.org").str() == "886313e1-3b8a-5372-9b90-0c9aee199e5d");
+    CHECK(Uuid::v5(dns, "a") == Uuid::v5(dns, "a"));
+    CHECK(Uuid::v5(dns, "a") != Uuid::v5(dns, "b"));
+}
+
+TEST_CASE("rfc3339 round-trips with milliseconds and Z", "[unit][core]") {
+    auto t = parse_rfc3339("2026-11-22T10:00:00.123Z");
+    REQUIRE(t);
+    CHECK(format_rfc3339(*t) == "2026-11-22T10:00:00.123Z");
+    CHECK(format_rfc3339(*parse_rfc3339("2026-11-22T12:00:00+02:00")) == "2026-11-22T10:00:00.000Z");
+    CHECK(format_rfc3339(*parse_rfc3339("2026-11-22T10:00:00.5Z")) == "2026-11-22T10:00:00.500Z");
+    CHECK_FALSE(parse_rfc3339("2026-11-22"));
+    CHECK_FALSE(parse_rfc3339("2026-13-22T10:00:00Z"));
+    CHECK_FALSE(parse_rfc3339("2026-02-30T10:00:00Z"));
+    CHECK_FALSE(parse_rfc3339("2026-11-22T10:00:00"));
+    CHECK_FALSE(parse_rfc3339("2026-11-22T10:00:00Zjunk"));
+}
+
+TEST_CASE("glob matches exact names and trailing-star prefixes", "[unit][core]") {
+    CHECK(glob_match("Message*", "MessageReceived"));
+    CHECK(glob_match("Message*", "Message"));
+    CHECK_FALSE(glob_match("Message*", "TriggerReceived"));
+    CHECK(glob_match("MessageReceived", "MessageReceived"));
+    CHECK_FALSE(glob_match("MessageReceived", "MessageReceivedX"));
+    CHECK(glob_match("*", "Anything"));
+    CHECK(glob_valid("Message*"));
+    CHECK(glob_valid("*"));
+    CHECK_FALSE(glob_valid(""));
+    CHECK_FALSE(glob_valid("*Received"));
+    CHECK_FALSE(glob_valid("Me*ss*"));
+}
+
+TEST_CASE("strong types compare and keep their kind", "[unit][core]") {
+    GlobalPosition p{5};
+    CHECK(p.next() == GlobalPosition{6});
+    CHECK(p < GlobalPosition{7});
+    static_assert(!std::is_convertible_v<GlobalPosition, AggregateVersion>);
+    static_assert(!std::is_convertible_v<std::int64_t, GlobalPosition>);
+}
+
+TEST_CASE("result carries a value or an error", "[unit][core]") {
+    Result<int> r = 3;
+    CHECK(r.ok());
+    CHECK(*r == 3);
+    Result<int> e = Error::make("not_found", "no such event");
+    CHECK_FALSE(e.ok());
+    CHECK(e.error().code == "not_found");
+}
