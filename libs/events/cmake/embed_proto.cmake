@@ -1,0 +1,60 @@
+# Generates a C++ source holding proto/catalog.json and proto/events/*.schema.json, so binaries never
+# read proto/ at run time. Run as:
+#   cmake -DPROTO_DIR=<proto> -DOUTPUT=<file.cpp> -P embed_proto.cmake
+# It also fails the build when the catalog and the schema files disagree (a type without its schema
+# file, or a schema file no type names).
+cmake_minimum_required(VERSION 3.25)
+if(NOT PROTO_DIR OR NOT OUTPUT)
+  message(FATAL_ERROR "embed_proto.cmake needs -DPROTO_DIR=... and -DOUTPUT=...")
+endif()
+
+set(delim "engram_proto")
+file(GLOB schema_files RELATIVE "${PROTO_DIR}" "${PROTO_DIR}/events/*.schema.json")
+list(SORT schema_files)
+set(files catalog.json ${schema_files})
+
+# Cross-check the catalog against the files.
+file(READ "${PROTO_DIR}/catalog.json" catalog)
+string(JSON ntypes ERROR_VARIABLE err LENGTH "${catalog}" types)
+if(err)
+  message(FATAL_ERROR "proto/catalog.json: ${err}")
+endif()
+set(referenced "")
+math(EXPR last "${ntypes} - 1")
+foreach(i RANGE 0 ${last})
+  string(JSON type GET "${catalog}" types ${i} type)
+  string(JSON schema GET "${catalog}" types ${i} schema)
+  if(NOT schema IN_LIST schema_files)
+    message(FATAL_ERROR "proto/catalog.json: ${type} names ${schema}, which does not exist")
+  endif()
+  if(NOT schema STREQUAL "events/${type}.schema.json")
+    message(FATAL_ERROR "proto/catalog.json: ${type}'s schema must be events/${type}.schema.json, not ${schema}")
+  endif()
+  list(APPEND referenced "${schema}")
+endforeach()
+foreach(f IN LISTS schema_files)
+  if(NOT f IN_LIST referenced)
+    message(FATAL_ERROR "proto/${f} is not listed in proto/catalog.json")
+  endif()
+endforeach()
+
+set(out "// Generated from proto/ by libs/events/cmake/embed_proto.cmake. Do not edit.\n")
+string(APPEND out "#include \"embedded_proto.h\"\n\nnamespace engram::events::detail {\n\n")
+string(APPEND out "const EmbeddedFile kEmbeddedProto[] = {\n")
+set(count 0)
+foreach(f IN LISTS files)
+  file(READ "${PROTO_DIR}/${f}" content)
+  string(FIND "${content}" ")${delim}\"" clash)
+  if(NOT clash EQUAL -1)
+    message(FATAL_ERROR "proto/${f} contains the raw-string delimiter )${delim}\"")
+  endif()
+  string(APPEND out "    {\"${f}\", R\"${delim}(${content})${delim}\"},\n")
+  math(EXPR count "${count} + 1")
+endforeach()
+string(APPEND out "};\n\nconst std::size_t kEmbeddedProtoCount = ${count};\n\n}  // namespace engram::events::detail\n")
+
+# Write only when the text changed, so an unchanged proto/ does not rebuild the library.
+set(tmp "${OUTPUT}.tmp")
+file(WRITE "${tmp}" "${out}")
+file(COPY_FILE "${tmp}" "${OUTPUT}" ONLY_IF_DIFFERENT)
+file(REMOVE "${tmp}")

@@ -1,0 +1,93 @@
+#pragma once
+// The event envelope (SPEC §3): what a client submits (NewEvent) and what the store returns (Event),
+// with the parsing rules of POST /events.
+#include <cstddef>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engram/core/result.h"
+#include "engram/core/strong.h"
+#include "engram/core/time.h"
+#include "engram/core/uuid.h"
+
+namespace engram::events {
+
+inline constexpr std::size_t kMaxTypeLength = 128;         // code points (type names are ASCII)
+inline constexpr std::size_t kMaxAggregateIdLength = 256;  // code points
+inline constexpr std::size_t kMaxBatchEvents = 1000;       // events in one POST /events batch
+
+// Metadata fields the system understands; when present they must be strings.
+namespace meta {
+inline constexpr std::string_view source = "source";
+inline constexpr std::string_view correlation_id = "correlation_id";
+inline constexpr std::string_view causation_id = "causation_id";
+inline constexpr std::string_view user_id = "user_id";
+inline constexpr std::string_view session_id = "session_id";
+}  // namespace meta
+
+// What a client submits (before the store assigns positions).
+struct NewEvent {
+    std::optional<Uuid> id;  // client-supplied id makes the append idempotent
+    std::string type;
+    std::string aggregate_id;
+    nlohmann::json data = nlohmann::json::object();
+    nlohmann::json metadata = nlohmann::json::object();
+
+    // {"id"? ,"type","aggregate_id","data","metadata"}: the body of POST /events for this event.
+    nlohmann::json to_json() const;
+};
+
+// A stored event (the envelope of SPEC §3).
+struct Event {
+    Uuid id;
+    std::string type;
+    std::string aggregate_id;
+    AggregateVersion version;
+    GlobalPosition position;
+    SysTime timestamp;
+    nlohmann::json data = nlohmann::json::object();
+    nlohmann::json metadata = nlohmann::json::object();
+
+    // {"id","type","aggregate_id","aggregate_version","position","timestamp","data","metadata"}
+    nlohmann::json to_json() const;
+    // The inverse of to_json(); every field is required and checked (error code "invalid_event").
+    static Result<Event> from_json(const nlohmann::json& j);
+};
+
+// Parses one event object of a POST /events body. Errors have code "invalid_event" and a detail naming
+// the field, e.g. "field 'type' must be a string":
+//  - not an object;
+//  - `type` missing, not a string, or not PascalCase ([A-Z][A-Za-z0-9]*, at most 128 characters);
+//  - `aggregate_id` missing, not a string, empty, over 256 characters, or holding control characters;
+//  - `id` present but not a UUID string (the nil UUID is refused too);
+//  - `data` / `metadata` present but not an object (missing = {});
+//  - metadata fields source/correlation_id/causation_id/user_id/session_id present but not strings.
+// Store-assigned fields (`position`, `aggregate_version`, `timestamp`) and unknown fields are ignored.
+// Schema validation of `data` is separate: Catalog::validate.
+Result<NewEvent> parse_new_event(const nlohmann::json& j);
+
+// A whole POST /events body: one event (optionally with `expected_version`), or
+// {"aggregate_id": A, "expected_version": N?, "events": [...]} (a body with an `events` field is a batch).
+// In a batch, an event without `aggregate_id` takes the batch's; one with another aggregate is refused;
+// `events` must hold 1..1000 events with distinct ids; details are prefixed with the index ("events[2]: ...").
+// `expected_version`, when present, must be a non-negative integer.
+struct AppendRequest {
+    std::string aggregate_id;
+    std::optional<AggregateVersion> expected_version;
+    std::vector<NewEvent> events;
+    bool batch = false;  // the body used the {"events": [...]} form
+};
+Result<AppendRequest> parse_append_request(const nlohmann::json& body);
+
+// True when a stored event holds what was submitted (type, aggregate, data, metadata): the test of
+// idempotent re-sends (same id + same content -> 200, different content -> 409 id_conflict).
+bool same_content(const NewEvent& submitted, const Event& stored);
+
+// The name rules, for code that checks filters or builds events.
+bool valid_type_name(std::string_view type);           // [A-Z][A-Za-z0-9]*, <= 128 chars
+bool valid_aggregate_id(std::string_view aggregate_id);  // non-empty, <= 256 chars, no control chars
+
+}  // namespace engram::events

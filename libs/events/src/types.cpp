@@ -1,0 +1,15 @@
+#include "engram/events/types.h"
+
+namespace engram::events::types {
+
+std::vector<std::string_view> all() {
+    return {
+        TriggerReceived,     MessageReceived,     WebhookReceived,                                  // inputs
+        AIProcessingStarted, ToolCalled,          ToolCompleted,     ThinkingGenerated,             // AI
+        MessageGenerated,    AIProcessingCompleted, AIProcessingFailed,                             // AI
+        TelegramMessageSent, EmailSent,           SlackMessageSent,  NotificationFailed, ArtifactCreated,  // outputs
+        MemoryStored,        MemoryRecalled,      FastMemoryUpdated,                                // memory
+    };
+}
+
+}  // namespace engram::events::types

@@ -1,0 +1,59 @@
+#include "engram/store/schema.h"
+
+#include <string>
+#include <vector>
+
+namespace engram::store {
+namespace {
+
+constexpr long long kMigrationLock = 0x656e6772616d01;  // "engram" + 1
+
+const std::vector<std::string>& migrations() {
+    static const std::vector<std::string> m = {
+        // 1: the log. Positions are assigned by the single writer (no sequence: sequences leave
+        // gaps on rollback and hand out numbers in start order, not commit order).
+        R"SQL(
+        CREATE TABLE events (
+            position          bigint      PRIMARY KEY CHECK (position > 0),
+            id                uuid        NOT NULL UNIQUE,
+            type              text        NOT NULL,
+            aggregate_id      text        NOT NULL,
+            aggregate_version bigint      NOT NULL CHECK (aggregate_version > 0),
+            ts                timestamptz NOT NULL,
+            data              jsonb       NOT NULL,
+            metadata          jsonb       NOT NULL,
+            CONSTRAINT events_aggregate_version_key UNIQUE (aggregate_id, aggregate_version)
+        );
+        CREATE INDEX events_type_position ON events (type, position);
+        CREATE FUNCTION events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'events is append-only: % refused', TG_OP;
+        END $$;
+        CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+            FOR EACH ROW EXECUTE FUNCTION events_append_only();
+        )SQL",
+    };
+    return m;
+}
+
+}  // namespace
+
+int schema_version() { return static_cast<int>(migrations().size()); }
+
+void migrate(pqxx::connection& c) {
+    pqxx::work tx(c);
+    tx.exec("SELECT pg_advisory_xact_lock(" + std::to_string(kMigrationLock) + ")");
+    tx.exec(
+        "CREATE TABLE IF NOT EXISTS engram_schema (version int PRIMARY KEY, "
+        "applied_at timestamptz NOT NULL DEFAULT now())");
+    auto r = tx.exec("SELECT coalesce(max(version), 0) FROM engram_schema");
+    int have = r[0][0].as<int>();
+    const auto& m = migrations();
+    for (int v = have + 1; v <= static_cast<int>(m.size()); ++v) {
+        tx.exec(m[v - 1]);
+        tx.exec("INSERT INTO engram_schema(version) VALUES (" + std::to_string(v) + ")");
+    }
+    tx.commit();
+}
+
+}  // namespace engram::store

@@ -1,0 +1,320 @@
+#include "engram/store/writer.h"
+
+#include "engram/log/log.h"
+#include "engram/metrics/metrics.h"
+#include "engram/pg/pg.h"
+#include "engram/store/schema.h"
+
+#include <unordered_map>
+
+namespace engram::store {
+namespace {
+
+constexpr long long kWriterLock = 0x656e6772616d02;  // serialises writers of several store processes
+constexpr std::size_t kInsertChunk = 500;
+
+Appended appended_of(const events::Event& e) { return Appended{e.id, e.position, e.version, e.timestamp}; }
+
+}  // namespace
+
+Writer::Writer(Options opts, metrics::Registry& m)
+    : opts_(std::move(opts)),
+      log_(log::get("writer")),
+      batch_events_(m.histogram("engram_commit_batch_events", "events written per group commit",
+                                {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096})),
+      batch_requests_(m.histogram("engram_commit_batch_requests", "append requests per group commit",
+                                  {1, 2, 4, 8, 16, 32, 64, 128, 256, 512})),
+      commit_seconds_(m.histogram("engram_commit_seconds", "duration of one group commit transaction",
+                                  metrics::latency_buckets())),
+      append_seconds_(m.histogram("engram_append_seconds", "append latency from queueing to commit",
+                                  metrics::latency_buckets())),
+      created_(m.counter("engram_appends_total", "append requests by result", "result=\"created\"")),
+      replayed_(m.counter("engram_appends_total", "append requests by result", "result=\"idempotent\"")),
+      rejected_(m.counter("engram_appends_total", "append requests by result", "result=\"rejected\"")),
+      unavailable_(m.counter("engram_appends_total", "append requests by result", "result=\"unavailable\"")),
+      events_written_(m.counter("engram_events_appended_total", "events written to the log")) {}
+
+Writer::~Writer() { stop(); }
+
+void Writer::on_commit(CommitListener l) { listener_ = std::move(l); }
+
+void Writer::start() {
+    ensure_connection();
+    thread_ = std::thread([this] { run(); });
+}
+
+void Writer::stop() {
+    {
+        std::lock_guard lk(mu_);
+        if (stopping_ && !thread_.joinable()) return;
+        stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    std::deque<Pending> rest;
+    {
+        std::lock_guard lk(mu_);
+        rest.swap(queue_);
+    }
+    for (auto& p : rest) p.cb(Error::make("unavailable", "the event store is shutting down"));
+}
+
+void Writer::submit(AppendRequest req, Callback cb) {
+    {
+        std::lock_guard lk(mu_);
+        if (!stopping_ && queue_.size() < opts_.max_queue) {
+            queue_.push_back(Pending{std::move(req), std::move(cb), std::chrono::steady_clock::now()});
+            cv_.notify_one();
+            return;
+        }
+    }
+    unavailable_.inc();
+    cb(Error::make("unavailable", "the event store is overloaded or shutting down; retry later"));
+}
+
+bool Writer::ensure_connection() {
+    if (conn_ && conn_->is_open()) return true;
+    conn_.reset();
+    auto now = std::chrono::steady_clock::now();
+    // Don't hammer a database that is down: one attempt per interval, requests in between fail fast.
+    if (last_connect_ != std::chrono::steady_clock::time_point{} && now - last_connect_ < opts_.reconnect_interval)
+        return false;
+    last_connect_ = now;
+    auto c = pg::connect(opts_.database_url);
+    if (!c) {
+        if (db_up_.exchange(false)) log_->warn("{}", c.error().detail);
+        return false;
+    }
+    conn_ = std::move(*c);
+    try {
+        migrate(*conn_);
+        pqxx::work tx(*conn_);
+        auto r = tx.exec("SELECT coalesce(max(position), 0) FROM events");
+        head_ = r[0][0].as<std::int64_t>();
+        tx.commit();
+    } catch (const std::exception& e) {
+        log_->warn("writer connected but cannot read the log head: {}", e.what());
+        conn_.reset();
+        return false;
+    }
+    if (!db_up_.exchange(true)) log_->info("writer connected to the database, head position {}", head_.load());
+    return true;
+}
+
+void Writer::run() {
+    std::vector<Pending> batch;
+    for (;;) {
+        batch.clear();
+        {
+            std::unique_lock lk(mu_);
+            cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
+            if (stopping_) return;
+            std::size_t n = 0;
+            // Take whatever has queued up while the previous commit ran: that is the group.
+            while (!queue_.empty() && (batch.empty() || n + queue_.front().req.events.size() <= opts_.max_batch_events)) {
+                n += queue_.front().req.events.size();
+                batch.push_back(std::move(queue_.front()));
+                queue_.pop_front();
+            }
+        }
+        process(batch);
+    }
+}
+
+void Writer::process(std::vector<Pending>& batch) {
+    auto fail_all = [&](const Error& err) {
+        for (auto& p : batch) {
+            unavailable_.inc();
+            p.cb(err);
+        }
+    };
+    if (!ensure_connection()) {
+        fail_all(Error::make("unavailable", "the database is unavailable; retry later"));
+        return;
+    }
+    std::vector<Result<AppendOutcome>> results;
+    std::vector<events::Event> committed;
+    try {
+        auto t0 = std::chrono::steady_clock::now();
+        commit_batch(batch, results, committed);
+        commit_seconds_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    } catch (const std::exception& e) {
+        if (pg::is_connection_error(e)) {
+            // The commit may or may not have happened; clients retrying with their ids get an
+            // idempotent 200 if it did.
+            db_up_ = false;
+            conn_.reset();
+            log_->warn("database connection lost during a commit: {}", e.what());
+            fail_all(pg::unavailable(e));
+            return;
+        }
+        if (batch.size() > 1) {
+            // Should not happen (every check is done before the insert); isolate the culprit by
+            // committing the requests one by one.
+            log_->warn("group commit of {} requests failed ({}); retrying them one by one", batch.size(), e.what());
+            for (auto& p : batch) {
+                std::vector<Pending> one;
+                one.push_back(std::move(p));
+                process(one);
+            }
+            return;
+        }
+        // A single request the database refuses: bad input (e.g. \u0000 in a string, which jsonb
+        // cannot hold), never retried.
+        std::string w = e.what();
+        if (auto nl = w.find('\n'); nl != std::string::npos) w.resize(nl);
+        rejected_.inc();
+        batch[0].cb(Error::make("invalid_event", "the database refused the event: " + w));
+        return;
+    }
+    std::size_t nev = 0;
+    auto now = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+        auto& r = results[i];
+        if (r.ok()) {
+            (r->created ? created_ : replayed_).inc();
+            if (r->created) nev += r->events.size();
+        } else {
+            rejected_.inc();
+        }
+        append_seconds_.observe(std::chrono::duration<double>(now - batch[i].queued).count());
+    }
+    events_written_.inc(nev);
+    batch_events_.observe(static_cast<double>(nev));
+    batch_requests_.observe(static_cast<double>(batch.size()));
+    if (!committed.empty()) {
+        head_ = committed.back().position.value();
+        if (listener_) listener_(committed);
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) batch[i].cb(std::move(results[i]));
+}
+
+void Writer::commit_batch(std::vector<Pending>& batch, std::vector<Result<AppendOutcome>>& results,
+                          std::vector<events::Event>& committed) {
+    pqxx::work tx(*conn_);
+    tx.exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriterLock) + ")");
+    // Read the head under the lock: correct even when another store process wrote meanwhile.
+    std::int64_t head = 0, last_ts_ms = 0;
+    {
+        auto r = tx.exec(
+            "SELECT position, (extract(epoch FROM ts) * 1000)::bigint FROM events ORDER BY position DESC LIMIT 1");
+        if (!r.empty()) {
+            head = r[0][0].as<std::int64_t>();
+            last_ts_ms = r[0][1].as<std::int64_t>();
+        }
+    }
+
+    // Everything the batch needs from the database, in two queries.
+    std::unordered_map<Uuid, events::Event> stored;
+    std::unordered_map<std::string, std::int64_t> versions;
+    {
+        std::string ids, aggs;
+        std::unordered_map<std::string, bool> seen_agg;
+        for (auto& p : batch) {
+            if (!seen_agg.count(p.req.aggregate_id)) {
+                seen_agg[p.req.aggregate_id] = true;
+                aggs += (aggs.empty() ? "" : ",") + tx.quote(p.req.aggregate_id);
+            }
+            for (auto& e : p.req.events)
+                if (e.id) ids += (ids.empty() ? "'" : ",'") + e.id->str() + "'";
+        }
+        if (!ids.empty()) {
+            auto r = tx.exec(
+                "SELECT position, id, type, aggregate_id, aggregate_version, (extract(epoch FROM ts) * 1000)::bigint, "
+                "data::text, metadata::text FROM events WHERE id IN (" + ids + ")");
+            for (const auto& row : r) {
+                events::Event ev;
+                ev.position = GlobalPosition(row[0].as<std::int64_t>());
+                ev.id = *Uuid::parse(row[1].c_str());
+                ev.type = row[2].c_str();
+                ev.aggregate_id = row[3].c_str();
+                ev.version = AggregateVersion(row[4].as<std::int64_t>());
+                ev.timestamp = SysTime(std::chrono::milliseconds(row[5].as<std::int64_t>()));
+                ev.data = nlohmann::json::parse(row[6].c_str());
+                ev.metadata = nlohmann::json::parse(row[7].c_str());
+                stored.emplace(ev.id, std::move(ev));
+            }
+        }
+        auto r = tx.exec("SELECT a, coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = a), 0) "
+                         "FROM unnest(ARRAY[" + aggs + "]::text[]) AS a");
+        for (const auto& row : r) versions[row[0].c_str()] = row[1].as<std::int64_t>();
+    }
+
+    // Decide every request in memory, in queue order, as if each ran alone after the previous.
+    auto ts_ms = std::max<std::int64_t>(now_ms().time_since_epoch().count(), last_ts_ms);
+    SysTime ts{std::chrono::milliseconds(ts_ms)};
+    std::size_t first_new = committed.size();
+    results.clear();
+    for (auto& p : batch) {
+        const auto& req = p.req;
+        std::size_t already = 0;
+        std::optional<Error> conflict;
+        AppendOutcome replay;
+        replay.created = false;
+        for (const auto& e : req.events) {
+            if (!e.id) continue;
+            auto it = stored.find(*e.id);
+            if (it == stored.end()) continue;
+            if (!events::same_content(e, it->second)) {
+                conflict = Error::make("id_conflict", "event " + e.id->str() + " is already stored with different content");
+                break;
+            }
+            ++already;
+            replay.events.push_back(appended_of(it->second));
+        }
+        if (!conflict && already > 0 && already < req.events.size())
+            conflict = Error::make("id_conflict", std::to_string(already) + " of the " + std::to_string(req.events.size()) +
+                                                      " events of this request are already stored; a request is stored whole or not at all");
+        if (conflict) {
+            results.emplace_back(std::move(*conflict));
+            continue;
+        }
+        if (already == req.events.size()) {
+            results.emplace_back(std::move(replay));
+            continue;
+        }
+        auto& cur = versions[req.aggregate_id];
+        if (req.expected_version && req.expected_version->value() != cur) {
+            auto expected = req.expected_version->value();
+            auto err = Error::make("version_conflict", "aggregate '" + req.aggregate_id + "' holds " + std::to_string(cur) +
+                                                           " events, the request expected " + std::to_string(expected));
+            err.extra = {{"expected", expected}, {"actual", cur}};
+            results.emplace_back(std::move(err));
+            continue;
+        }
+        AppendOutcome out;
+        for (const auto& e : req.events) {
+            events::Event ev;
+            ev.id = e.id ? *e.id : Uuid::v4();
+            ev.type = e.type;
+            ev.aggregate_id = e.aggregate_id;
+            ev.version = AggregateVersion(++cur);
+            ev.position = GlobalPosition(++head);
+            ev.timestamp = ts;
+            ev.data = e.data;
+            ev.metadata = e.metadata;
+            out.events.push_back(appended_of(ev));
+            stored.emplace(ev.id, ev);  // a later request of this batch with the same id replays it
+            committed.push_back(std::move(ev));
+        }
+        results.emplace_back(std::move(out));
+    }
+
+    std::string ts_sql = tx.quote(format_rfc3339(ts));
+    for (std::size_t i = first_new; i < committed.size(); i += kInsertChunk) {
+        std::string sql =
+            "INSERT INTO events (position, id, type, aggregate_id, aggregate_version, ts, data, metadata) VALUES ";
+        auto end = std::min(committed.size(), i + kInsertChunk);
+        for (std::size_t k = i; k < end; ++k) {
+            const auto& ev = committed[k];
+            if (k > i) sql += ',';
+            sql += "(" + std::to_string(ev.position.value()) + ",'" + ev.id.str() + "'," + tx.quote(ev.type) + "," +
+                   tx.quote(ev.aggregate_id) + "," + std::to_string(ev.version.value()) + "," + ts_sql + "," +
+                   tx.quote(ev.data.dump()) + "," + tx.quote(ev.metadata.dump()) + ")";
+        }
+        tx.exec(sql);
+    }
+    tx.commit();
+}
+
+}  // namespace engram::store
