@@ -1,0 +1,48 @@
+#pragma once
+// A `nats-server -js` on a free 127.0.0.1 port with its own JetStream store directory
+// (<temp_base()>/engram-nats-XXXXXX, see util.h). stop()/start() keep the port and the store, so JetStream data
+// survives a restart. The server is killed and the directory removed in the destructor (for
+// shared(): at normal process exit); if the process dies without that, a watchdog shell does it.
+//
+// Binary: $ENGRAM_NATS_SERVER, else nats-server from PATH.
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace engram::testing {
+
+class Process;
+class Watchdog;
+
+class Nats {
+public:
+    Nats();  // starts the server and waits until it accepts clients with JetStream on; throws
+    explicit Nats(std::vector<std::string> extra_args);
+    ~Nats();
+    Nats(const Nats&) = delete;
+    Nats& operator=(const Nats&) = delete;
+
+    static Nats& shared();
+
+    std::string url() const;  // nats://127.0.0.1:<port>
+    int port() const { return port_; }
+    // hard = false: SIGTERM (clean shutdown, JetStream flushed); hard = true: SIGKILL (a crash).
+    void stop(bool hard = false);
+    // Starts again on the same port and store; waits until ready. No-op when running.
+    void start();
+    bool running() const;
+    const std::string& dir() const { return dir_; }
+    std::string log() const;
+
+private:
+    bool try_start();
+
+    std::vector<std::string> extra_args_;
+    std::string bin_;
+    std::string dir_;
+    int port_ = 0;
+    std::unique_ptr<Process> proc_;
+    std::unique_ptr<Watchdog> watchdog_;
+};
+
+}  // namespace engram::testing

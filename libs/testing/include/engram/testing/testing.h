@@ -1,0 +1,6 @@
+#pragma once
+// The integration-test harness (engram::testing): everything in one include.
+#include "engram/testing/nats.h"
+#include "engram/testing/postgres.h"
+#include "engram/testing/process.h"
+#include "engram/testing/util.h"

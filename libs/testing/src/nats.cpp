@@ -1,0 +1,136 @@
+#include "engram/testing/nats.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <thread>
+
+#include "engram/testing/process.h"
+#include "engram/testing/util.h"
+#include "internal.h"
+
+namespace fs = std::filesystem;
+
+namespace engram::testing {
+
+namespace {
+
+std::string find_nats_server() {
+    if (const char* env = std::getenv("ENGRAM_NATS_SERVER"); env && *env) {
+        if (access(env, X_OK) != 0) throw std::runtime_error(std::string("ENGRAM_NATS_SERVER=") + env + " is not executable");
+        return env;
+    }
+    std::string found = which("nats-server", {"/usr/sbin", "/usr/local/bin"});
+    if (found.empty()) throw std::runtime_error("nats-server not found in PATH: install nats-server or set ENGRAM_NATS_SERVER");
+    return found;
+}
+
+// True once the server greets a client with an INFO line that announces JetStream.
+bool nats_ready(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    bool ok = false;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+        std::string got;
+        char buf[1024];
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+        while (got.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+            pollfd p{fd, POLLIN, 0};
+            if (poll(&p, 1, 200) <= 0) continue;
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n <= 0) break;
+            got.append(buf, static_cast<std::size_t>(n));
+        }
+        ok = got.rfind("INFO ", 0) == 0 && got.find("\"jetstream\":true") != std::string::npos;
+    }
+    close(fd);
+    return ok;
+}
+
+}  // namespace
+
+Nats::Nats() : Nats(std::vector<std::string>{}) {}
+
+Nats::Nats(std::vector<std::string> extra_args) : extra_args_(std::move(extra_args)) {
+    bin_ = find_nats_server();
+    dir_ = make_temp_dir("engram-nats");
+    try {
+        watchdog_ = std::make_unique<Watchdog>("kill -9 $(cat " + shell_quote(dir_ + "/pid") +
+                                               " 2>/dev/null) 2>/dev/null; sleep 0.2; rm -rf " + shell_quote(dir_));
+        for (int attempt = 0;; ++attempt) {
+            port_ = free_port();
+            if (try_start()) break;
+            if (attempt >= 4)
+                throw std::runtime_error("nats-server did not start on port " + std::to_string(port_) + ": " + log());
+        }
+    } catch (...) {
+        proc_.reset();
+        std::error_code ec;
+        fs::remove_all(dir_, ec);
+        if (watchdog_) watchdog_->disarm();
+        throw;
+    }
+}
+
+Nats::~Nats() {
+    proc_.reset();  // SIGTERM, SIGKILL after the grace period
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+    if (watchdog_) watchdog_->disarm();
+}
+
+Nats& Nats::shared() {
+    static Nats instance;
+    return instance;
+}
+
+std::string Nats::url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+
+bool Nats::running() const { return proc_ && proc_->alive(); }
+
+std::string Nats::log() const { return tail_file(dir_ + "/nats.log", 16000); }
+
+bool Nats::try_start() {
+    std::vector<std::string> argv{bin_, "-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd", dir_ + "/js"};
+    argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+    proc_ = std::make_unique<Process>(argv, std::map<std::string, std::string>{}, dir_ + "/nats.log");
+    {
+        std::ofstream(dir_ + "/pid") << proc_->pid() << "\n";
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (!proc_->alive()) {
+            proc_.reset();
+            return false;  // e.g. the port was taken meanwhile
+        }
+        if (nats_ready(port_)) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    proc_.reset();
+    return false;
+}
+
+void Nats::start() {
+    if (running()) return;
+    if (!try_start()) throw std::runtime_error("nats-server did not restart on port " + std::to_string(port_) + ": " + log());
+}
+
+void Nats::stop(bool hard) {
+    if (!proc_) return;
+    if (hard) proc_->kill9();
+    else proc_->terminate_and_wait(std::chrono::seconds(10));
+    proc_.reset();
+}
+
+}  // namespace engram::testing
