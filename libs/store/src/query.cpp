@@ -3,9 +3,7 @@
 #include "engram/core/glob.h"
 
 namespace engram::store {
-namespace {
-
-std::optional<std::int64_t> parse_int(const std::string& s) {
+std::optional<std::int64_t> parse_count(const std::string& s) {
     if (s.empty() || s.size() > 18) return std::nullopt;
     std::int64_t v = 0;
     for (char c : s) {
@@ -15,6 +13,8 @@ std::optional<std::int64_t> parse_int(const std::string& s) {
     return v;
 }
 
+namespace {
+
 Error bad(const std::string& name, const std::string& why) {
     return Error::make("invalid_parameter", "query parameter '" + name + "' " + why);
 }
@@ -22,7 +22,7 @@ Error bad(const std::string& name, const std::string& why) {
 Result<int> parse_limit(const std::map<std::string, std::string>& p, int dflt) {
     auto it = p.find("limit");
     if (it == p.end()) return dflt;
-    auto v = parse_int(it->second);
+    auto v = parse_count(it->second);
     if (!v || *v < 1 || *v > kMaxReadLimit)
         return bad("limit", "must be an integer from 1 to " + std::to_string(kMaxReadLimit) + " (got '" + it->second + "')");
     return static_cast<int>(*v);
@@ -33,7 +33,7 @@ Result<int> parse_limit(const std::map<std::string, std::string>& p, int dflt) {
 Result<ReadQuery> parse_read_query(const std::map<std::string, std::string>& p) {
     ReadQuery q;
     if (auto it = p.find("after"); it != p.end()) {
-        auto v = parse_int(it->second);
+        auto v = parse_count(it->second);
         if (!v) return bad("after", "must be a non-negative integer position (got '" + it->second + "')");
         q.after = GlobalPosition(*v);
     }
@@ -50,7 +50,7 @@ Result<ReadQuery> parse_read_query(const std::map<std::string, std::string>& p) 
         q.aggregate_id = it->second;
     }
     if (auto it = p.find("until"); it != p.end()) {
-        if (auto v = parse_int(it->second)) {
+        if (auto v = parse_count(it->second)) {
             q.until_position = GlobalPosition(*v);
         } else if (auto t = parse_rfc3339(it->second)) {
             q.until_time = *t;
@@ -64,7 +64,7 @@ Result<ReadQuery> parse_read_query(const std::map<std::string, std::string>& p) 
 Result<AggregateQuery> parse_aggregate_query(const std::map<std::string, std::string>& p) {
     AggregateQuery q;
     if (auto it = p.find("from_version"); it != p.end()) {
-        auto v = parse_int(it->second);
+        auto v = parse_count(it->second);
         if (!v || *v < 1) return bad("from_version", "must be an integer >= 1 (got '" + it->second + "')");
         q.from = AggregateVersion(*v);
     }

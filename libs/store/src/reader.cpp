@@ -1,35 +1,12 @@
 #include "engram/store/reader.h"
 
 #include "engram/pg/pg.h"
+#include "rows.h"
 
 namespace engram::store {
-namespace {
-
-const char* kColumns =
-    "position, id, type, aggregate_id, aggregate_version, (extract(epoch FROM ts) * 1000)::bigint, data::text, "
-    "metadata::text";
-
-events::Event row_to_event(const pqxx::row& row) {
-    events::Event ev;
-    ev.position = GlobalPosition(row[0].as<std::int64_t>());
-    ev.id = *Uuid::parse(row[1].c_str());
-    ev.type = row[2].c_str();
-    ev.aggregate_id = row[3].c_str();
-    ev.version = AggregateVersion(row[4].as<std::int64_t>());
-    ev.timestamp = SysTime(std::chrono::milliseconds(row[5].as<std::int64_t>()));
-    ev.data = nlohmann::json::parse(row[6].c_str());
-    ev.metadata = nlohmann::json::parse(row[7].c_str());
-    return ev;
-}
-
-std::vector<events::Event> rows_to_events(const pqxx::result& r) {
-    std::vector<events::Event> out;
-    out.reserve(r.size());
-    for (const auto& row : r) out.push_back(row_to_event(row));
-    return out;
-}
-
-}  // namespace
+using rows::kColumns;
+using rows::to_event;
+using rows::to_events;
 
 std::string type_condition(const std::string& glob, const std::function<std::string(const std::string&)>& quote) {
     if (glob == "*") return "TRUE";
@@ -55,7 +32,7 @@ Result<std::vector<events::Event>> Reader::read(const ReadQuery& q) {
         if (q.until_position) sql += " AND position <= " + std::to_string(q.until_position->value());
         if (q.until_time) sql += " AND ts <= " + tx.quote(format_rfc3339(*q.until_time)) + "::timestamptz";
         sql += " ORDER BY position LIMIT " + std::to_string(q.limit);
-        return rows_to_events(tx.exec(sql));
+        return to_events(tx.exec(sql));
     });
 }
 
@@ -64,14 +41,14 @@ Result<std::optional<events::Event>> Reader::get(const Uuid& id) {
         pqxx::read_transaction tx(c);
         auto r = tx.exec(std::string("SELECT ") + kColumns + " FROM events WHERE id = '" + id.str() + "'");
         if (r.empty()) return std::nullopt;
-        return row_to_event(r[0]);
+        return to_event(r[0]);
     });
 }
 
 Result<std::vector<events::Event>> Reader::aggregate(const std::string& aggregate_id, AggregateVersion from, int limit) {
     return pool_.run([&](pqxx::connection& c) {
         pqxx::read_transaction tx(c);
-        return rows_to_events(tx.exec(std::string("SELECT ") + kColumns + " FROM events WHERE aggregate_id = " +
+        return to_events(tx.exec(std::string("SELECT ") + kColumns + " FROM events WHERE aggregate_id = " +
                                       tx.quote(aggregate_id) + " AND aggregate_version >= " +
                                       std::to_string(from.value()) + " ORDER BY aggregate_version LIMIT " +
                                       std::to_string(limit)));

@@ -32,6 +32,13 @@ const std::vector<std::string>& migrations() {
         CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
             FOR EACH ROW EXECUTE FUNCTION events_append_only();
         )SQL",
+        // 2: the outbox relay's published watermark, per stream.
+        R"SQL(
+        CREATE TABLE relay_state (
+            stream    text   PRIMARY KEY,
+            published bigint NOT NULL
+        );
+        )SQL",
     };
     return m;
 }

@@ -4,6 +4,7 @@
 #include "engram/metrics/metrics.h"
 #include "engram/pg/pg.h"
 #include "engram/store/schema.h"
+#include "rows.h"
 
 #include <unordered_map>
 
@@ -12,6 +13,7 @@ namespace {
 
 constexpr long long kWriterLock = 0x656e6772616d02;  // serialises writers of several store processes
 constexpr std::size_t kInsertChunk = 500;
+constexpr std::size_t kMaxCachedAggregates = 200000;
 
 Appended appended_of(const events::Event& e) { return Appended{e.id, e.position, e.version, e.timestamp}; }
 
@@ -86,6 +88,7 @@ bool Writer::ensure_connection() {
         return false;
     }
     conn_ = std::move(*c);
+    forget_cache();  // others may have written while this writer was away
     try {
         migrate(*conn_);
         pqxx::work tx(*conn_);
@@ -189,72 +192,35 @@ void Writer::process(std::vector<Pending>& batch) {
     for (std::size_t i = 0; i < batch.size(); ++i) batch[i].cb(std::move(results[i]));
 }
 
-void Writer::commit_batch(std::vector<Pending>& batch, std::vector<Result<AppendOutcome>>& results,
-                          std::vector<events::Event>& committed) {
-    pqxx::work tx(*conn_);
-    tx.exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriterLock) + ")");
-    // Read the head under the lock: correct even when another store process wrote meanwhile.
-    std::int64_t head = 0, last_ts_ms = 0;
-    {
-        auto r = tx.exec(
-            "SELECT position, (extract(epoch FROM ts) * 1000)::bigint FROM events ORDER BY position DESC LIMIT 1");
-        if (!r.empty()) {
-            head = r[0][0].as<std::int64_t>();
-            last_ts_ms = r[0][1].as<std::int64_t>();
-        }
-    }
+namespace {
 
-    // Everything the batch needs from the database, in two queries.
-    std::unordered_map<Uuid, events::Event> stored;
-    std::unordered_map<std::string, std::int64_t> versions;
-    {
-        std::string ids, aggs;
-        std::unordered_map<std::string, bool> seen_agg;
-        for (auto& p : batch) {
-            if (!seen_agg.count(p.req.aggregate_id)) {
-                seen_agg[p.req.aggregate_id] = true;
-                aggs += (aggs.empty() ? "" : ",") + tx.quote(p.req.aggregate_id);
-            }
-            for (auto& e : p.req.events)
-                if (e.id) ids += (ids.empty() ? "'" : ",'") + e.id->str() + "'";
-        }
-        if (!ids.empty()) {
-            auto r = tx.exec(
-                "SELECT position, id, type, aggregate_id, aggregate_version, (extract(epoch FROM ts) * 1000)::bigint, "
-                "data::text, metadata::text FROM events WHERE id IN (" + ids + ")");
-            for (const auto& row : r) {
-                events::Event ev;
-                ev.position = GlobalPosition(row[0].as<std::int64_t>());
-                ev.id = *Uuid::parse(row[1].c_str());
-                ev.type = row[2].c_str();
-                ev.aggregate_id = row[3].c_str();
-                ev.version = AggregateVersion(row[4].as<std::int64_t>());
-                ev.timestamp = SysTime(std::chrono::milliseconds(row[5].as<std::int64_t>()));
-                ev.data = nlohmann::json::parse(row[6].c_str());
-                ev.metadata = nlohmann::json::parse(row[7].c_str());
-                stored.emplace(ev.id, std::move(ev));
-            }
-        }
-        auto r = tx.exec("SELECT a, coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = a), 0) "
-                         "FROM unnest(ARRAY[" + aggs + "]::text[]) AS a");
-        for (const auto& row : r) versions[row[0].c_str()] = row[1].as<std::int64_t>();
-    }
+// What the decision needs to know about the log.
+struct LogView {
+    std::int64_t head = 0;
+    std::int64_t last_ts_ms = 0;
+    std::unordered_map<Uuid, events::Event> stored;          // events with ids of the batch
+    std::unordered_map<std::string, std::int64_t> versions;  // current version per aggregate
+};
 
-    // Decide every request in memory, in queue order, as if each ran alone after the previous.
-    auto ts_ms = std::max<std::int64_t>(now_ms().time_since_epoch().count(), last_ts_ms);
+// Decides every request in memory, in queue order, as if each ran alone after the previous one.
+// Returns false when a request would fail with version_conflict and `verified` is false: a
+// conflict seen through a cache is re-checked against the database before it is reported.
+bool decide(std::vector<AppendRequest*>& reqs, LogView& view, bool verified,
+            std::vector<Result<AppendOutcome>>& results, std::vector<events::Event>& committed) {
+    auto ts_ms = std::max<std::int64_t>(now_ms().time_since_epoch().count(), view.last_ts_ms);
     SysTime ts{std::chrono::milliseconds(ts_ms)};
-    std::size_t first_new = committed.size();
     results.clear();
-    for (auto& p : batch) {
-        const auto& req = p.req;
+    committed.clear();
+    for (auto* rp : reqs) {
+        const auto& req = *rp;
         std::size_t already = 0;
         std::optional<Error> conflict;
         AppendOutcome replay;
         replay.created = false;
         for (const auto& e : req.events) {
             if (!e.id) continue;
-            auto it = stored.find(*e.id);
-            if (it == stored.end()) continue;
+            auto it = view.stored.find(*e.id);
+            if (it == view.stored.end()) continue;
             if (!events::same_content(e, it->second)) {
                 conflict = Error::make("id_conflict", "event " + e.id->str() + " is already stored with different content");
                 break;
@@ -273,8 +239,9 @@ void Writer::commit_batch(std::vector<Pending>& batch, std::vector<Result<Append
             results.emplace_back(std::move(replay));
             continue;
         }
-        auto& cur = versions[req.aggregate_id];
+        auto& cur = view.versions[req.aggregate_id];
         if (req.expected_version && req.expected_version->value() != cur) {
+            if (!verified) return false;
             auto expected = req.expected_version->value();
             auto err = Error::make("version_conflict", "aggregate '" + req.aggregate_id + "' holds " + std::to_string(cur) +
                                                            " events, the request expected " + std::to_string(expected));
@@ -289,32 +256,152 @@ void Writer::commit_batch(std::vector<Pending>& batch, std::vector<Result<Append
             ev.type = e.type;
             ev.aggregate_id = e.aggregate_id;
             ev.version = AggregateVersion(++cur);
-            ev.position = GlobalPosition(++head);
+            ev.position = GlobalPosition(++view.head);
             ev.timestamp = ts;
             ev.data = e.data;
             ev.metadata = e.metadata;
             out.events.push_back(appended_of(ev));
-            stored.emplace(ev.id, ev);  // a later request of this batch with the same id replays it
+            view.stored.emplace(ev.id, ev);  // a later request of this group with the same id replays it
             committed.push_back(std::move(ev));
         }
         results.emplace_back(std::move(out));
     }
+    view.last_ts_ms = ts_ms;
+    return true;
+}
 
-    std::string ts_sql = tx.quote(format_rfc3339(ts));
-    for (std::size_t i = first_new; i < committed.size(); i += kInsertChunk) {
-        std::string sql =
-            "INSERT INTO events (position, id, type, aggregate_id, aggregate_version, ts, data, metadata) VALUES ";
-        auto end = std::min(committed.size(), i + kInsertChunk);
+// The INSERT statements of the accepted events, in chunks; sent together they run as one
+// transaction (a multi-statement simple query is atomic).
+std::string insert_sql(pqxx::connection& c, const std::vector<events::Event>& evs) {
+    std::string sql;
+    for (std::size_t i = 0; i < evs.size(); i += kInsertChunk) {
+        sql += "INSERT INTO events (position, id, type, aggregate_id, aggregate_version, ts, data, metadata) VALUES ";
+        auto end = std::min(evs.size(), i + kInsertChunk);
         for (std::size_t k = i; k < end; ++k) {
-            const auto& ev = committed[k];
+            const auto& ev = evs[k];
             if (k > i) sql += ',';
-            sql += "(" + std::to_string(ev.position.value()) + ",'" + ev.id.str() + "'," + tx.quote(ev.type) + "," +
-                   tx.quote(ev.aggregate_id) + "," + std::to_string(ev.version.value()) + "," + ts_sql + "," +
-                   tx.quote(ev.data.dump()) + "," + tx.quote(ev.metadata.dump()) + ")";
+            sql += "(" + std::to_string(ev.position.value()) + ",'" + ev.id.str() + "'," + c.quote(ev.type) + "," +
+                   c.quote(ev.aggregate_id) + "," + std::to_string(ev.version.value()) + ",'" +
+                   format_rfc3339(ev.timestamp) + "'," + c.quote(ev.data.dump()) + "," + c.quote(ev.metadata.dump()) + ")";
         }
-        tx.exec(sql);
+        sql += ";";
     }
+    return sql;
+}
+
+bool is_unique_violation(const std::exception& e) {
+    auto* s = dynamic_cast<const pqxx::sql_error*>(&e);
+    return s && s->sqlstate() == "23505";
+}
+
+}  // namespace
+
+void Writer::forget_cache() {
+    head_known_ = false;
+    versions_.clear();
+}
+
+void Writer::remember(const std::vector<events::Event>& committed, std::int64_t last_ts_ms) {
+    if (versions_.size() > kMaxCachedAggregates) versions_.clear();
+    for (const auto& ev : committed) versions_[ev.aggregate_id] = ev.version.value();
+    if (!committed.empty()) head_cache_ = committed.back().position.value();
+    last_ts_ms_ = last_ts_ms;
+}
+
+// Fast path, one round trip in the common case: the head and the aggregates' versions come from
+// what this writer committed itself, ids are not looked up, and the INSERT is sent on its own.
+// The database still has the last word: if another store process wrote meanwhile, or an id is
+// already stored, a unique constraint refuses the INSERT and the group takes the verified path.
+// A position p+1 is only ever inserted by a writer that saw p committed, so commit order holds.
+bool Writer::try_fast_commit(std::vector<AppendRequest*>& reqs, std::vector<Result<AppendOutcome>>& results,
+                             std::vector<events::Event>& committed) {
+    if (!head_known_) return false;
+    LogView view;
+    view.head = head_cache_;
+    view.last_ts_ms = last_ts_ms_;
+    std::string missing;
+    for (auto* r : reqs) {
+        auto it = versions_.find(r->aggregate_id);
+        if (it != versions_.end()) {
+            view.versions[r->aggregate_id] = it->second;
+        } else if (!view.versions.count(r->aggregate_id)) {
+            view.versions[r->aggregate_id] = 0;
+            missing += (missing.empty() ? "" : ",") + conn_->quote(r->aggregate_id);
+        }
+    }
+    if (!missing.empty()) {
+        pqxx::nontransaction tx(*conn_);
+        auto r = tx.exec("SELECT a, coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = a), 0) "
+                         "FROM unnest(ARRAY[" + missing + "]::text[]) AS a");
+        for (const auto& row : r) view.versions[row[0].c_str()] = versions_[row[0].c_str()] = row[1].as<std::int64_t>();
+    }
+    if (!decide(reqs, view, false, results, committed)) return false;
+    if (!committed.empty()) {
+        try {
+            pqxx::nontransaction tx(*conn_);
+            tx.exec(insert_sql(*conn_, committed));
+        } catch (const std::exception& e) {
+            if (!is_unique_violation(e)) throw;
+            forget_cache();
+            return false;
+        }
+    }
+    remember(committed, view.last_ts_ms);
+    return true;
+}
+
+// Verified path: under the writers' advisory lock, read the head, the stored events with the
+// group's ids and the aggregates' versions, decide, insert, commit.
+void Writer::verified_commit(std::vector<AppendRequest*>& reqs, std::vector<Result<AppendOutcome>>& results,
+                             std::vector<events::Event>& committed) {
+    pqxx::work tx(*conn_);
+    tx.exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriterLock) + ")");
+    LogView view;
+    {
+        auto r = tx.exec(
+            "SELECT position, (extract(epoch FROM ts) * 1000)::bigint FROM events ORDER BY position DESC LIMIT 1");
+        if (!r.empty()) {
+            view.head = r[0][0].as<std::int64_t>();
+            view.last_ts_ms = std::max(last_ts_ms_, r[0][1].as<std::int64_t>());
+        }
+    }
+    std::string ids, aggs;
+    for (auto* r : reqs) {
+        if (!view.versions.count(r->aggregate_id)) {
+            view.versions[r->aggregate_id] = 0;
+            aggs += (aggs.empty() ? "" : ",") + tx.quote(r->aggregate_id);
+        }
+        for (auto& e : r->events)
+            if (e.id) ids += (ids.empty() ? "'" : ",'") + e.id->str() + "'";
+    }
+    if (!ids.empty()) {
+        for (const auto& row : tx.exec(std::string("SELECT ") + rows::kColumns + " FROM events WHERE id IN (" + ids + ")")) {
+            auto ev = rows::to_event(row);
+            view.stored.emplace(ev.id, std::move(ev));
+        }
+    }
+    for (const auto& row : tx.exec("SELECT a, coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = a), 0) "
+                                   "FROM unnest(ARRAY[" + aggs + "]::text[]) AS a"))
+        view.versions[row[0].c_str()] = row[1].as<std::int64_t>();
+    auto versions_read = view.versions;
+    auto head_read = view.head;
+    decide(reqs, view, true, results, committed);
+    if (!committed.empty()) tx.exec(insert_sql(*conn_, committed));
     tx.commit();
+    // What was read under the lock is exact: refresh the cache with it.
+    for (auto& [a, v] : versions_read) versions_[a] = v;
+    head_cache_ = head_read;
+    head_known_ = true;
+    remember(committed, view.last_ts_ms);
+}
+
+void Writer::commit_batch(std::vector<Pending>& batch, std::vector<Result<AppendOutcome>>& results,
+                          std::vector<events::Event>& committed) {
+    std::vector<AppendRequest*> reqs;
+    reqs.reserve(batch.size());
+    for (auto& p : batch) reqs.push_back(&p.req);
+    if (try_fast_commit(reqs, results, committed)) return;
+    verified_commit(reqs, results, committed);
 }
 
 }  // namespace engram::store

@@ -9,6 +9,9 @@ namespace engram::store {
 
 inline constexpr int kMaxReadLimit = 1000;
 
+// A non-negative decimal integer (positions, versions, limits); nullopt for anything else.
+std::optional<std::int64_t> parse_count(const std::string& s);
+
 // GET /events: after, limit (1..1000, default 100), type (glob), aggregate_id, until (position or RFC 3339).
 // Error code "invalid_parameter" naming the parameter.
 Result<ReadQuery> parse_read_query(const std::map<std::string, std::string>& params);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 namespace spdlog {
 class logger;
@@ -60,6 +61,12 @@ private:
     bool ensure_connection();
     void commit_batch(std::vector<Pending>& batch, std::vector<Result<AppendOutcome>>& results,
                       std::vector<events::Event>& committed);
+    bool try_fast_commit(std::vector<AppendRequest*>& reqs, std::vector<Result<AppendOutcome>>& results,
+                         std::vector<events::Event>& committed);
+    void verified_commit(std::vector<AppendRequest*>& reqs, std::vector<Result<AppendOutcome>>& results,
+                         std::vector<events::Event>& committed);
+    void forget_cache();
+    void remember(const std::vector<events::Event>& committed, std::int64_t last_ts_ms);
     void process(std::vector<Pending>& batch);
 
     Options opts_;
@@ -67,6 +74,11 @@ private:
     CommitListener listener_;
     std::unique_ptr<pqxx::connection> conn_;
     std::chrono::steady_clock::time_point last_connect_{};
+    // Writer-thread only: what this writer knows of the log (see try_fast_commit).
+    bool head_known_ = false;
+    std::int64_t head_cache_ = 0;
+    std::int64_t last_ts_ms_ = 0;
+    std::unordered_map<std::string, std::int64_t> versions_;
 
     std::mutex mu_;
     std::condition_variable cv_;

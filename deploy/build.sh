@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Configures (once) and builds engram with Ninja. Usage: deploy/build.sh [preset] [ninja targets...]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+preset="${1:-default}"
+shift || true
+dir="$root/build"
+[ "$preset" = "asan" ] && dir="$root/build-asan"
+export CCACHE_DIR="${CCACHE_DIR:-$root/.cache/ccache}"
+export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+if [ ! -f "$dir/build.ninja" ]; then
+  cmake --preset "$preset" -S "$root" >/dev/null
+fi
+cmake --build "$dir" -- "$@"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The run command: installs what is missing, builds, starts a private PostgreSQL and NATS under
+# .run/, then every engram service, and prints where to go. `deploy/run.sh stop` stops everything.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+run="$root/.run"
+cmd="${1:-start}"
+
+SERVICES=(engram-event-store)
+
+stop_services() {
+  for s in "${SERVICES[@]}"; do
+    local pidf="$run/$s.pid"
+    if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+      kill -TERM "$(cat "$pidf")" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$(cat "$pidf")" 2>/dev/null || true
+    fi
+    rm -f "$pidf"
+  done
+}
+
+case "$cmd" in
+  stop)
+    stop_services
+    "$root/deploy/stack.sh" stop
+    echo "engram stopped"
+    exit 0 ;;
+  start) ;;
+  *) echo "usage: deploy/run.sh [start|stop]" >&2; exit 2 ;;
+esac
+
+"$root/deploy/install-deps.sh"
+"$root/deploy/build.sh" default engram-event-store
+"$root/deploy/stack.sh" start >/dev/null
+eval "$("$root/deploy/stack.sh" env)"
+[ -f "$root/.env" ] && { set -a; . "$root/.env"; set +a; }
+export EVENT_STORE_LISTEN="${EVENT_STORE_LISTEN:-127.0.0.1:8080}"
+export EVENT_STORE_URL="${EVENT_STORE_URL:-http://$EVENT_STORE_LISTEN}"
+
+stop_services
+start_service() {
+  local name="$1" bin="$2" health="$3"
+  nohup "$bin" >>"$run/$name.log" 2>&1 &
+  echo $! >"$run/$name.pid"
+  for _ in $(seq 1 100); do
+    if curl -fsS "$health" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$(cat "$run/$name.pid")" 2>/dev/null; then
+      echo "$name failed to start; last lines of $run/$name.log:" >&2; tail -5 "$run/$name.log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  echo "$name did not become healthy; see $run/$name.log" >&2; exit 1
+}
+start_service engram-event-store "$root/build/event-store/engram-event-store" "$EVENT_STORE_URL/healthz"
+
+echo "engram is running (logs in $run/)"
+echo "  event store: $EVENT_STORE_URL"
+echo "  stop with:   deploy/run.sh stop"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds, and runs every test through ctest. Tests start
+# their own throwaway PostgreSQL and nats-server on free loopback ports.
+# Usage: deploy/test.sh [preset: default|asan] [extra ctest arguments, e.g. -L unit]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+preset="${1:-default}"
+shift || true
+"$root/deploy/install-deps.sh"
+"$root/deploy/build.sh" "$preset"
+dir="$root/build"
+[ "$preset" = "asan" ] && dir="$root/build-asan"
+# The compose file must stay valid even where no container engine runs.
+(cd "$root/deploy" && docker-compose -f docker-compose.yml config -q)
+echo "docker-compose.yml: valid"
+ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" "$@"

@@ -1,0 +1,260 @@
+#include "app.h"
+#include "sse.h"
+
+#include "engram/core/uuid.h"
+#include "engram/http/server.h"
+#include "engram/log/log.h"
+#include "engram/metrics/metrics.h"
+#include "engram/nats/nats.h"
+#include "engram/pg/pg.h"
+#include "engram/store/query.h"
+#include "engram/store/reader.h"
+#include "engram/store/relay.h"
+#include "engram/store/writer.h"
+
+#include <openssl/crypto.h>
+
+namespace engram::event_store {
+
+config::Spec config_spec() {
+    config::Spec s;
+    s.add({"DATABASE_URL", "PostgreSQL connection URL of the event log",
+           "postgresql://postgres@127.0.0.1:55432/engram", false, config::url({"postgresql", "postgres"})});
+    s.add({"NATS_URL", "NATS server with JetStream (the outbox relay publishes there)", "nats://127.0.0.1:54222", false,
+           config::url({"nats", "tls"})});
+    s.add({"EVENTS_STREAM", "JetStream stream the relay publishes to (subjects events.<type>)", "EVENTS", false,
+           nullptr});
+    s.add({"EVENT_STORE_LISTEN", "host:port the event store listens on", "127.0.0.1:8080", false,
+           config::listen_address()});
+    s.add({"ENGRAM_API_TOKEN", "bearer token required on every request when set", "", false, nullptr, true});
+    s.add({"EVENT_STORE_MAX_BATCH", "most events written by one group commit", "5000", false,
+           config::int_range(1, 100000)});
+    s.add({"EVENT_STORE_HTTP_THREADS", "HTTP worker threads (read queries block one each)", "16", false,
+           config::int_range(1, 512)});
+    s.add({"EVENT_STORE_SSE_KEEPALIVE_MS", "interval of the keep-alive comment on event streams", "15000", false,
+           config::int_range(10, 3600000)});
+    s.add({"EVENT_STORE_DB_POOL", "PostgreSQL connections for reads", "8", false, config::int_range(1, 256)});
+    config::add_logging(s);
+    return s;
+}
+
+namespace {
+
+int status_of(const std::string& code) {
+    if (code == "unavailable") return 503;
+    if (code == "id_conflict" || code == "version_conflict") return 409;
+    if (code == "not_found") return 404;
+    if (code == "unauthorized") return 401;
+    if (code == "payload_too_large") return 413;
+    if (code == "internal") return 500;
+    return 400;
+}
+
+http::Response error_response(const Error& e) { return http::Response::error(status_of(e.code), e.code, e.detail, e.extra); }
+
+nlohmann::json events_json(const std::vector<events::Event>& evs) {
+    auto arr = nlohmann::json::array();
+    for (const auto& e : evs) arr.push_back(e.to_json());
+    return arr;
+}
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+    return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace
+
+struct App::Impl {
+    config::Values cfg;
+    std::shared_ptr<spdlog::logger> log = log::get("event-store");
+    metrics::Registry metrics;
+    pg::Pool pool;
+    store::Reader reader{pool};
+    store::Writer writer;
+    std::unique_ptr<http::Server> server;
+    std::unique_ptr<nats::Connection> nats;
+    std::unique_ptr<store::Relay> relay;
+    SseHub sse;
+    std::string token;
+
+    explicit Impl(config::Values c)
+        : cfg(std::move(c)),
+          pool(cfg.get("DATABASE_URL"), static_cast<std::size_t>(cfg.get_int("EVENT_STORE_DB_POOL"))),
+          writer(store::Writer::Options{cfg.get("DATABASE_URL"),
+                                        static_cast<std::size_t>(cfg.get_int("EVENT_STORE_MAX_BATCH"))},
+                 metrics),
+          sse(reader, metrics, std::chrono::milliseconds(cfg.get_int("EVENT_STORE_SSE_KEEPALIVE_MS"))),
+          token(cfg.get("ENGRAM_API_TOKEN")) {}
+
+    bool authorized(const http::Request& req) const {
+        if (token.empty()) return true;
+        auto h = req.header("authorization");
+        if (h.rfind("Bearer ", 0) == 0 && constant_time_equal(h.substr(7), token)) return true;
+        // Browsers' EventSource cannot set headers.
+        if (req.method == "GET")
+            if (auto t = req.param("access_token"); t && constant_time_equal(*t, token)) return true;
+        return false;
+    }
+
+    void handle(http::Request& req, const std::shared_ptr<http::Responder>& res) {
+        const auto& path = req.path;
+        if (path == "/healthz" && req.method == "GET") return res->respond(http::Response::json(200, {{"status", "ok"}}));
+        if (!authorized(req))
+            return res->respond(http::Response::error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required"));
+        if (path == "/events") {
+            if (req.method == "POST") return append(req, res);
+            if (req.method == "GET") return res->respond(read_events(req));
+            return res->respond(method_not_allowed("GET, POST"));
+        }
+        if (req.method != "GET") return res->respond(method_not_allowed("GET"));
+        if (path == "/readyz") return res->respond(ready());
+        if (path == "/metrics") {
+            http::Response r;
+            r.content_type = "text/plain; version=0.0.4";
+            r.body = metrics.render();
+            return res->respond(std::move(r));
+        }
+        if (path == "/events/stream") return sse.serve(req, res);
+        if (path.rfind("/events/", 0) == 0) return res->respond(get_event(path.substr(8)));
+        const std::string agg_prefix = "/aggregates/", agg_suffix = "/events";
+        if (path.rfind(agg_prefix, 0) == 0 && path.size() > agg_prefix.size() + agg_suffix.size() &&
+            path.compare(path.size() - agg_suffix.size(), agg_suffix.size(), agg_suffix) == 0)
+            return res->respond(aggregate_events(
+                path.substr(agg_prefix.size(), path.size() - agg_prefix.size() - agg_suffix.size()), req));
+        res->respond(http::Response::error(404, "not_found", "no route for " + req.method + " " + path));
+    }
+
+    static http::Response method_not_allowed(const std::string& allow) {
+        auto r = http::Response::error(405, "method_not_allowed", "this path accepts " + allow);
+        r.headers.emplace_back("Allow", allow);
+        return r;
+    }
+
+    void append(http::Request& req, const std::shared_ptr<http::Responder>& res) {
+        nlohmann::json body;
+        try {
+            body = nlohmann::json::parse(req.body);
+        } catch (const nlohmann::json::parse_error& e) {
+            return res->respond(http::Response::error(400, "invalid_json", std::string("the body is not valid JSON: ") + e.what()));
+        }
+        auto parsed = store::parse_append(body);
+        if (!parsed) return res->respond(error_response(parsed.error()));
+        writer.submit(std::move(*parsed), [res](Result<store::AppendOutcome> r) {
+            if (!r) return res->respond(error_response(r.error()));
+            res->respond(http::Response::json(r->created ? 201 : 200, store::outcome_json(*r)));
+        });
+    }
+
+    http::Response read_events(http::Request& req) {
+        auto q = store::parse_read_query(req.query);
+        if (!q) return error_response(q.error());
+        auto evs = reader.read(*q);
+        if (!evs) return error_response(evs.error());
+        auto next = evs->empty() ? q->after : evs->back().position;
+        return http::Response::json(200, {{"events", events_json(*evs)}, {"next_after", next.value()}});
+    }
+
+    http::Response get_event(const std::string& id_text) {
+        auto id = Uuid::parse(id_text);
+        if (!id) return http::Response::error(404, "not_found", "no event with id '" + id_text + "' (not a UUID)");
+        auto ev = reader.get(*id);
+        if (!ev) return error_response(ev.error());
+        if (!*ev) return http::Response::error(404, "not_found", "no event with id " + id->str());
+        return http::Response::json(200, (*ev)->to_json());
+    }
+
+    http::Response aggregate_events(const std::string& aggregate_id, http::Request& req) {
+        auto q = store::parse_aggregate_query(req.query);
+        if (!q) return error_response(q.error());
+        auto evs = reader.aggregate(aggregate_id, q->from, q->limit);
+        if (!evs) return error_response(evs.error());
+        return http::Response::json(200, {{"aggregate_id", aggregate_id}, {"events", events_json(*evs)}});
+    }
+
+    http::Response ready() {
+        nlohmann::json checks;
+        bool ok = true;
+        auto db = reader.ping();
+        checks["database"] = db ? "ok" : db.error().detail;
+        ok = ok && db.ok() && writer.database_up();
+        if (db.ok() && !writer.database_up()) checks["database"] = "reconnecting";
+        bool nats_ok = nats && nats->connected();
+        checks["nats"] = nats_ok ? "ok" : "disconnected";
+        ok = ok && nats_ok;
+        nlohmann::json rel = {{"active", relay && relay->active()},
+                              {"published", relay ? relay->published().value() : 0},
+                              {"lag", relay_lag()}};
+        return http::Response::json(ok ? 200 : 503,
+                                    {{"status", ok ? "ready" : "not_ready"}, {"checks", checks}, {"relay", rel}});
+    }
+
+    // Events committed but not yet in the stream (0 when another store process relays).
+    std::int64_t relay_lag() const {
+        if (!relay || !relay->active()) return 0;
+        return std::max<std::int64_t>(0, writer.head().value() - relay->published().value());
+    }
+};
+
+App::App(config::Values cfg) : impl_(std::make_unique<Impl>(std::move(cfg))) {}
+App::~App() { stop(); }
+
+Status App::start() {
+    auto& d = *impl_;
+    auto hp = config::parse_listen(d.cfg.get("EVENT_STORE_LISTEN"));
+    http::ServerOptions so;
+    so.host = hp->host;
+    so.port = hp->port;
+    so.worker_threads = static_cast<int>(d.cfg.get_int("EVENT_STORE_HTTP_THREADS"));
+    d.server = std::make_unique<http::Server>(so, [this](http::Request& req, std::shared_ptr<http::Responder> res) {
+        impl_->handle(req, res);
+    });
+    try {
+        d.server->start();
+    } catch (const std::exception& e) {
+        return Error::make("listen", e.what());
+    }
+    nats::ConnectOptions no;
+    no.url = d.cfg.get("NATS_URL");
+    no.name = "engram-event-store";
+    auto nc = nats::Connection::connect(no);
+    if (!nc) return Error::make("nats", nc.error().detail);
+    d.nats = std::move(*nc);
+    store::Relay::Options ro;
+    ro.database_url = d.cfg.get("DATABASE_URL");
+    ro.stream = d.cfg.get("EVENTS_STREAM");
+    d.relay = std::make_unique<store::Relay>(ro, *d.nats, d.metrics);
+    d.writer.on_commit([this](const std::vector<events::Event>& evs) {
+        impl_->relay->notify(evs);
+        impl_->sse.publish(evs);
+    });
+    d.sse.start();
+    d.writer.start();
+    d.relay->start();
+    d.metrics.gauge_fn("engram_log_head_position", "last committed position", [this] {
+        return static_cast<double>(impl_->writer.head().value());
+    });
+    d.metrics.gauge_fn("engram_relay_lag_events", "committed events not yet published to JetStream",
+                       [this] { return static_cast<double>(impl_->relay_lag()); });
+    d.metrics.gauge_fn("engram_relay_published_position", "highest position known to be in the stream",
+                       [this] { return static_cast<double>(impl_->relay->published().value()); });
+    d.metrics.gauge_fn("engram_database_up", "1 when the writer is connected to PostgreSQL",
+                       [this] { return impl_->writer.database_up() ? 1.0 : 0.0; });
+    return ok();
+}
+
+void App::stop() {
+    if (!impl_) return;
+    if (impl_->server) impl_->server->stop();
+    impl_->writer.stop();
+    impl_->sse.stop();
+    if (impl_->relay) impl_->relay->stop();
+}
+
+std::uint16_t App::port() const { return impl_->server ? impl_->server->port() : 0; }
+
+std::string App::url() const {
+    auto hp = config::parse_listen(impl_->cfg.get("EVENT_STORE_LISTEN"));
+    return "http://" + hp->host + ":" + std::to_string(port());
+}
+
+}  // namespace engram::event_store

@@ -1,0 +1,71 @@
+#pragma once
+// Blocking HTTP/1.1 client (plain or HTTPS) for tests, the CLI and services calling each other or an
+// OpenAI-compatible LLM. Boost.Beast/Asio stay behind a pimpl.
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+#include "engram/core/result.h"
+#include "engram/http/server.h"  // Headers
+#include "engram/http/url.h"
+
+namespace engram::http {
+
+struct ClientResponse {
+    int status = 0;
+    std::string body;
+    std::map<std::string, std::string> headers;  // names lower-case
+    // The body parsed as JSON; a discarded value (is_discarded()) when it is not JSON.
+    nlohmann::json json() const;
+    std::string header(std::string_view lower_name) const;  // "" when absent
+};
+
+struct ClientOptions {
+    std::chrono::milliseconds timeout{10000};  // whole request: connect, send and receive
+    Headers default_headers;                    // sent with every request (e.g. Authorization)
+    bool verify_tls = true;                     // verify the certificate chain and host name
+};
+
+// Blocking client for one base URL ("http://127.0.0.1:8080" or "https://host[:port][/prefix]"), reusing
+// one keep-alive connection; reconnects transparently once when a reused connection turns out closed.
+// Not thread-safe: one per thread.
+//
+// Errors are engram::Error values with code "bad_url", "connect" (resolve, TCP or TLS handshake),
+// "timeout" or "io", and a detail naming the host.
+class Client {
+public:
+    explicit Client(std::string base_url, ClientOptions opts = {});
+    ~Client();
+    Client(Client&&) noexcept;
+    Client& operator=(Client&&) noexcept;
+
+    // path_and_query is appended to the base URL's prefix: "/events?after=3".
+    Result<ClientResponse> request(std::string_view method, std::string_view path_and_query,
+                                   std::string_view body = {}, const Headers& headers = {});
+    Result<ClientResponse> get(std::string_view path, const Headers& h = {});
+    Result<ClientResponse> post_json(std::string_view path, const nlohmann::json& body, const Headers& h = {});
+
+    // Server-Sent Events: GET path, calls on_event(id, event, data) for each event until it returns
+    // false, the timeout since the last byte passes, or the server closes. Returns the status (also for
+    // a non-200 answer, whose body is dropped), or an Error (code "timeout"/"connect"/"io"); the idle
+    // timeout passing is the Error "timeout". `id` is the last event id seen (SSE rules), `event`
+    // defaults to "message", multi-line data is joined with '\n'. Uses its own connection, closed after.
+    Result<int> sse(std::string_view path, const Headers& h,
+                    const std::function<bool(const std::string& id, const std::string& event, const std::string& data)>& on_event,
+                    std::chrono::milliseconds idle_timeout);
+
+    // Drops the kept-alive connection (the next request connects anew).
+    void disconnect();
+    // Number of TCP connections this client has opened so far (for tests and metrics).
+    std::size_t connections_opened() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace engram::http

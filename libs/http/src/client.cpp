@@ -1,0 +1,396 @@
+#include "engram/http/client.h"
+
+#include <fmt/format.h>
+#include <openssl/ssl.h>
+
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#include <optional>
+
+#include "beast.h"
+
+namespace engram::http {
+
+using namespace detail;
+namespace ssl = boost::asio::ssl;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct ParsedUrl {
+    bool tls = false;
+    std::string host, port, prefix, host_header;
+};
+
+Result<ParsedUrl> parse_base_url(std::string_view url) {
+    auto bad = [&](std::string_view why) {
+        return Error::make("bad_url", fmt::format("invalid base URL '{}': {}", url, why));
+    };
+    ParsedUrl out;
+    auto sep = url.find("://");
+    if (sep == std::string_view::npos) return bad("expected http://host[:port] or https://host[:port]");
+    auto scheme = lower(url.substr(0, sep));
+    if (scheme == "https") out.tls = true;
+    else if (scheme != "http") return bad("the scheme must be http or https");
+    auto rest = url.substr(sep + 3);
+    auto slash = rest.find('/');
+    auto authority = rest.substr(0, slash);
+    if (slash != std::string_view::npos) out.prefix = std::string(rest.substr(slash));
+    if (out.prefix.find_first_of("?#") != std::string::npos) return bad("a base URL has no query or fragment");
+    while (!out.prefix.empty() && out.prefix.back() == '/') out.prefix.pop_back();
+    if (authority.find('@') != std::string_view::npos) return bad("user info is not supported");
+    std::string_view host, port;
+    if (!authority.empty() && authority.front() == '[') {  // [::1]:8080
+        auto close = authority.find(']');
+        if (close == std::string_view::npos) return bad("unterminated IPv6 address");
+        host = authority.substr(1, close - 1);
+        auto after = authority.substr(close + 1);
+        if (!after.empty()) {
+            if (after.front() != ':') return bad("junk after the IPv6 address");
+            port = after.substr(1);
+        }
+    } else {
+        auto colon = authority.rfind(':');
+        host = authority.substr(0, colon);
+        if (colon != std::string_view::npos) port = authority.substr(colon + 1);
+    }
+    if (host.empty()) return bad("missing host");
+    if (port.empty()) {
+        out.port = out.tls ? "443" : "80";
+    } else {
+        if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos) return bad("invalid port");
+        auto n = std::stoul(std::string(port));
+        if (n == 0 || n > 65535) return bad("invalid port");
+        out.port = std::string(port);
+    }
+    out.host = std::string(host);
+    bool default_port = out.port == (out.tls ? "443" : "80");
+    bool v6 = out.host.find(':') != std::string::npos;
+    out.host_header = v6 ? "[" + out.host + "]" : out.host;
+    if (!default_port) out.host_header += ":" + out.port;
+    return out;
+}
+
+bool closed_by_peer(const error_code& ec) {
+    return ec == net::error::eof || ec == bhttp::error::end_of_stream || ec == net::error::connection_reset ||
+           ec == net::error::broken_pipe || ec == net::error::connection_aborted || ec == ssl::error::stream_truncated;
+}
+
+// Incremental text/event-stream parser (WHATWG rules, minus `retry`).
+class SseParser {
+public:
+    using Callback = std::function<bool(const std::string&, const std::string&, const std::string&)>;
+    explicit SseParser(const Callback& cb) : cb_(cb) {}
+
+    // false once the callback asked to stop.
+    bool feed(const char* p, std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) {
+            char c = p[i];
+            if (c != '\n') {
+                line_.push_back(c);
+                continue;
+            }
+            if (!line_.empty() && line_.back() == '\r') line_.pop_back();
+            bool go_on = process_line();
+            line_.clear();
+            if (!go_on) return false;
+        }
+        return true;
+    }
+
+private:
+    bool process_line() {
+        if (line_.empty()) {
+            if (!has_data_) {
+                event_.clear();
+                return true;
+            }
+            std::string event = event_.empty() ? std::string("message") : std::move(event_);
+            bool go_on = cb_(last_id_, event, data_);
+            event_.clear();
+            data_.clear();
+            has_data_ = false;
+            return go_on;
+        }
+        if (line_.front() == ':') return true;  // comment / keep-alive
+        auto colon = line_.find(':');
+        std::string field = line_.substr(0, colon);
+        std::string value;
+        if (colon != std::string::npos) {
+            value = line_.substr(colon + 1);
+            if (!value.empty() && value.front() == ' ') value.erase(0, 1);
+        }
+        if (field == "data") {
+            if (has_data_) data_.push_back('\n');
+            data_ += value;
+            has_data_ = true;
+        } else if (field == "event") {
+            event_ = std::move(value);
+        } else if (field == "id") {
+            if (value.find('\0') == std::string::npos) last_id_ = std::move(value);
+        }
+        return true;
+    }
+
+    const Callback& cb_;
+    std::string line_, last_id_, event_, data_;
+    bool has_data_ = false;
+};
+
+}  // namespace
+
+struct Client::Impl {
+    std::string base_url;
+    ClientOptions opts;
+    std::optional<Error> url_error;
+    ParsedUrl url;
+
+    net::io_context ioc{1};
+    std::unique_ptr<ssl::context> ssl_ctx;  // outlives `secure`
+    std::unique_ptr<beast::tcp_stream> plain;
+    std::unique_ptr<beast::ssl_stream<beast::tcp_stream>> secure;
+    beast::flat_buffer buffer;
+    std::size_t opened = 0;
+
+    Impl(std::string base, ClientOptions o) : base_url(std::move(base)), opts(std::move(o)) {
+        auto parsed = parse_base_url(base_url);
+        if (!parsed) {
+            url_error = parsed.error();
+            return;
+        }
+        url = std::move(parsed.value());
+        if (url.tls) {
+            ssl_ctx = std::make_unique<ssl::context>(ssl::context::tls_client);
+            error_code ec;
+            ssl_ctx->set_default_verify_paths(ec);
+            ssl_ctx->set_verify_mode(opts.verify_tls ? ssl::verify_peer : ssl::verify_none, ec);
+        }
+    }
+    ~Impl() { drop(); }
+
+    bool connected() const { return plain || secure; }
+    beast::tcp_stream& lowest() { return plain ? *plain : beast::get_lowest_layer(*secure); }
+
+    template <class F>
+    error_code with_stream(F&& f) {
+        if (secure) return f(*secure);
+        return f(*plain);
+    }
+
+    // Runs one asynchronous operation to completion on this client's io_context (timeouts come from
+    // the tcp_stream's expiry).
+    template <class Start>
+    error_code run(Start&& start) {
+        error_code result = net::error::would_block;
+        start([&result](error_code ec, auto&&...) { result = ec; });
+        ioc.restart();
+        ioc.run();
+        return result;
+    }
+
+    void drop() {
+        if (connected()) {
+            error_code ec;
+            auto& s = lowest();
+            s.socket().shutdown(tcp::socket::shutdown_both, ec);
+            s.close();
+        }
+        secure.reset();
+        plain.reset();
+        buffer.clear();
+        // Let the closed stream's cancelled timer handlers run so nothing is left in the queue.
+        ioc.restart();
+        ioc.poll();
+    }
+
+    std::string where() const { return fmt::format("{}:{}", url.host, url.port); }
+
+    Error failure(const error_code& ec, std::string_view method, std::string_view target, std::string_view doing) {
+        if (ec == beast::error::timeout)
+            return Error::make("timeout", fmt::format("{} {}{} timed out while {} (limit {} ms)", method, base_url, target,
+                                                      doing, opts.timeout.count()));
+        return Error::make("io", fmt::format("{} {}{} failed while {}: {}", method, base_url, target, doing, ec.message()));
+    }
+
+    Status connect(Clock::time_point deadline) {
+        drop();
+        tcp::resolver resolver(ioc);
+        error_code ec;
+        auto results = resolver.resolve(url.host, url.port, ec);
+        if (ec) return Error::make("connect", fmt::format("cannot resolve {}: {}", url.host, ec.message()));
+        auto s = std::make_unique<beast::tcp_stream>(ioc);
+        s->expires_at(deadline);
+        ec = run([&](auto h) { s->async_connect(results, std::move(h)); });
+        if (ec == beast::error::timeout)
+            return Error::make("timeout", fmt::format("connecting to {} timed out after {} ms", where(), opts.timeout.count()));
+        if (ec) return Error::make("connect", fmt::format("cannot connect to {}: {}", where(), ec.message()));
+        s->socket().set_option(tcp::no_delay(true), ec);
+        ++opened;
+        if (!url.tls) {
+            plain = std::move(s);
+            return ok();
+        }
+        secure = std::make_unique<beast::ssl_stream<beast::tcp_stream>>(std::move(*s), *ssl_ctx);
+        net::ip::make_address(url.host, ec);
+        if (ec) SSL_set_tlsext_host_name(secure->native_handle(), url.host.c_str());  // SNI is for names only
+        if (opts.verify_tls) secure->set_verify_callback(ssl::host_name_verification(url.host));
+        beast::get_lowest_layer(*secure).expires_at(deadline);
+        ec = run([&](auto h) { secure->async_handshake(ssl::stream_base::client, std::move(h)); });
+        if (ec) {
+            drop();
+            if (ec == beast::error::timeout)
+                return Error::make("timeout", fmt::format("TLS handshake with {} timed out after {} ms", where(), opts.timeout.count()));
+            return Error::make("connect", fmt::format("TLS handshake with {} failed: {}", where(), ec.message()));
+        }
+        return ok();
+    }
+
+    bhttp::request<bhttp::string_body> make_request(std::string_view method, std::string_view target, std::string_view body,
+                                                    const Headers& headers) {
+        bhttp::request<bhttp::string_body> req;
+        auto verb = bhttp::string_to_verb(bsv(method));
+        if (verb == bhttp::verb::unknown) req.method_string(bsv(method));
+        else req.method(verb);
+        std::string full = url.prefix;
+        if (target.empty() || target.front() != '/') full.push_back('/');
+        full += target;
+        req.target(bsv(full));
+        req.version(11);
+        req.set(bhttp::field::host, bsv(url.host_header));
+        req.set(bhttp::field::user_agent, "engram-http");
+        for (const auto& [k, v] : opts.default_headers) req.set(bsv(k), bsv(v));
+        for (const auto& [k, v] : headers) req.set(bsv(k), bsv(v));
+        req.body() = std::string(body);
+        req.prepare_payload();
+        return req;
+    }
+
+    // Sends `req` and reads at least the response header into `parser` (whole message unless
+    // header_only), reconnecting once when a kept-alive connection turns out to have been closed.
+    template <class Parser, class MakeParser>
+    Status exchange(const bhttp::request<bhttp::string_body>& req, std::optional<Parser>& parser, MakeParser&& make_parser,
+                    Clock::time_point deadline, bool header_only, std::optional<std::chrono::milliseconds> read_timeout) {
+        auto method = std::string(req.method_string());
+        auto target = std::string(req.target());
+        for (int attempt = 0;; ++attempt) {
+            bool reused = connected();
+            if (!reused) {
+                auto st = connect(deadline);
+                if (!st) return std::move(st).error();
+            }
+            lowest().expires_at(deadline);
+            auto ec = with_stream([&](auto& s) { return run([&](auto h) { bhttp::async_write(s, req, std::move(h)); }); });
+            if (ec) {
+                drop();
+                if (reused && attempt == 0 && closed_by_peer(ec)) continue;
+                return failure(ec, method, target, "sending the request");
+            }
+            parser.emplace();
+            make_parser(*parser);
+            if (read_timeout) lowest().expires_after(*read_timeout);
+            else lowest().expires_at(deadline);
+            ec = with_stream([&](auto& s) {
+                return run([&](auto h) {
+                    if (header_only) bhttp::async_read_header(s, buffer, *parser, std::move(h));
+                    else bhttp::async_read(s, buffer, *parser, std::move(h));
+                });
+            });
+            if (ec) {
+                bool retry = reused && attempt == 0 && !parser->got_some() && closed_by_peer(ec);
+                drop();
+                if (retry) continue;
+                return failure(ec, method, target, "reading the response");
+            }
+            return ok();
+        }
+    }
+};
+
+Client::Client(std::string base_url, ClientOptions opts) : impl_(std::make_unique<Impl>(std::move(base_url), std::move(opts))) {}
+Client::~Client() = default;
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+
+Result<ClientResponse> Client::request(std::string_view method, std::string_view path_and_query, std::string_view body,
+                                       const Headers& headers) {
+    auto& im = *impl_;
+    if (im.url_error) return *im.url_error;
+    auto deadline = Clock::now() + im.opts.timeout;
+    auto req = im.make_request(method, path_and_query, body, headers);
+    bool head = req.method() == bhttp::verb::head;
+    std::optional<bhttp::response_parser<bhttp::string_body>> parser;
+    auto st = im.exchange(
+        req, parser,
+        [head](auto& p) {
+            p.body_limit(boost::none);
+            if (head) p.skip(true);
+        },
+        deadline, false, std::nullopt);
+    if (!st) return std::move(st).error();
+    auto msg = parser->release();
+    ClientResponse out;
+    out.status = static_cast<int>(msg.result_int());
+    out.body = std::move(msg.body());
+    copy_headers(msg, out.headers);
+    if (!msg.keep_alive()) im.drop();
+    return out;
+}
+
+Result<ClientResponse> Client::get(std::string_view path, const Headers& h) { return request("GET", path, {}, h); }
+
+Result<ClientResponse> Client::post_json(std::string_view path, const nlohmann::json& body, const Headers& h) {
+    Headers headers = h;
+    bool has_type = false;
+    for (const auto& [k, v] : headers) has_type = has_type || lower(k) == "content-type";
+    if (!has_type) headers.emplace_back("Content-Type", "application/json");
+    return request("POST", path, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), headers);
+}
+
+Result<int> Client::sse(std::string_view path, const Headers& h,
+                        const std::function<bool(const std::string&, const std::string&, const std::string&)>& on_event,
+                        std::chrono::milliseconds idle_timeout) {
+    auto& im = *impl_;
+    if (im.url_error) return *im.url_error;
+    Headers headers{{"Accept", "text/event-stream"}, {"Cache-Control", "no-cache"}};
+    headers.insert(headers.end(), h.begin(), h.end());
+    auto req = im.make_request("GET", path, {}, headers);
+    std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
+    auto st = im.exchange(
+        req, parser, [](auto& p) { p.body_limit(boost::none); }, Clock::now() + im.opts.timeout, true, idle_timeout);
+    if (!st) return std::move(st).error();
+    struct DropAtExit {
+        Impl& im;
+        ~DropAtExit() { im.drop(); }  // the stream may be left mid-message: never reuse it
+    } drop_at_exit{im};
+
+    auto& p = *parser;
+    int status = static_cast<int>(p.get().result_int());
+    bool events = status >= 200 && status < 300;
+    SseParser sse(on_event);
+    std::array<char, 16 * 1024> buf;
+    for (;;) {
+        if (p.is_done()) return status;
+        p.get().body().data = buf.data();
+        p.get().body().size = buf.size();
+        im.lowest().expires_after(idle_timeout);
+        auto ec = im.with_stream([&](auto& s) { return im.run([&](auto hnd) { bhttp::async_read_some(s, im.buffer, p, std::move(hnd)); }); });
+        if (ec == bhttp::error::need_buffer) ec = {};
+        std::size_t n = buf.size() - p.get().body().size;
+        if (events && n > 0 && !sse.feed(buf.data(), n)) return status;
+        if (!ec) continue;
+        if (ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message || ec == net::error::eof ||
+            ec == ssl::error::stream_truncated)
+            return status;
+        if (ec == beast::error::timeout)
+            return Error::make("timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url, path, idle_timeout.count()));
+        return Error::make("io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url, path, ec.message()));
+    }
+}
+
+void Client::disconnect() { impl_->drop(); }
+
+std::size_t Client::connections_opened() const { return impl_->opened; }
+
+}  // namespace engram::http

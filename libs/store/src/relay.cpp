@@ -1,0 +1,263 @@
+#include "engram/store/relay.h"
+
+#include "engram/log/log.h"
+#include "engram/metrics/metrics.h"
+#include "engram/nats/nats.h"
+#include "engram/pg/pg.h"
+#include "rows.h"
+
+#include <deque>
+
+namespace engram::store {
+namespace {
+
+constexpr long long kRelayLock = 0x656e6772616d03;  // one publishing relay per database
+constexpr std::size_t kMaxFresh = 50000;             // committed events kept in memory for publishing
+
+}  // namespace
+
+struct Relay::Impl {
+    Options opts;
+    nats::Connection& nats;
+    std::shared_ptr<spdlog::logger> log = log::get("relay");
+    metrics::Counter& published_total;
+    metrics::Counter& failures;
+
+    std::mutex mu;
+    std::condition_variable cv;
+    bool stopping = false;
+    std::int64_t notified = 0;
+    std::deque<events::Event> fresh;  // committed events not yet published, in position order
+    std::thread thread;
+
+    std::unique_ptr<pqxx::connection> conn;  // holds the session advisory lock while active
+    bool synced = false;
+    std::string last_id;  // Nats-Msg-Id of the stream's last message ("" = stream empty)
+
+    Impl(Options o, nats::Connection& n, metrics::Registry& m)
+        : opts(std::move(o)),
+          nats(n),
+          published_total(m.counter("engram_relay_published_total", "events published to JetStream by the relay")),
+          failures(m.counter("engram_relay_failures_total", "relay rounds that failed and were retried")) {}
+};
+
+Relay::Relay(Options opts, nats::Connection& nats, metrics::Registry& metrics)
+    : impl_(std::make_unique<Impl>(std::move(opts), nats, metrics)) {}
+
+Relay::~Relay() { stop(); }
+
+void Relay::start() { impl_->thread = std::thread([this] { run(); }); }
+
+void Relay::stop() {
+    {
+        std::lock_guard lk(impl_->mu);
+        impl_->stopping = true;
+    }
+    impl_->cv.notify_all();
+    if (impl_->thread.joinable()) impl_->thread.join();
+    active_ = false;
+}
+
+void Relay::notify(const std::vector<events::Event>& committed) {
+    if (committed.empty()) return;
+    {
+        std::lock_guard lk(impl_->mu);
+        impl_->notified = std::max(impl_->notified, committed.back().position.value());
+        // Only while this process relays: a standby would just accumulate them.
+        if (active_.load() && impl_->fresh.size() + committed.size() <= kMaxFresh)
+            impl_->fresh.insert(impl_->fresh.end(), committed.begin(), committed.end());
+    }
+    impl_->cv.notify_one();
+}
+
+// Finds where the stream really is: its last message names the last published event. The stream
+// is the truth (a crash can happen after publishing and before persisting the watermark).
+bool Relay::sync_with_stream() {
+    auto& d = *impl_;
+    if (auto s = d.nats.ensure_stream(d.opts.stream, {d.opts.subject_prefix + ".>"}); !s) {
+        d.log->warn("cannot ensure stream {}: {}", d.opts.stream, s.error().detail);
+        return false;
+    }
+    auto info = d.nats.stream_info(d.opts.stream);
+    if (!info) {
+        d.log->warn("cannot read stream {}: {}", d.opts.stream, info.error().detail);
+        return false;
+    }
+    pqxx::work tx(*d.conn);
+    auto persisted = tx.exec("SELECT coalesce((SELECT published FROM relay_state WHERE stream = " +
+                             tx.quote(d.opts.stream) + "), 0)")[0][0].as<std::int64_t>();
+    std::int64_t w = 0;
+    d.last_id.clear();
+    if (info->last_seq > 0) {
+        auto msgs = d.nats.get_stream_messages(d.opts.stream, info->last_seq, 1);
+        if (!msgs || msgs->empty()) {
+            d.log->warn("cannot read the last message of stream {}", d.opts.stream);
+            return false;
+        }
+        auto id = (*msgs)[0].headers["Nats-Msg-Id"];
+        auto r = tx.exec("SELECT position FROM events WHERE id = " + tx.quote(id) + "::uuid");
+        if (r.empty()) {
+            d.log->error("the last message of stream {} (msg id '{}') is not an event of this log; is another "
+                         "store publishing to it? relay paused",
+                         d.opts.stream, id);
+            return false;
+        }
+        w = r[0][0].as<std::int64_t>();
+        d.last_id = id;
+    } else if (persisted > 0) {
+        d.log->warn("stream {} is empty but {} events were published before: republishing from the start",
+                    d.opts.stream, persisted);
+    }
+    tx.commit();
+    if (w != persisted) d.log->info("relay resumes after position {} (persisted watermark {})", w, persisted);
+    published_ = w;
+    return true;
+}
+
+void Relay::run() {
+    auto& d = *impl_;
+    auto wait = [&](std::chrono::milliseconds dur) {
+        std::unique_lock lk(d.mu);
+        d.cv.wait_for(lk, dur, [&] { return d.stopping || d.notified > published_.load(); });
+        return !d.stopping;
+    };
+    auto drop_connection = [&] {
+        d.conn.reset();  // closing the session releases the advisory lock
+        d.synced = false;
+        if (active_.exchange(false)) d.log->info("relay inactive");
+    };
+    for (;;) {
+        {
+            std::lock_guard lk(d.mu);
+            if (d.stopping) break;
+        }
+        try {
+            if (!d.conn) {
+                auto c = pg::connect(d.opts.database_url);
+                if (!c) {
+                    if (!wait(d.opts.standby_retry)) break;
+                    continue;
+                }
+                d.conn = std::move(*c);
+                pqxx::nontransaction(*d.conn).exec(
+                    "SET synchronous_commit = off");  // the watermark is re-derived from the stream anyway
+            }
+            if (!active_.load()) {
+                pqxx::nontransaction tx(*d.conn);
+                bool got = tx.exec("SELECT pg_try_advisory_lock(" + std::to_string(kRelayLock) + ")")[0][0].as<bool>();
+                if (!got) {  // another store process relays; stand by and take over if it dies
+                    if (!wait(d.opts.standby_retry)) break;
+                    continue;
+                }
+                active_ = true;
+                d.log->info("relay active: publishing to stream {}", d.opts.stream);
+            }
+            if (!d.nats.connected()) {
+                d.synced = false;
+                if (!wait(std::chrono::milliseconds(100))) break;
+                continue;
+            }
+            if (!d.synced) {
+                if (!sync_with_stream()) {
+                    d.failures.inc();
+                    if (!wait(std::chrono::milliseconds(500))) break;
+                    continue;
+                }
+                d.synced = true;
+            }
+
+            std::vector<events::Event> evs;
+            {
+                // The fast way: the events the writer just committed, when they continue the stream.
+                std::lock_guard lk(d.mu);
+                while (!d.fresh.empty() && d.fresh.front().position.value() <= published_.load()) d.fresh.pop_front();
+                if (!d.fresh.empty() && d.fresh.front().position.value() == published_.load() + 1) {
+                    while (!d.fresh.empty() && evs.size() < d.opts.batch &&
+                           d.fresh.front().position.value() == published_.load() + 1 + static_cast<std::int64_t>(evs.size())) {
+                        evs.push_back(std::move(d.fresh.front()));
+                        d.fresh.pop_front();
+                    }
+                } else {
+                    d.fresh.clear();  // a hole (other process, overflow, restart): read the log instead
+                }
+            }
+            if (evs.empty()) {
+                pqxx::read_transaction tx(*d.conn);
+                evs = rows::to_events(tx.exec(std::string("SELECT ") + rows::kColumns +
+                                              " FROM events WHERE position > " + std::to_string(published_.load()) +
+                                              " ORDER BY position LIMIT " + std::to_string(d.opts.batch)));
+            }
+            if (evs.empty()) {
+                if (!wait(d.opts.poll)) break;
+                continue;
+            }
+
+            // Publish the round with a bounded window; each message must follow its predecessor in
+            // the stream (expected_last_msg_id), so a message lost in a reconnect can never be
+            // overtaken by the next one.
+            struct Round {
+                std::atomic<std::size_t> ok{0}, failed{0};
+                std::mutex mu;
+                std::string first_error;
+            };
+            auto round = std::make_shared<Round>();
+            std::size_t sent = 0;
+            std::string prev = d.last_id;
+            for (const auto& ev : evs) {
+                nats::PublishOptions po;
+                po.msg_id = ev.id.str();
+                po.expected_last_msg_id = prev;
+                po.headers["Engram-Position"] = std::to_string(ev.position.value());
+                auto s = d.nats.publish_async(d.opts.subject_prefix + "." + ev.type, ev.to_json().dump(), po,
+                                              [round](const nats::PubAck& a) {
+                                                  if (a.ok) {
+                                                      round->ok++;
+                                                  } else {
+                                                      std::lock_guard lk(round->mu);
+                                                      if (round->first_error.empty()) round->first_error = a.error;
+                                                      round->failed++;
+                                                  }
+                                              });
+                if (!s) {
+                    std::lock_guard lk(round->mu);
+                    if (round->first_error.empty()) round->first_error = s.error().detail;
+                    break;
+                }
+                prev = po.msg_id;
+                ++sent;
+            }
+            auto done = d.nats.wait_publish_complete(std::chrono::seconds(10));
+            if (sent == evs.size() && done && round->ok.load() == sent && round->failed.load() == 0) {
+                published_ = evs.back().position.value();
+                d.last_id = prev;
+                d.published_total.inc(sent);
+                pqxx::work tx(*d.conn);
+                tx.exec("INSERT INTO relay_state (stream, published) VALUES (" + tx.quote(d.opts.stream) + "," +
+                        std::to_string(published_.load()) +
+                        ") ON CONFLICT (stream) DO UPDATE SET published = excluded.published");
+                tx.commit();
+            } else {
+                d.failures.inc();
+                std::string why;
+                {
+                    std::lock_guard lk(round->mu);
+                    why = round->first_error;
+                }
+                if (!done && why.empty()) why = done.error().detail;
+                d.log->warn("publishing round failed ({} of {} acked): {}; resyncing with the stream",
+                            round->ok.load(), evs.size(), why);
+                d.synced = false;
+                if (!wait(std::chrono::milliseconds(100))) break;
+            }
+        } catch (const std::exception& e) {
+            if (!pg::is_connection_error(e)) d.log->error("relay error: {}", e.what());
+            else d.log->warn("relay lost the database: {}", e.what());
+            d.failures.inc();
+            drop_connection();
+            if (!wait(std::chrono::milliseconds(200))) break;
+        }
+    }
+    drop_connection();
+}
+
+}  // namespace engram::store
