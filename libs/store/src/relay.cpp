@@ -32,7 +32,10 @@ struct Relay::Impl {
 
     std::unique_ptr<pqxx::connection> conn;  // holds the session advisory lock while active
     bool synced = false;
-    std::string last_id;  // Nats-Msg-Id of the stream's last message ("" = stream empty)
+    // The stream's last sequence. Each publish expects it (expected_last_seq), so a message lost in
+    // a reconnect can never be overtaken by the next one. (Not expected_last_msg_id: the server
+    // forgets the last msg id when it restarts after the duplicate window has passed.)
+    std::uint64_t last_seq = 0;
 
     Impl(Options o, nats::Connection& n, metrics::Registry& m)
         : opts(std::move(o)),
@@ -87,7 +90,7 @@ bool Relay::sync_with_stream() {
     auto persisted = tx.exec("SELECT coalesce((SELECT published FROM relay_state WHERE stream = " +
                              tx.quote(d.opts.stream) + "), 0)")[0][0].as<std::int64_t>();
     std::int64_t w = 0;
-    d.last_id.clear();
+    d.last_seq = info->last_seq;
     if (info->last_seq > 0) {
         auto msgs = d.nats.get_stream_messages(d.opts.stream, info->last_seq, 1);
         if (!msgs || msgs->empty()) {
@@ -103,7 +106,6 @@ bool Relay::sync_with_stream() {
             return false;
         }
         w = r[0][0].as<std::int64_t>();
-        d.last_id = id;
     } else if (persisted > 0) {
         d.log->warn("stream {} is empty but {} events were published before: republishing from the start",
                     d.opts.stream, persisted);
@@ -192,9 +194,8 @@ void Relay::run() {
                 continue;
             }
 
-            // Publish the round with a bounded window; each message must follow its predecessor in
-            // the stream (expected_last_msg_id), so a message lost in a reconnect can never be
-            // overtaken by the next one.
+            // Publish the round with a bounded window; each message must land right after its
+            // predecessor (expected_last_seq; 0 means "no check", only for an empty stream).
             struct Round {
                 std::atomic<std::size_t> ok{0}, failed{0};
                 std::mutex mu;
@@ -202,11 +203,11 @@ void Relay::run() {
             };
             auto round = std::make_shared<Round>();
             std::size_t sent = 0;
-            std::string prev = d.last_id;
+            std::uint64_t expect = d.last_seq;
             for (const auto& ev : evs) {
                 nats::PublishOptions po;
                 po.msg_id = ev.id.str();
-                po.expected_last_msg_id = prev;
+                po.expected_last_seq = expect;
                 po.headers["Engram-Position"] = std::to_string(ev.position.value());
                 auto s = d.nats.publish_async(d.opts.subject_prefix + "." + ev.type, ev.to_json().dump(), po,
                                               [round](const nats::PubAck& a) {
@@ -223,13 +224,13 @@ void Relay::run() {
                     if (round->first_error.empty()) round->first_error = s.error().detail;
                     break;
                 }
-                prev = po.msg_id;
+                ++expect;
                 ++sent;
             }
             auto done = d.nats.wait_publish_complete(std::chrono::seconds(10));
             if (sent == evs.size() && done && round->ok.load() == sent && round->failed.load() == 0) {
                 published_ = evs.back().position.value();
-                d.last_id = prev;
+                d.last_seq = expect;
                 d.published_total.inc(sent);
                 pqxx::work tx(*d.conn);
                 tx.exec("INSERT INTO relay_state (stream, published) VALUES (" + tx.quote(d.opts.stream) + "," +
