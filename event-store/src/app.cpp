@@ -7,6 +7,7 @@
 #include "engram/metrics/metrics.h"
 #include "engram/nats/nats.h"
 #include "engram/pg/pg.h"
+#include "engram/projections/projections.h"
 #include "engram/store/query.h"
 #include "engram/store/reader.h"
 #include "engram/store/relay.h"
@@ -116,6 +117,7 @@ struct App::Impl {
         }
         if (path == "/events/stream") return sse.serve(req, res);
         if (path.rfind("/events/", 0) == 0) return res->respond(get_event(path.substr(8)));
+        if (path.rfind("/projections/", 0) == 0) return res->respond(projection(path.substr(13), req));
         const std::string agg_prefix = "/aggregates/", agg_suffix = "/events";
         if (path.rfind(agg_prefix, 0) == 0 && path.size() > agg_prefix.size() + agg_suffix.size() &&
             path.compare(path.size() - agg_suffix.size(), agg_suffix.size(), agg_suffix) == 0)
@@ -169,6 +171,57 @@ struct App::Impl {
         auto evs = reader.aggregate(aggregate_id, q->from, q->limit);
         if (!evs) return error_response(evs.error());
         return http::Response::json(200, {{"aggregate_id", aggregate_id}, {"events", events_json(*evs)}});
+    }
+
+    // GET /projections/{name}/{id}[?as_of=P|TIME]: folded from the log by the projection's own
+    // code when as_of is given, else the state the memory processor persisted.
+    http::Response projection(const std::string& rest, http::Request& req) {
+        auto slash = rest.find('/');
+        if (slash == std::string::npos || slash + 1 >= rest.size())
+            return http::Response::error(404, "not_found", "use /projections/{name}/{id}");
+        auto name = rest.substr(0, slash), id = rest.substr(slash + 1);
+        const auto* p = projections::find(name);
+        if (!p) return http::Response::error(404, "not_found", "no projection named '" + name + "'");
+        auto agg = p->aggregate_of(id);
+        if (!agg) return error_response(agg.error());
+        nlohmann::json out = {{"name", name}, {"id", id}};
+        if (auto as_of = req.param("as_of")) {
+            store::ReadQuery q;
+            if (auto pos = store::parse_count(*as_of)) q.until_position = GlobalPosition(*pos);
+            else if (auto t = parse_rfc3339(*as_of)) q.until_time = *t;
+            else return http::Response::error(400, "invalid_parameter",
+                                              "query parameter 'as_of' must be a position or an RFC 3339 time (got '" + *as_of + "')");
+            q.aggregate_id = *agg;
+            q.limit = store::kMaxReadLimit;
+            std::vector<events::Event> evs;
+            for (;;) {
+                auto page = reader.read(q);
+                if (!page) return error_response(page.error());
+                evs.insert(evs.end(), page->begin(), page->end());
+                if (page->size() < static_cast<std::size_t>(q.limit)) break;
+                q.after = page->back().position;
+            }
+            out["as_of"] = *as_of;
+            out["state"] = projections::fold(*p, id, evs);
+            out["position"] = evs.empty() ? 0 : evs.back().position.value();
+            return http::Response::json(200, out);
+        }
+        auto row = pool.run([&](pqxx::connection& c) -> std::optional<std::pair<std::string, std::int64_t>> {
+            pqxx::read_transaction tx(c);
+            auto exists = tx.exec("SELECT to_regclass('projection_state') IS NOT NULL")[0][0].as<bool>();
+            if (!exists) return std::nullopt;
+            auto r = tx.exec("SELECT state::text, position FROM projection_state WHERE name = " + tx.quote(name) +
+                             " AND id = " + tx.quote(id));
+            if (r.empty()) return std::nullopt;
+            return std::make_pair(std::string(r[0][0].c_str()), r[0][1].as<std::int64_t>());
+        });
+        if (!row) return error_response(row.error());
+        if (!*row)
+            return http::Response::error(404, "not_found", "no persisted " + name + " for '" + id +
+                                                               "' (nothing processed yet; ?as_of=<position> folds it from the log)");
+        out["position"] = (*row)->second;
+        out["state"] = nlohmann::json::parse((*row)->first);
+        return http::Response::json(200, out);
     }
 
     http::Response ready() {

@@ -362,3 +362,34 @@ TEST_CASE("the log refuses updates and deletes", "[integration][store]") {
     pqxx::work tx(c);
     CHECK_THROWS(tx.exec("UPDATE events SET type = 'Changed'"));
 }
+
+TEST_CASE("projections are folded from the log as of a position or a time", "[integration][store][projections]") {
+    StoreFixture f;
+    std::vector<std::string> ts;
+    for (int i = 0; i < 3; ++i) {
+        auto r = f.post(msg("session:web:p", "m" + std::to_string(i)));
+        REQUIRE(r.status == 201);
+        ts.push_back(r.json()["events"][0]["timestamp"]);
+    }
+    REQUIRE(f.post(custom("session:web:other")).status == 201);
+    auto at2 = f.get("/projections/conversation/session:web:p?as_of=2");
+    INFO(at2.body);
+    REQUIRE(at2.status == 200);
+    auto j = at2.json();
+    CHECK(j["name"] == "conversation");
+    CHECK(j["id"] == "session:web:p");
+    CHECK(j["position"] == 2);
+    CHECK(j["state"]["messages"].size() == 2);
+    CHECK(j["state"]["messages"][1]["text"] == "m1");
+    auto now = f.get("/projections/conversation/session:web:p?as_of=100").json();
+    CHECK(now["state"]["messages"].size() == 3);
+    auto by_time = f.get("/projections/conversation/session:web:p?as_of=" + http::url_encode(ts[0])).json();
+    CHECK(by_time["state"]["messages"].size() >= 1);
+    CHECK(f.get("/projections/conversation/session:web:p?as_of=2000-01-01T00:00:00Z").json()["position"] == 0);
+
+    require_error(f.get("/projections/nope/x?as_of=1"), 404, "not_found");
+    require_error(f.get("/projections/conversation/user:1?as_of=1"), 400, "invalid_parameter");
+    require_error(f.get("/projections/conversation/session:web:p?as_of=yesterday"), 400, "invalid_parameter", "as_of");
+    // Nothing persisted yet (no memory processor in this test).
+    require_error(f.get("/projections/conversation/session:web:p"), 404, "not_found");
+}

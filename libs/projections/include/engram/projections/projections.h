@@ -1,0 +1,5 @@
+#pragma once
+// Everything of engram::projections in one include.
+#include "engram/projections/conversation.h"
+#include "engram/projections/fast_memory.h"
+#include "engram/projections/projection.h"
