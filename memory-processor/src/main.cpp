@@ -1,0 +1,28 @@
+#include "memory_processor.h"
+
+#include "engram/log/log.h"
+
+int main(int argc, char** argv) {
+    using namespace engram;
+    processor::Options defaults;
+    defaults.name = "memory-processor";
+    defaults.types = {};  // every event: a projection's checkpoint tracks aggregate versions
+    config::Spec extra;
+    extra.add({"LLM_BASE_URL", "OpenAI-compatible API base URL (embeddings when EMBEDDINGS_MODEL is set)", "", false,
+               config::url({"http", "https"})});
+    extra.add({"LLM_API_KEY", "API key for LLM_BASE_URL", "", false, nullptr, true});
+    extra.add({"EMBEDDINGS_MODEL", "embedding model; unset = the built-in local embedding", "", false, nullptr});
+    // Kept alive for the life of the process by the handler's captures.
+    static std::unique_ptr<memory_processor::SearchService> search;
+    return processor::run_main(argc, argv, defaults, extra, [](const config::Values& v) {
+        std::shared_ptr<memory::Embedder> emb =
+            memory::make_embedder(v.get("LLM_BASE_URL"), v.get("LLM_API_KEY"), v.get("EMBEDDINGS_MODEL"));
+        auto conn = pg::connect(v.get("DATABASE_URL"));
+        if (!conn) throw std::runtime_error(conn.error().detail);
+        memory_processor::migrate(**conn);
+        search = std::make_unique<memory_processor::SearchService>(v.get("NATS_URL"), v.get("DATABASE_URL"), emb);
+        if (auto s = search->start(); !s) throw std::runtime_error("memory.search: " + s.error().detail);
+        log::get("memory-processor")->info("embeddings: {}", emb->name());
+        return memory_processor::make_handler(emb, {v.get("EVENT_STORE_URL"), v.get("ENGRAM_API_TOKEN")});
+    });
+}

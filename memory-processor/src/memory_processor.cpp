@@ -1,0 +1,203 @@
+#include "memory_processor.h"
+
+#include "engram/events/types.h"
+#include "engram/http/client.h"
+#include "engram/log/log.h"
+#include "engram/nats/nats.h"
+#include "engram/pg/pg.h"
+#include "engram/projections/projections.h"
+
+#include <set>
+
+namespace engram::memory_processor {
+
+std::vector<std::string> handled_types() {
+    std::set<std::string> t = {"MemoryStored"};
+    for (const auto* p : projections::all())
+        for (auto ty : p->event_types()) t.insert(std::string(ty));
+    return {t.begin(), t.end()};
+}
+
+void migrate(pqxx::connection& c) {
+    {
+        pqxx::work tx(c);
+        tx.exec("SELECT pg_advisory_xact_lock(hashtext('engram:projection_state:migrate'))");
+        tx.exec(R"SQL(
+            CREATE TABLE IF NOT EXISTS projection_state (
+                name       text        NOT NULL,
+                id         text        NOT NULL,
+                state      jsonb       NOT NULL,
+                position   bigint      NOT NULL,
+                version    bigint      NOT NULL DEFAULT 0,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (name, id)
+            );
+            ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+        )SQL");
+        tx.commit();
+    }
+    memory::migrate(c);
+}
+
+namespace {
+
+// The events of `aggregate` with versions from..to, from the store (to fill a hole left by a
+// redelivery that arrives after later events of the same aggregate).
+Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, const std::string& aggregate,
+                                                  std::int64_t from, std::int64_t to) {
+    http::Client c(store.url);
+    http::Headers h;
+    if (!store.token.empty()) h.emplace_back("Authorization", "Bearer " + store.token);
+    std::vector<events::Event> out;
+    while (from <= to) {
+        auto n = std::min<std::int64_t>(1000, to - from + 1);
+        auto r = c.get("/aggregates/" + http::url_encode(aggregate) + "/events?from_version=" + std::to_string(from) +
+                           "&limit=" + std::to_string(n),
+                       h);
+        if (!r) return std::move(r).error();
+        if (r->status != 200) return Error::make("event_store", "reading " + aggregate + " answered " + std::to_string(r->status));
+        auto evs = r->json()["events"];
+        if (evs.empty()) break;
+        for (auto& j : evs) {
+            auto e = events::Event::from_json(j);
+            if (!e) return std::move(e).error();
+            out.push_back(std::move(*e));
+        }
+        from = out.back().version.value() + 1;
+    }
+    return out;
+}
+
+// Applies one event to one projection instance. The new state and its checkpoint (the position and
+// aggregate version it reflects) are written in one transaction. An event at or below the
+// checkpoint was applied already (a redelivery) and changes nothing; an event beyond the next
+// version means earlier ones of this aggregate are still to come (redelivered late after a crash),
+// so they are read from the store and folded first: the row never skips an event. The shared
+// advisory lock lets `engram projections rebuild` (exclusive) replace the projection atomically.
+Status apply_projection(processor::Context& ctx, const projections::Projection& p, const StoreAccess& store) {
+    const auto& ev = ctx.event();
+    auto name = std::string(p.name());
+    const auto& id = ev.aggregate_id;
+    auto r = ctx.db().run([&](pqxx::connection& c) -> Status {
+        pqxx::work tx(c);
+        tx.exec("SELECT pg_advisory_xact_lock_shared(hashtext(" + tx.quote("projection:" + name) + "))");
+        auto row = tx.exec("SELECT state::text, position, version FROM projection_state WHERE name = " + tx.quote(name) +
+                           " AND id = " + tx.quote(id) + " FOR UPDATE");
+        nlohmann::json before = p.initial(id);
+        std::int64_t version = 0;
+        if (!row.empty()) {
+            before = nlohmann::json::parse(row[0][0].c_str());
+            version = row[0][2].as<std::int64_t>();
+            // Applied already (a redelivery, or covered by a rebuild).
+            if (row[0][1].as<std::int64_t>() >= ev.position.value() || version >= ev.version.value()) return ok();
+        }
+        std::vector<events::Event> todo;
+        if (ev.version.value() > version + 1) {
+            auto missing = fetch_versions(store, id, version + 1, ev.version.value() - 1);
+            if (!missing) return std::move(missing).error();
+            todo = std::move(*missing);
+        }
+        todo.push_back(ev);
+        auto after = projections::fold_from(p, before, todo);
+        if (p.name() == "fast_memory" && projections::fast_memory_changed(before, after)) {
+            // Appended before the commit: a crash in between re-derives the same event (same
+            // deterministic id and content) on redelivery, which the store stores once.
+            events::NewEvent upd;
+            upd.type = "FastMemoryUpdated";
+            upd.aggregate_id = id;
+            auto mems = nlohmann::json::array();
+            for (const auto& m : after.value("memories", nlohmann::json::array()))
+                mems.push_back({{"memory_id", m.value("memory_id", "")}, {"text", m.value("text", "")}});
+            upd.data = {{"user_id", after.value("user_id", id.substr(5))},
+                        {"summary", projections::fast_memory_summary(after)},
+                        {"memories", mems},
+                        {"tokens", after.value("tokens", 0)},
+                        {"position", ev.position.value()}};
+            auto appended = ctx.append("fast_memory", std::move(upd));
+            if (!appended) return std::move(appended).error();
+        }
+        tx.exec("INSERT INTO projection_state (name, id, state, position, version) VALUES (" + tx.quote(name) + "," +
+                tx.quote(id) + "," + tx.quote(after.dump()) + "," + std::to_string(ev.position.value()) + "," +
+                std::to_string(ev.version.value()) +
+                ") ON CONFLICT (name, id) DO UPDATE SET state = excluded.state, position = excluded.position, "
+                "version = excluded.version, updated_at = now()");
+        tx.commit();
+        return ok();
+    });
+    if (!r) return std::move(r).error();
+    return *r;
+}
+
+}  // namespace
+
+processor::Handler make_handler(std::shared_ptr<memory::Embedder> embedder, StoreAccess store) {
+    return [embedder, store](processor::Context& ctx) -> Status {
+        const auto& ev = ctx.event();
+        for (const auto* p : projections::all()) {
+            // Every event of an instance's aggregate moves its checkpoint, folded or not, so the
+            // versions it has seen stay contiguous.
+            auto agg = p->aggregate_of(ev.aggregate_id);
+            if (!agg || *agg != ev.aggregate_id) continue;
+            if (auto s = apply_projection(ctx, *p, store); !s) return s;
+        }
+        if (ev.type == "MemoryStored") {
+            auto text = ev.data.value("text", "");
+            auto emb = embedder->embed(text);
+            if (!emb) return std::move(emb).error();
+            auto r = ctx.db().run([&](pqxx::connection& c) {
+                pqxx::work tx(c);
+                memory::index(tx, ev, *emb);
+                tx.commit();
+                return Ok{};
+            });
+            if (!r) return std::move(r).error();
+        }
+        return ok();
+    };
+}
+
+SearchService::SearchService(std::string nats_url, std::string database_url, std::shared_ptr<memory::Embedder> embedder)
+    : nats_url_(std::move(nats_url)), db_(std::make_unique<pg::Pool>(database_url, 4)), embedder_(std::move(embedder)) {}
+
+SearchService::~SearchService() {
+    sub_.reset();
+    nc_.reset();
+}
+
+Status SearchService::start() {
+    nats::ConnectOptions o;
+    o.url = nats_url_;
+    o.name = "engram-memory-search";
+    auto c = nats::Connection::connect(o);
+    if (!c) return std::move(c).error();
+    nc_ = std::move(*c);
+    auto sub = nc_->subscribe(kSearchSubject, kSearchQueue, [this](const nats::Message& m, nats::Replier& reply) {
+        nlohmann::json out;
+        auto req = nlohmann::json::parse(m.data, nullptr, false);
+        if (req.is_discarded() || !req.is_object() || !req.contains("user_id") || !req["user_id"].is_string() ||
+            !req.contains("query") || !req["query"].is_string()) {
+            out = {{"error", "invalid_request"}, {"detail", "expected {\"user_id\": string, \"query\": string, \"limit\"?: int}"}};
+        } else {
+            int limit = req.contains("limit") && req["limit"].is_number_integer() ? req["limit"].get<int>() : 5;
+            limit = std::clamp(limit, 1, 50);
+            // Memories live on the user's aggregate; accept "42" or "user:42".
+            std::string user = req["user_id"].get<std::string>();
+            if (user.rfind("user:", 0) == 0) user = user.substr(5);
+            auto hits = memory::search(*db_, *embedder_, user, req["query"].get<std::string>(), limit);
+            if (!hits) {
+                out = {{"error", hits.error().code}, {"detail", hits.error().detail}};
+            } else {
+                out["results"] = nlohmann::json::array();
+                for (auto& h : *hits)
+                    out["results"].push_back({{"memory_id", h.memory_id}, {"text", h.text}, {"score", h.score},
+                                              {"text_rank", h.text_rank}, {"similarity", h.similarity}});
+            }
+        }
+        if (reply.can_reply()) reply.reply(out.dump());
+    });
+    if (!sub) return std::move(sub).error();
+    sub_ = std::move(*sub);
+    return ok();
+}
+
+}  // namespace engram::memory_processor
