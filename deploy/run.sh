@@ -6,7 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 run="$root/.run"
 cmd="${1:-start}"
 
-SERVICES=(engram-event-store)
+SERVICES=(engram-memory-processor engram-event-store)
 
 stop_services() {
   for s in "${SERVICES[@]}"; do
@@ -31,12 +31,13 @@ case "$cmd" in
 esac
 
 "$root/deploy/install-deps.sh"
-"$root/deploy/build.sh" default engram-event-store
+"$root/deploy/build.sh" default engram-event-store engram-memory-processor engram
 "$root/deploy/stack.sh" start >/dev/null
 eval "$("$root/deploy/stack.sh" env)"
 [ -f "$root/.env" ] && { set -a; . "$root/.env"; set +a; }
 export EVENT_STORE_LISTEN="${EVENT_STORE_LISTEN:-127.0.0.1:8080}"
 export EVENT_STORE_URL="${EVENT_STORE_URL:-http://$EVENT_STORE_LISTEN}"
+export MEMORY_PROCESSOR_LISTEN="${MEMORY_PROCESSOR_LISTEN:-127.0.0.1:8083}"
 
 stop_services
 start_service() {
@@ -53,7 +54,11 @@ start_service() {
   echo "$name did not become healthy; see $run/$name.log" >&2; exit 1
 }
 start_service engram-event-store "$root/build/event-store/engram-event-store" "$EVENT_STORE_URL/healthz"
+start_service engram-memory-processor "$root/build/memory-processor/engram-memory-processor" \
+  "http://$MEMORY_PROCESSOR_LISTEN/healthz"
 
 echo "engram is running (logs in $run/)"
-echo "  event store: $EVENT_STORE_URL"
-echo "  stop with:   deploy/run.sh stop"
+echo "  event store:      $EVENT_STORE_URL"
+echo "  memory processor: http://$MEMORY_PROCESSOR_LISTEN/metrics"
+echo "  CLI:              build/interfaces/cli/engram --help"
+echo "  stop with:        deploy/run.sh stop"
