@@ -203,28 +203,44 @@ int rebuild(const Globals& g, const std::string& name) {
         std::map<std::string, std::pair<std::int64_t, std::int64_t>, std::less<>> checkpoint;
         std::int64_t read = 0, folded = 0;
         Progress bar("rebuild " + name, head, g.progress || stderr_is_tty());
-        if (head > 0) {
-            store.page_events(0, "&until=" + std::to_string(head), [&](const nlohmann::json& j) {
+        // The log is read straight from the store's database (keyset pages inside this
+        // transaction, so exactly up to the head): no HTTP/JSON round trip per event, and `data`
+        // is parsed only for the events the projection folds.
+        for (std::int64_t last = 0; last < head;) {
+            auto r = tx.exec("SELECT position, aggregate_id, aggregate_version, type, id, "
+                             "(extract(epoch FROM ts) * 1000)::bigint, data::text, metadata::text FROM events "
+                             "WHERE position > " + std::to_string(last) + " AND position <= " + std::to_string(head) +
+                             " ORDER BY position LIMIT 5000");
+            if (r.empty()) break;
+            for (const auto& row : r) {
                 ++read;
-                bar.update(j.value("position", read));
-                auto type = j.value("type", std::string());
-                auto agg = j.value("aggregate_id", std::string());
-                checkpoint[agg] = {j.value("position", std::int64_t{0}), j.value("aggregate_version", std::int64_t{0})};
-                if (!types.count(type)) return true;
+                auto pos = row[0].as<std::int64_t>();
+                std::string agg = row[1].c_str();
+                checkpoint[agg] = {pos, row[2].as<std::int64_t>()};
+                if (!types.count(std::string_view(row[3].c_str()))) continue;
                 auto m = member.find(agg);
                 if (m == member.end()) {
                     auto a = p.aggregate_of(agg);
                     m = member.emplace(agg, a.ok() && *a == agg).first;
                 }
-                if (!m->second) return true;
-                auto e = parse_event(j);
+                if (!m->second) continue;
+                events::Event e;
+                e.position = GlobalPosition(pos);
+                e.aggregate_id = agg;
+                e.version = AggregateVersion(row[2].as<std::int64_t>());
+                e.type = row[3].c_str();
+                e.id = *Uuid::parse(row[4].c_str());
+                e.timestamp = SysTime(std::chrono::milliseconds(row[5].as<std::int64_t>()));
+                e.data = nlohmann::json::parse(row[6].c_str());
+                e.metadata = nlohmann::json::parse(row[7].c_str());
                 auto it = states.find(agg);
                 if (it == states.end()) it = states.emplace(agg, p.initial(agg)).first;
                 auto next = p.apply(std::move(it->second), e);
                 if (next.value("position", std::int64_t{0}) == e.position.value()) ++folded;
                 it->second = std::move(next);
-                return true;
-            });
+            }
+            last = r[r.size() - 1][0].as<std::int64_t>();
+            bar.update(last);
         }
         bar.update(head);
         bar.finish();
