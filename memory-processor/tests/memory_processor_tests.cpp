@@ -180,3 +180,28 @@ TEST_CASE("memory.search finds stored memories over NATS request/reply", "[integ
     REQUIRE(bad.ok());
     CHECK(json::parse(bad->data)["error"] == "invalid_request");
 }
+
+TEST_CASE("a rebuild during live traffic: the processor continues without gap or double-apply",
+          "[integration][memory-processor][rebuild]") {
+    Stack s;
+    auto proc = start_processor(s, 1);
+    std::mt19937 rng(3);
+    std::vector<std::string> sessions = {"session:web:r1", "session:web:r2", "session:web:r3"};
+    std::vector<std::string> users = {"hal", "ivy"};
+    for (int i = 0; i < 60; ++i) s.append(random_event(rng, sessions, users, i));
+    std::atomic<bool> done{false};
+    std::thread writer([&] {
+        http::Client c(s.url());
+        std::mt19937 wrng(5);
+        for (int i = 0; i < 120; ++i) c.post_json("/events", random_event(wrng, sessions, users, 1000 + i));
+        done = true;
+    });
+    for (const char* name : {"conversation", "fast_memory", "conversation"}) {
+        testing::Process cli({testing::build_dir() + "/interfaces/cli/engram", "projections", "rebuild", name},
+                             {{"EVENT_STORE_URL", s.url()}, {"DATABASE_URL", s.db}}, s.dir + "/rebuild-" + name + ".log");
+        INFO(cli.log());
+        CHECK(cli.wait() == 0);
+    }
+    writer.join();
+    check_projections(s, sessions, users);
+}
