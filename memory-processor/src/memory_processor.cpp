@@ -6,6 +6,7 @@
 #include "engram/nats/nats.h"
 #include "engram/pg/pg.h"
 #include "engram/projections/projections.h"
+#include "engram/store/schema.h"
 
 #include <set>
 
@@ -19,23 +20,7 @@ std::vector<std::string> handled_types() {
 }
 
 void migrate(pqxx::connection& c) {
-    {
-        pqxx::work tx(c);
-        tx.exec("SELECT pg_advisory_xact_lock(hashtext('engram:projection_state:migrate'))");
-        tx.exec(R"SQL(
-            CREATE TABLE IF NOT EXISTS projection_state (
-                name       text        NOT NULL,
-                id         text        NOT NULL,
-                state      jsonb       NOT NULL,
-                position   bigint      NOT NULL,
-                version    bigint      NOT NULL DEFAULT 0,
-                updated_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (name, id)
-            );
-            ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
-        )SQL");
-        tx.commit();
-    }
+    store::migrate(c);  // the log's schema, projection_state included
     memory::migrate(c);
 }
 

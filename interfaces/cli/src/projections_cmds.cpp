@@ -10,6 +10,7 @@
 #include <pqxx/pqxx>
 
 #include "common.h"
+#include "engram/store/schema.h"
 #include "engram/core/time.h"
 #include "engram/pg/pg.h"
 #include "engram/projections/projections.h"
@@ -144,18 +145,7 @@ int list_projections(const Globals& g) {
     return 0;
 }
 
-const char* kCreateProjectionState = R"SQL(
-CREATE TABLE IF NOT EXISTS projection_state (
-    name       text        NOT NULL,
-    id         text        NOT NULL,
-    state      jsonb       NOT NULL,
-    position   bigint      NOT NULL,
-    version    bigint      NOT NULL DEFAULT 0,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (name, id)
-);
-ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
-)SQL";
+
 
 std::unique_ptr<pqxx::connection> connect_db(const Globals& g, const char* what) {
     if (g.database_url.empty()) usage(std::string(what) + " needs the database: pass --database-url or set DATABASE_URL");
@@ -165,17 +155,12 @@ std::unique_ptr<pqxx::connection> connect_db(const Globals& g, const char* what)
 }
 
 void ensure_projection_table(pqxx::connection& c) {
-    for (int attempt = 0;; ++attempt) {
-        try {
-            pqxx::work tx(c);
-            tx.exec(kCreateProjectionState);
-            tx.commit();
-            return;
-        } catch (const pqxx::sql_error&) {
-            // Two creators racing (the memory processor starting): the table exists now.
-            if (attempt >= 1) throw;
-        }
+    {
+        pqxx::nontransaction tx(c);
+        if (!tx.exec("SELECT to_regclass('events') IS NOT NULL")[0][0].as<bool>())
+            fail("the database has no events table: --database-url must name the event store's database");
     }
+    store::migrate(c);  // the store's schema owns projection_state (idempotent, locked)
 }
 
 int rebuild(const Globals& g, const std::string& name) {

@@ -39,6 +39,20 @@ const std::vector<std::string>& migrations() {
             published bigint NOT NULL
         );
         )SQL",
+        // 3: persisted projections (kept by the memory processor, rebuilt by the CLI, read by the
+        // store): one row per instance with the position and aggregate version it reflects.
+        R"SQL(
+        CREATE TABLE IF NOT EXISTS projection_state (
+            name       text        NOT NULL,
+            id         text        NOT NULL,
+            state      jsonb       NOT NULL,
+            position   bigint      NOT NULL,
+            version    bigint      NOT NULL DEFAULT 0,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (name, id)
+        );
+        ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+        )SQL",
     };
     return m;
 }
