@@ -21,7 +21,8 @@ function(engram_use_pch target)
 endfunction()
 
 # engram_test(<name> LABEL unit|integration|e2e SRCS ... DEPS ...): one Catch2 executable whose
-# cases are registered with ctest one by one, under the given label.
+# cases are registered with ctest one by one, under the given label. A case name must not contain
+# ';' (CMake splits it into two entries that match nothing and "pass").
 function(engram_test name)
   cmake_parse_arguments(A "" "LABEL" "SRCS;DEPS" ${ARGN})
   add_executable(${name} ${A_SRCS})

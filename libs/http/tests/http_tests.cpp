@@ -375,7 +375,7 @@ TEST_CASE("a client expecting 100-continue gets the go-ahead", "[unit][http]") {
     CHECK(f.calls == 1);
 }
 
-TEST_CASE("pipelined requests are answered in order; HTTP/1.0 closes", "[unit][http]") {
+TEST_CASE("pipelined requests are answered in order - HTTP/1.0 closes", "[unit][http]") {
     Fixture f;
     RawConn raw(f.server->port());
     raw.send(

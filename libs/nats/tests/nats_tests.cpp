@@ -512,7 +512,7 @@ TEST_CASE("a bounded window: publish_async blocks while max_pending_acks are out
     CHECK(c->publish_pending() == 4);
 }
 
-TEST_CASE("expected last msg id keeps the stream in publish order; duplicates are checked first",
+TEST_CASE("expected last msg id keeps the stream in publish order - duplicates are checked first",
           "[integration][nats]") {
     auto c = connect_to(testing::Nats::shared().url());
     REQUIRE(c->ensure_stream("ORDER", {"order.>"}));

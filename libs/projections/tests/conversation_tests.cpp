@@ -41,7 +41,7 @@ TEST_CASE("conversation: TriggerReceived adds a user message from data.message",
     REQUIRE(run({t, t2})["messages"][1]["channel"] == "email");
 }
 
-TEST_CASE("conversation: MessageReceived appends; an edit replaces the earlier message's text", "[unit][projections]") {
+TEST_CASE("conversation: MessageReceived appends - an edit replaces the earlier message's text", "[unit][projections]") {
     auto a = ev("MessageReceived", S, received("first", 10), 1);
     auto b = ev("MessageReceived", S, received("second", 11), 2);
     auto edit = ev("MessageReceived", S, received("first, edited", 10, true), 3);

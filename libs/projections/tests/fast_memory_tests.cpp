@@ -138,7 +138,7 @@ TEST_CASE("fast_memory: keeps the most important memories within ~500 tokens", "
     REQUIRE(s["tokens"] == sum);
 }
 
-TEST_CASE("fast_memory: a memory larger than the budget is skipped; the profile is charged first", "[unit][projections]") {
+TEST_CASE("fast_memory: a memory larger than the budget is skipped - the profile is charged first", "[unit][projections]") {
     auto big = ev("MemoryStored", U, mem(std::string(2400, 'b'), {{"importance", 1.0}}), 1);
     auto small = ev("MemoryStored", U, mem("small", {{"importance", 0.1}}), 2);
     json s = run({big, small});

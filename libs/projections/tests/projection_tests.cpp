@@ -88,7 +88,7 @@ TEST_CASE("initial states", "[unit][projections]") {
     REQUIRE(f["tokens"] == 0);
 }
 
-TEST_CASE("fold skips events of other aggregates; apply ignores them too", "[unit][projections]") {
+TEST_CASE("fold skips events of other aggregates - apply ignores them too", "[unit][projections]") {
     using test::ev;
     std::vector<events::Event> evs = {
         ev("MessageReceived", "session:web:1", {{"channel", "web"}, {"text", "mine"}, {"user_id", "web:u"}, {"session_id", "session:web:1"}}, 1),
