@@ -209,9 +209,9 @@ struct Client::Impl {
 
     Error failure(const error_code& ec, std::string_view method, std::string_view target, std::string_view doing) {
         if (ec == beast::error::timeout)
-            return Error::make("timeout", fmt::format("{} {}{} timed out while {} (limit {} ms)", method, base_url, target,
+            return Error::make("timeout", fmt::format("{} {}{} timed out while {} (limit {} ms)", method, where(), target,
                                                       doing, opts.timeout.count()));
-        return Error::make("io", fmt::format("{} {}{} failed while {}: {}", method, base_url, target, doing, ec.message()));
+        return Error::make("io", fmt::format("{} {}{} failed while {}: {}", method, where(), target, doing, ec.message()));
     }
 
     Status connect(Clock::time_point deadline) {
