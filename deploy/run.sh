@@ -6,7 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 run="$root/.run"
 cmd="${1:-start}"
 
-SERVICES=(engram-memory-processor engram-event-store)
+SERVICES=(engram-gateway engram-memory-processor engram-event-store)
 
 stop_services() {
   for s in "${SERVICES[@]}"; do
@@ -31,13 +31,14 @@ case "$cmd" in
 esac
 
 "$root/deploy/install-deps.sh"
-"$root/deploy/build.sh" default engram-event-store engram-memory-processor engram
+"$root/deploy/build.sh" default engram-event-store engram-memory-processor engram-gateway engram
 "$root/deploy/stack.sh" start >/dev/null
 eval "$("$root/deploy/stack.sh" env)"
 [ -f "$root/.env" ] && { set -a; . "$root/.env"; set +a; }
 export EVENT_STORE_LISTEN="${EVENT_STORE_LISTEN:-127.0.0.1:8080}"
 export EVENT_STORE_URL="${EVENT_STORE_URL:-http://$EVENT_STORE_LISTEN}"
 export MEMORY_PROCESSOR_LISTEN="${MEMORY_PROCESSOR_LISTEN:-127.0.0.1:8083}"
+export GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:8081}"
 
 stop_services
 start_service() {
@@ -56,8 +57,10 @@ start_service() {
 start_service engram-event-store "$root/build/event-store/engram-event-store" "$EVENT_STORE_URL/healthz"
 start_service engram-memory-processor "$root/build/memory-processor/engram-memory-processor" \
   "http://$MEMORY_PROCESSOR_LISTEN/healthz"
+start_service engram-gateway "$root/build/interfaces/gateway/engram-gateway" "http://$GATEWAY_LISTEN/healthz"
 
 echo "engram is running (logs in $run/)"
+echo "  gateway:          http://$GATEWAY_LISTEN   (POST /trigger, POST /webhooks/{source})"
 echo "  event store:      $EVENT_STORE_URL"
 echo "  memory processor: http://$MEMORY_PROCESSOR_LISTEN/metrics"
 echo "  CLI:              build/interfaces/cli/engram --help"

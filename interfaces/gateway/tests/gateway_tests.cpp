@@ -1,0 +1,161 @@
+// The gateway in-process against the real event store binary: every ingress answers success only
+// after its event is committed; every bad input is refused with nothing stored.
+#include "app.h"
+#include "signature.h"
+
+#include "engram/http/client.h"
+#include "engram/testing/testing.h"
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+
+using namespace engram;
+using nlohmann::json;
+
+namespace {
+
+struct Fixture {
+    testing::Nats nats;
+    std::string db = testing::Postgres::shared().create_database();
+    int store_port = testing::free_port();
+    testing::Process store{{testing::build_dir() + "/event-store/engram-event-store"},
+                           {{"DATABASE_URL", db},
+                            {"NATS_URL", nats.url()},
+                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(store_port)},
+                            {"LOG_LEVEL", "warn"}},
+                           testing::make_temp_dir("gateway") + "/store.log"};
+    std::int64_t now = 1'800'000'000;
+    std::unique_ptr<gateway::App> app;
+    std::unique_ptr<http::Client> client;
+
+    explicit Fixture(std::map<std::string, std::string> extra = {}) {
+        std::string store_url = "http://127.0.0.1:" + std::to_string(store_port);
+        REQUIRE(testing::eventually([&] {
+            http::Client c(store_url);
+            auto r = c.get("/readyz");
+            return r.ok() && r->status == 200;
+        }, std::chrono::seconds(20)));
+        std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:0"}, {"EVENT_STORE_URL", store_url},
+                                                  {"WEBHOOK_SECRETS", "github=s3cret,other=x"}, {"LOG_LEVEL", "warn"}};
+        for (auto& [k, v] : extra) env[k] = v;
+        auto cfg = gateway::config_spec().load([&](const std::string& k) -> std::optional<std::string> {
+            auto it = env.find(k);
+            return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
+        });
+        REQUIRE(cfg.ok());
+        app = std::make_unique<gateway::App>(*cfg, [this] { return now; });
+        REQUIRE(app->start().ok());
+        client = std::make_unique<http::Client>(app->url());
+    }
+    std::int64_t count(const std::string& type) {
+        pqxx::connection c(db);
+        pqxx::nontransaction tx(c);
+        if (!tx.exec("SELECT to_regclass('events') IS NOT NULL")[0][0].as<bool>()) return 0;
+        return tx.exec("SELECT count(*) FROM events WHERE type = " + tx.quote(type))[0][0].as<std::int64_t>();
+    }
+    http::ClientResponse webhook(const std::string& source, const std::string& body, const std::string& secret,
+                                 std::int64_t ts, const std::string& delivery = "d-1") {
+        http::Headers h = {{"Content-Type", "application/json"}, {"X-Webhook-Timestamp", std::to_string(ts)}};
+        if (!secret.empty()) h.emplace_back("X-Signature-256", "sha256=" + gateway::hmac_sha256_hex(secret, body));
+        if (!delivery.empty()) h.emplace_back("X-Delivery-Id", delivery);
+        auto r = client->request("POST", "/webhooks/" + source, body, h);
+        REQUIRE(r.ok());
+        return *r;
+    }
+};
+
+void require_error(const http::ClientResponse& r, int status, const std::string& code, const std::string& part = "") {
+    INFO(r.body);
+    REQUIRE(r.status == status);
+    CHECK(r.json()["error"] == code);
+    if (!part.empty()) CHECK(r.json()["detail"].get<std::string>().find(part) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("POST /trigger appends TriggerReceived after commit and a retried key stores once", "[integration][gateway]") {
+    Fixture f;
+    auto r = f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "web:alice"}, {"message", "Summarise my day"}});
+    REQUIRE(r.ok());
+    INFO(r->body);
+    REQUIRE(r->status == 201);
+    auto session = r->json()["session_id"].get<std::string>();
+    CHECK(session.rfind("session:api:", 0) == 0);
+    CHECK(f.count("TriggerReceived") == 1);
+
+    http::Headers key = {{"Idempotency-Key", "k-42"}};
+    json body = {{"source", "api"}, {"user_id", "web:alice"}, {"session_id", session}, {"message", "again"}};
+    auto a = f.client->post_json("/trigger", body, key);
+    auto b = f.client->post_json("/trigger", body, key);
+    REQUIRE(a->status == 201);
+    REQUIRE(b->status == 200);
+    CHECK(a->json()["event_id"] == b->json()["event_id"]);
+    CHECK(a->json()["session_id"] == session);
+    CHECK(f.count("TriggerReceived") == 2);
+}
+
+TEST_CASE("bad trigger input is refused with nothing stored", "[integration][gateway]") {
+    Fixture f(std::map<std::string, std::string>{{"ENGRAM_API_TOKEN", "t0k"}});
+    http::Headers auth = {{"Authorization", "Bearer t0k"}, {"Content-Type", "application/json"}};
+    auto post = [&](const std::string& body, const http::Headers& h) {
+        auto r = f.client->request("POST", "/trigger", body, h);
+        REQUIRE(r.ok());
+        return *r;
+    };
+    require_error(post(R"({"source":"api","user_id":"u","message":"hi"})", {}), 401, "unauthorized");
+    require_error(post("{nope", auth), 400, "invalid_json");
+    require_error(post("[1]", auth), 400, "invalid_request");
+    require_error(post(R"({"user_id":"u","message":"hi"})", auth), 400, "invalid_request", "source");
+    require_error(post(R"({"source":"api","message":"hi"})", auth), 400, "invalid_request", "user_id");
+    require_error(post(R"({"source":"api","user_id":"u","message":""})", auth), 400, "invalid_request", "message");
+    require_error(post(R"({"source":"api","user_id":"u","message":5})", auth), 400, "invalid_request", "message");
+    require_error(post(R"({"source":"api","user_id":"u","message":"hi","session_id":7})", auth), 400, "invalid_request", "session_id");
+    require_error(post(std::string(R"({"source":"api","user_id":"u","message":")") + std::string(1 << 20, 'x') + "\"}", auth),
+                  413, "payload_too_large");
+    CHECK(f.count("TriggerReceived") == 0);
+    CHECK(post(R"({"source":"api","user_id":"u","message":"hi"})", auth).status == 201);
+}
+
+TEST_CASE("signed webhooks: a valid delivery is stored once, every bad one is refused with nothing stored",
+          "[integration][gateway]") {
+    Fixture f;
+    std::string body = R"({"action":"opened","number":7})";
+    auto ok = f.webhook("github", body, "s3cret", f.now);
+    INFO(ok.body);
+    REQUIRE(ok.status == 201);
+    auto again = f.webhook("github", body, "s3cret", f.now + 5);  // the sender retries the same delivery
+    REQUIRE(again.status == 200);
+    CHECK(again.json()["event_id"] == ok.json()["event_id"]);
+    CHECK(f.count("WebhookReceived") == 1);
+
+    require_error(f.webhook("github", body, "wrong", f.now, "d-2"), 401, "unauthorized", "signature");
+    require_error(f.webhook("github", body, "", f.now, "d-3"), 401, "unauthorized", "X-Signature-256");
+    require_error(f.webhook("github", body, "s3cret", f.now - 301, "d-4"), 401, "unauthorized", "Timestamp");
+    require_error(f.webhook("github", body, "s3cret", f.now + 301, "d-5"), 401, "unauthorized", "Timestamp");
+    require_error(f.webhook("nobody", body, "s3cret", f.now, "d-6"), 404, "not_found");
+    require_error(f.webhook("github", "{broken", "s3cret", f.now, "d-7"), 400, "invalid_json");
+    // The signature of another source's secret does not open this one.
+    require_error(f.webhook("github", body, "x", f.now, "d-8"), 401, "unauthorized");
+    // A timestamp header that is not a number.
+    {
+        http::Headers h = {{"X-Webhook-Timestamp", "soon"}, {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("s3cret", body)}};
+        auto r = f.client->request("POST", "/webhooks/github", body, h);
+        require_error(*r, 401, "unauthorized", "Timestamp");
+    }
+    std::string big = R"({"blob":")" + std::string(1 << 20, 'x') + "\"}";
+    require_error(f.webhook("github", big, "s3cret", f.now, "d-9"), 413, "payload_too_large");
+    CHECK(f.count("WebhookReceived") == 1);
+
+    // Without a delivery id, the body's hash is the id: the same body is stored once.
+    REQUIRE(f.webhook("github", R"({"n":1})", "s3cret", f.now, "").status == 201);
+    REQUIRE(f.webhook("github", R"({"n":1})", "s3cret", f.now, "").status == 200);
+    CHECK(f.count("WebhookReceived") == 2);
+}
+
+TEST_CASE("the gateway answers 503 while the store is down, and nothing is half-stored", "[integration][gateway]") {
+    Fixture f;
+    f.store.kill9();
+    auto r = f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "u"}, {"message", "hi"}});
+    require_error(*r, 503, "unavailable");
+    CHECK(f.client->get("/readyz")->status == 503);
+}
