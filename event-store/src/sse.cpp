@@ -69,7 +69,11 @@ std::string SseHub::frame(const events::Event& e) {
 void SseHub::publish(const std::vector<events::Event>& evs) {
     {
         std::lock_guard lk(mu_);
-        if (stopping_ || count_ == 0) return;  // nobody listens: nothing to format
+        if (stopping_ || evs.empty()) return;
+        if (count_ == 0) {  // nobody listens: nothing to format, but remember how far the log is
+            last_seen_ = std::max(last_seen_, evs.back().position.value());
+            return;
+        }
         pending_.push_back(evs);
     }
     cv_.notify_one();
@@ -105,6 +109,16 @@ void SseHub::run() {
         }
         std::vector<std::shared_ptr<Subscriber>> dead;
         for (auto& batch : work) {
+            // A hole before this batch was committed by another store process: its events never
+            // come through here. Live subscribers are closed so they reconnect with Last-Event-ID
+            // and read the hole from the log (never skipping it).
+            if (!batch.empty()) {
+                std::lock_guard lk(mu_);
+                if (last_seen_ > 0 && batch.front().position.value() > last_seen_ + 1)
+                    for (auto& [_, v] : by_aggregate_)
+                        for (auto& s : v) dead.push_back(s);
+                last_seen_ = std::max(last_seen_, batch.back().position.value());
+            }
             for (auto& ev : batch) {
                 std::vector<std::shared_ptr<Subscriber>> subs;
                 {

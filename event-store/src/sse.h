@@ -52,6 +52,7 @@ private:
     std::deque<std::vector<events::Event>> pending_;
     std::unordered_map<std::string, std::vector<std::shared_ptr<Subscriber>>> by_aggregate_;
     std::size_t count_ = 0;
+    std::int64_t last_seen_ = 0;  // last position committed through this process (guarded by mu_)
     bool stopping_ = false;
     std::thread thread_;
 };

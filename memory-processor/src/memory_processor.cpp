@@ -34,6 +34,7 @@ Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, cons
     http::Headers h;
     if (!store.token.empty()) h.emplace_back("Authorization", "Bearer " + store.token);
     std::vector<events::Event> out;
+    const std::int64_t first = from;
     while (from <= to) {
         auto n = std::min<std::int64_t>(1000, to - from + 1);
         auto r = c.get("/aggregates/" + http::url_encode(aggregate) + "/events?from_version=" + std::to_string(from) +
@@ -50,6 +51,10 @@ Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, cons
         }
         from = out.back().version.value() + 1;
     }
+    // Folding a partial answer would move the checkpoint past events never applied.
+    if (static_cast<std::int64_t>(out.size()) != to - first + 1)
+        return Error::make("event_store", "the store returned " + std::to_string(out.size()) + " of the versions " +
+                                              std::to_string(first) + ".." + std::to_string(to) + " of " + aggregate);
     return out;
 }
 
@@ -105,7 +110,9 @@ Status apply_projection(processor::Context& ctx, const projections::Projection& 
                 tx.quote(id) + "," + tx.quote(after.dump()) + "," + std::to_string(ev.position.value()) + "," +
                 std::to_string(ev.version.value()) +
                 ") ON CONFLICT (name, id) DO UPDATE SET state = excluded.state, position = excluded.position, "
-                "version = excluded.version, updated_at = now()");
+                "version = excluded.version, updated_at = now() "
+                // A late handler (a stale instance) never moves a checkpoint backwards.
+                "WHERE projection_state.version < excluded.version");
         tx.commit();
         return ok();
     });

@@ -91,12 +91,19 @@ bool Relay::sync_with_stream() {
                              tx.quote(d.opts.stream) + "), 0)")[0][0].as<std::int64_t>();
     std::int64_t w = 0;
     d.last_seq = info->last_seq;
-    if (info->last_seq > 0) {
+    std::optional<std::vector<nats::Message>> last;
+    if (info->last_seq > 0 && info->messages > 0) {
         auto msgs = d.nats.get_stream_messages(d.opts.stream, info->last_seq, 1);
-        if (!msgs || msgs->empty()) {
-            d.log->warn("cannot read the last message of stream {}", d.opts.stream);
-            return false;
-        }
+        if (msgs && !msgs->empty()) last = std::move(*msgs);
+    }
+    if (info->last_seq > 0 && !last) {
+        // Purged, or its last message deleted: the stream cannot say where it is; trust the
+        // persisted watermark and continue after it.
+        d.log->warn("stream {} has no readable last message (purged?): continuing after the persisted watermark {}",
+                    d.opts.stream, persisted);
+        w = persisted;
+    } else if (last) {
+        auto msgs = &*last;
         auto id = (*msgs)[0].headers["Nats-Msg-Id"];
         auto r = tx.exec("SELECT position FROM events WHERE id = " + tx.quote(id) + "::uuid");
         if (r.empty()) {
@@ -118,9 +125,17 @@ bool Relay::sync_with_stream() {
 
 void Relay::run() {
     auto& d = *impl_;
+    // Idle: wake up as soon as something new is committed.
     auto wait = [&](std::chrono::milliseconds dur) {
         std::unique_lock lk(d.mu);
         d.cv.wait_for(lk, dur, [&] { return d.stopping || d.notified > published_.load(); });
+        return !d.stopping;
+    };
+    // Back-off (standby, NATS down, a failed round): new commits must not cut it short, or the
+    // relay would spin.
+    auto pause = [&](std::chrono::milliseconds dur) {
+        std::unique_lock lk(d.mu);
+        d.cv.wait_for(lk, dur, [&] { return d.stopping; });
         return !d.stopping;
     };
     auto drop_connection = [&] {
@@ -137,7 +152,7 @@ void Relay::run() {
             if (!d.conn) {
                 auto c = pg::connect(d.opts.database_url);
                 if (!c) {
-                    if (!wait(d.opts.standby_retry)) break;
+                    if (!pause(d.opts.standby_retry)) break;
                     continue;
                 }
                 d.conn = std::move(*c);
@@ -148,7 +163,7 @@ void Relay::run() {
                 pqxx::nontransaction tx(*d.conn);
                 bool got = tx.exec("SELECT pg_try_advisory_lock(" + std::to_string(kRelayLock) + ")")[0][0].as<bool>();
                 if (!got) {  // another store process relays; stand by and take over if it dies
-                    if (!wait(d.opts.standby_retry)) break;
+                    if (!pause(d.opts.standby_retry)) break;
                     continue;
                 }
                 active_ = true;
@@ -156,13 +171,13 @@ void Relay::run() {
             }
             if (!d.nats.connected()) {
                 d.synced = false;
-                if (!wait(std::chrono::milliseconds(100))) break;
+                if (!pause(std::chrono::milliseconds(100))) break;
                 continue;
             }
             if (!d.synced) {
                 if (!sync_with_stream()) {
                     d.failures.inc();
-                    if (!wait(std::chrono::milliseconds(500))) break;
+                    if (!pause(std::chrono::milliseconds(500))) break;
                     continue;
                 }
                 d.synced = true;
@@ -248,14 +263,14 @@ void Relay::run() {
                 d.log->warn("publishing round failed ({} of {} acked): {}; resyncing with the stream",
                             round->ok.load(), evs.size(), why);
                 d.synced = false;
-                if (!wait(std::chrono::milliseconds(100))) break;
+                if (!pause(std::chrono::milliseconds(100))) break;
             }
         } catch (const std::exception& e) {
             if (!pg::is_connection_error(e)) d.log->error("relay error: {}", e.what());
             else d.log->warn("relay lost the database: {}", e.what());
             d.failures.inc();
             drop_connection();
-            if (!wait(std::chrono::milliseconds(200))) break;
+            if (!pause(std::chrono::milliseconds(200))) break;
         }
     }
     drop_connection();

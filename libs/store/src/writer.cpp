@@ -338,8 +338,10 @@ bool Writer::try_fast_commit(std::vector<AppendRequest*>& reqs, std::vector<Resu
     if (!decide(reqs, view, false, results, committed)) return false;
     if (!committed.empty()) {
         try {
+            // The lock rides in the same implicit transaction: one round trip, and a verified
+            // commit of another store process is never interleaved between its reads and insert.
             pqxx::nontransaction tx(*conn_);
-            tx.exec(insert_sql(*conn_, committed));
+            tx.exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriterLock) + ");" + insert_sql(*conn_, committed));
         } catch (const std::exception& e) {
             if (!is_unique_violation(e)) throw;
             forget_cache();
