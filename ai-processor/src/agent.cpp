@@ -1,0 +1,426 @@
+#include "agent.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "engram/core/uuid.h"
+#include "engram/http/client.h"
+#include "engram/log/log.h"
+#include "engram/projections/projections.h"
+#include "tools.h"
+
+namespace engram::ai {
+
+using nlohmann::json;
+
+namespace {
+
+std::shared_ptr<spdlog::logger> logger() {
+    static auto l = log::get("ai-processor");
+    return l;
+}
+
+const std::vector<std::string> kChannels = {"telegram", "web", "webhook", "api", "email", "slack"};
+
+bool is_channel(const std::string& c) { return std::find(kChannels.begin(), kChannels.end(), c) != kChannels.end(); }
+
+std::string str_field(const json& j, const char* k) {
+    return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
+}
+
+// The event store, as the run needs it. One per run (http::Client is not thread-safe).
+class Store {
+public:
+    Store(const std::string& url, const std::string& token) : client_(url, opts(token)) {}
+
+    Result<std::vector<events::Event>> session_events(const std::string& session) {
+        std::vector<events::Event> out;
+        std::int64_t from = 1;
+        for (;;) {
+            auto r = client_.get("/aggregates/" + http::url_encode(session) + "/events?from_version=" +
+                                 std::to_string(from) + "&limit=1000");
+            if (!r) return r.error();
+            if (r->status == 404) return out;
+            if (r->status != 200)
+                return Error::make("event_store", "reading " + session + ": HTTP " + std::to_string(r->status) + " " + r->body);
+            auto body = r->json();
+            if (!body.is_object() || !body.contains("events") || !body["events"].is_array())
+                return Error::make("event_store", "reading " + session + ": unexpected answer");
+            for (const auto& j : body["events"]) {
+                auto e = events::Event::from_json(j);
+                if (!e) return e.error();
+                out.push_back(std::move(*e));
+            }
+            if (body["events"].size() < 1000) return out;
+            from = out.back().version.value() + 1;
+        }
+    }
+
+    // "" when the user has no fast memory (404) or it cannot be read (logged: the run goes on).
+    std::string fast_memory(const std::string& user_id) {
+        if (user_id.empty()) return "";
+        auto r = client_.get("/projections/fast_memory/" + http::url_encode("user:" + user_id));
+        if (!r) {
+            logger()->warn("fast memory of {}: {}", user_id, r.error().detail);
+            return "";
+        }
+        if (r->status != 200) {
+            if (r->status != 404) logger()->warn("fast memory of {}: HTTP {}", user_id, r->status);
+            return "";
+        }
+        auto body = r->json();
+        if (!body.is_object() || !body.contains("state")) return "";
+        return projections::fast_memory_summary(body["state"]);
+    }
+
+    // All-or-nothing append of events of one aggregate. A replay (200) is fine; so is an id conflict
+    // (409 id_conflict): the event with that deterministic id is already recorded.
+    Status append(const std::vector<events::NewEvent>& evs) {
+        if (evs.empty()) return ok();
+        json body;
+        if (evs.size() == 1) {
+            body = evs[0].to_json();
+        } else {
+            body = {{"aggregate_id", evs[0].aggregate_id}, {"events", json::array()}};
+            for (const auto& e : evs) body["events"].push_back(e.to_json());
+        }
+        auto r = client_.post_json("/events", body);
+        if (!r) return r.error();
+        if (r->status == 200 || r->status == 201) return ok();
+        auto j = r->json();
+        std::string code = j.is_object() ? str_field(j, "error") : "";
+        if (r->status == 409 && code == "id_conflict") {
+            logger()->warn("append of {} ({}): already recorded with other content; keeping the recorded one",
+                           evs[0].type, evs[0].id ? evs[0].id->str() : "");
+            return ok();
+        }
+        Error e = Error::make("event_store", "append of " + evs[0].type + " to " + evs[0].aggregate_id + ": HTTP " +
+                                                 std::to_string(r->status) + " " + r->body);
+        e.extra = {{"status", r->status}, {"error", code}};
+        return e;
+    }
+
+private:
+    static http::ClientOptions opts(const std::string& token) {
+        http::ClientOptions o;
+        o.timeout = std::chrono::seconds(15);
+        if (!token.empty()) o.default_headers.emplace_back("Authorization", "Bearer " + token);
+        return o;
+    }
+    http::Client client_;
+};
+
+json usage_json(const llm::Usage& u) {
+    return {{"prompt_tokens", u.prompt_tokens}, {"completion_tokens", u.completion_tokens}, {"total_tokens", u.total_tokens}};
+}
+
+void add_usage(llm::Usage& sum, const json& u) {
+    if (!u.is_object()) return;
+    sum.prompt_tokens += u.value("prompt_tokens", 0);
+    sum.completion_tokens += u.value("completion_tokens", 0);
+    sum.total_tokens += u.value("total_tokens", 0);
+}
+
+std::string tool_content(const json& result, bool is_error) {
+    std::string s = result.is_string() ? result.get<std::string>() : result.dump();
+    return is_error ? "Error: " + s : s;
+}
+
+}  // namespace
+
+std::string system_prompt(const std::string& fast_memory_summary, const json& history) {
+    std::string s =
+        "You are engram, a personal AI assistant. You act only through tools: use send_message to say "
+        "anything to the user (plain text you write without a tool is also delivered as your final "
+        "answer), remember to store lasting facts about the user, recall to search what you stored "
+        "earlier, think to reason privately, and call task_complete when the request is handled.";
+    s += "\n\n## What you know about the user\n";
+    s += fast_memory_summary.empty() ? std::string("(nothing yet)") : fast_memory_summary;
+    s += "\n\n## The conversation so far (oldest first)\n";
+    if (!history.is_array() || history.empty()) {
+        s += "(this is the first message)";
+    } else {
+        for (const auto& m : history) s += str_field(m, "role") + ": " + str_field(m, "text") + "\n";
+    }
+    return s;
+}
+
+Agent::Agent(AgentOptions o) : o_(std::move(o)) {}
+
+processor::Handler Agent::handler() {
+    return [this](processor::Context& ctx) -> Status { return run(ctx.event()); };
+}
+
+Status Agent::run(const events::Event& t) {
+    if (t.type != "TriggerReceived" && t.type != "MessageReceived") return ok();
+    const json& d = t.data;
+    if (t.type == "MessageReceived" && d.value("edited", false) == true) return ok();  // edits are not answered
+
+    const std::string tid = t.id.str();
+    auto step_id = [&](const std::string& step) { return Uuid::v5(t.id, step); };
+    const std::string run_id = Uuid::v5(t.id, "run").str();  // the catalog's run_id: v5(trigger id, "run")
+    const std::string session = str_field(d, "session_id").empty() ? t.aggregate_id : str_field(d, "session_id");
+    std::string user_id = str_field(d, "user_id");
+    if (user_id.empty()) user_id = str_field(t.metadata, "user_id");
+    std::string correlation = str_field(t.metadata, "correlation_id");
+    if (correlation.empty()) correlation = tid;
+    std::string channel = str_field(d, "channel");
+    if (!is_channel(channel) && session.rfind("session:", 0) == 0) {
+        auto rest = session.substr(8);
+        channel = rest.substr(0, rest.find(':'));
+    }
+    if (!is_channel(channel)) channel = "api";
+    json reply_to = t.type == "MessageReceived" && d.contains("message_id") ? d["message_id"] : json();
+
+    auto log = logger();
+    Store store(o_.event_store_url, o_.api_token);
+
+    // The run's events already in the log.
+    auto evs = store.session_events(session);
+    if (!evs) return evs.error();
+    std::map<std::string, events::Event> recorded;  // id -> event
+    std::vector<events::Event> before;              // the conversation before the trigger
+    for (auto& e : *evs) {
+        if (str_field(e.metadata, "causation_id") == tid) recorded.emplace(e.id.str(), e);
+        else if (e.position.value() < t.position.value() && e.id != t.id) before.push_back(e);
+    }
+    auto find = [&](const std::string& step) -> const events::Event* {
+        auto it = recorded.find(step_id(step).str());
+        return it == recorded.end() ? nullptr : &it->second;
+    };
+    if (find("completed") || find("failed")) {
+        log->debug("run {} for {} already finished", run_id, tid);
+        return ok();
+    }
+
+    auto stamp = [&](events::NewEvent e, const std::string& step) {
+        e.id = step_id(step);
+        e.metadata = {{"causation_id", tid}, {"correlation_id", correlation}, {"source", o_.source},
+                      {"session_id", session}};
+        if (!user_id.empty()) e.metadata["user_id"] = user_id;
+        return e;
+    };
+
+    // Provider and prompt.
+    std::string model_override = t.type == "TriggerReceived" ? str_field(d, "model") : "";
+    auto provider = o_.make_provider(model_override);
+    std::string model = provider->model();
+
+    auto history = projections::fold(projections::conversation(), session, before);
+    json msgs = history.value("messages", json::array());
+    json last = json::array();
+    for (std::size_t i = msgs.size() > o_.history_messages ? msgs.size() - o_.history_messages : 0; i < msgs.size(); ++i)
+        last.push_back(msgs[i]);
+
+    std::string user_text;
+    if (t.type == "TriggerReceived") {
+        user_text = str_field(d, "message");
+        if (d.contains("context") && d["context"].is_object() && !d["context"].empty())
+            user_text += "\n\nContext: " + d["context"].dump();
+    } else {
+        user_text = str_field(d, "text");
+        if (user_text.empty()) {
+            auto n = d.contains("attachments") && d["attachments"].is_array() ? d["attachments"].size() : 0;
+            user_text = n ? "(the user sent " + std::to_string(n) + " attachment(s) without text)" : "(empty message)";
+        }
+    }
+
+    std::vector<llm::Message> messages;
+    messages.push_back({"system", system_prompt(store.fast_memory(user_id), last), {}, {}});
+    messages.push_back({"user", user_text, {}, {}});
+
+    llm::Request req;
+    req.messages = messages;
+    for (const auto& tool : all_tools()) req.tools.push_back({tool.name, tool.description, tool.parameters});
+
+    auto started_at = std::chrono::system_clock::now();
+    if (const auto* s = find("started")) {
+        started_at = s->timestamp;
+        log->info("resuming run {} for {} ({} events recorded)", run_id, tid, recorded.size());
+    } else {
+        json data = {{"run_id", run_id}, {"trigger_event_id", tid}, {"trigger_type", t.type}, {"model", model},
+                     {"provider", o_.provider_kind}, {"max_iterations", o_.max_iterations}, {"session_id", session}};
+        if (!user_id.empty()) data["user_id"] = user_id;
+        if (auto s = store.append({stamp({.id = {}, .type = "AIProcessingStarted", .aggregate_id = session, .data = data}, "started")}); !s)
+            return s.error();
+    }
+
+    llm::Usage usage;
+    std::set<std::string> messages_sent;  // MessageGenerated ids of the run
+    for (const auto& [id, e] : recorded)
+        if (e.type == "MessageGenerated") messages_sent.insert(id);
+    auto duration_ms = [&] {
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now() - started_at).count();
+        return std::max<std::int64_t>(ms, 0);
+    };
+    auto completed = [&](const std::string& reason, int iterations, const std::string& summary) {
+        json data = {{"stop_reason", reason}, {"iterations", iterations}, {"usage", usage_json(usage)},
+                     {"messages_sent", messages_sent.size()}, {"duration_ms", duration_ms()},
+                     {"run_id", run_id}, {"trigger_event_id", tid}};
+        if (!summary.empty()) data["summary"] = summary;
+        return stamp({.id = {}, .type = "AIProcessingCompleted", .aggregate_id = session, .data = data}, "completed");
+    };
+
+    for (int n = 1; n <= o_.max_iterations; ++n) {
+        const std::string it = "iter:" + std::to_string(n);
+        llm::Message assistant{"assistant", "", {}, {}};
+
+        if (const auto* call0 = find(it + ":call:0")) {
+            // Recorded: rebuild the assistant message, do not ask the model again.
+            if (const auto* th = find(it + ":thinking")) assistant.content = str_field(th->data, "text");
+            for (int k = 0;; ++k) {
+                const auto* c = find(it + ":call:" + std::to_string(k));
+                if (!c) break;
+                assistant.tool_calls.push_back({str_field(c->data, "tool_call_id"), str_field(c->data, "tool"),
+                                                c->data.value("arguments", json::object()),
+                                                str_field(c->data, "raw_arguments")});
+            }
+            add_usage(usage, call0->data.value("usage", json()));
+            log->debug("run {}: iteration {} rebuilt from the log", run_id, n);
+        } else {
+            req.messages = messages;
+            auto c = provider->complete(req);
+            if (!c) {
+                const Error& err = c.error();
+                log->warn("run {}: model call of iteration {} failed: {} ({})", run_id, n, err.code, err.detail);
+                json data = {{"reason", err.code}, {"detail", err.detail}, {"iteration", n}, {"usage", usage_json(usage)},
+                             {"run_id", run_id}, {"trigger_event_id", tid},
+                             {"retryable", err.code == "llm_unreachable" || err.code == "llm_rate_limited"}};
+                if (err.extra.is_object()) {
+                    if (err.extra.contains("attempts") && err.extra["attempts"].is_number_integer() &&
+                        err.extra["attempts"].get<int>() >= 1)
+                        data["attempts"] = err.extra["attempts"];
+                    if (err.extra.contains("status") && err.extra["status"].is_number_integer()) {
+                        int st = err.extra["status"].get<int>();
+                        if (st >= 100 && st <= 599) data["http_status"] = st;
+                    }
+                    for (const char* k : {"tool", "tool_call_id", "raw_arguments"})
+                        if (err.extra.contains(k)) data[k] = err.extra[k];
+                }
+                if (auto s = store.append({stamp({.id = {}, .type = "AIProcessingFailed", .aggregate_id = session, .data = data}, "failed")}); !s)
+                    return s.error();
+                return ok();  // recorded: no endless retries
+            }
+            add_usage(usage, usage_json(c->usage));
+            assistant = c->message;
+            assistant.role = "assistant";
+
+            if (assistant.tool_calls.empty()) {
+                // A final answer: the message and the end of the run, together.
+                std::vector<events::NewEvent> batch;
+                if (assistant.content.find_first_not_of(" \t\r\n") != std::string::npos) {
+                    json data = {{"text", assistant.content}, {"channel", channel}, {"session_id", session},
+                                 {"run_id", run_id}, {"iteration", n}};
+                    if (!user_id.empty()) data["user_id"] = user_id;
+                    if (!reply_to.is_null()) data["reply_to"] = reply_to;
+                    auto e = stamp({.id = {}, .type = "MessageGenerated", .aggregate_id = session, .data = data}, it + ":final");
+                    messages_sent.insert(e.id->str());
+                    batch.push_back(std::move(e));
+                }
+                batch.push_back(completed("end_turn", n, ""));
+                if (auto s = store.append(batch); !s) return s.error();
+                log->info("run {}: completed (end_turn) after {} iteration(s)", run_id, n);
+                return ok();
+            }
+
+            // Record the answer (thinking + every call) before acting on it: one all-or-nothing batch.
+            std::vector<events::NewEvent> batch;
+            if (assistant.content.find_first_not_of(" \t\r\n") != std::string::npos)
+                batch.push_back(stamp({.id = {}, .type = "ThinkingGenerated", .aggregate_id = session,
+                                       .data = {{"text", assistant.content}, {"run_id", run_id}, {"iteration", n}}},
+                                      it + ":thinking"));
+            for (std::size_t k = 0; k < assistant.tool_calls.size(); ++k) {
+                auto& tc = assistant.tool_calls[k];
+                if (tc.id.empty()) tc.id = "call_" + std::to_string(n) + "_" + std::to_string(k);
+                json data = {{"tool", tc.name}, {"tool_call_id", tc.id},
+                             {"arguments", tc.arguments.is_object() ? tc.arguments : json::object()},
+                             {"iteration", n}, {"run_id", run_id}};
+                if (!tc.raw_arguments.empty()) data["raw_arguments"] = tc.raw_arguments;
+                if (k == 0) {
+                    data["usage"] = usage_json(c->usage);
+                    data["model"] = c->model.empty() ? model : c->model;
+                    if (!c->finish_reason.empty()) data["finish_reason"] = c->finish_reason;
+                }
+                batch.push_back(stamp({.id = {}, .type = "ToolCalled", .aggregate_id = session, .data = data},
+                                      it + ":call:" + std::to_string(k)));
+            }
+            if (auto s = store.append(batch); !s) return s.error();
+        }
+        messages.push_back(assistant);
+
+        // Run the calls (or reuse their recorded results), answering every tool_call_id.
+        bool complete_run = false;
+        std::string summary;
+        for (std::size_t k = 0; k < assistant.tool_calls.size(); ++k) {
+            const auto& tc = assistant.tool_calls[k];
+            const std::string ks = std::to_string(k);
+            json result;
+            bool is_error = false;
+            if (const auto* done = find(it + ":result:" + ks)) {
+                result = done->data.contains("result") ? done->data["result"] : json();
+                is_error = done->data.value("is_error", false);
+                if (tc.name == "task_complete" && !is_error) {
+                    complete_run = true;
+                    summary = str_field(tc.arguments, "summary");
+                }
+            } else {
+                ToolContext tctx;
+                tctx.user_id = user_id;
+                tctx.session_id = session;
+                tctx.channel = channel;
+                tctx.run_id = run_id;
+                tctx.iteration = n;
+                tctx.tool_call_id = tc.id;
+                tctx.reply_to = reply_to;
+                tctx.nats = o_.nats.get();
+                tctx.recall_timeout = o_.recall_timeout;
+                const std::string effect_step = it + ":effect:" + ks;
+                if (const auto* eff = find(effect_step)) tctx.recorded_effect = *eff;
+                tctx.record_effect = [&](events::NewEvent e) -> Status {
+                    auto stamped = stamp(std::move(e), effect_step);
+                    bool is_message = stamped.type == "MessageGenerated";
+                    auto id = stamped.id->str();
+                    if (auto s = store.append({std::move(stamped)}); !s) return s;
+                    if (is_message) messages_sent.insert(id);
+                    return ok();
+                };
+                auto t0 = std::chrono::steady_clock::now();
+                ToolResult r;
+                if (const Tool* tool = find_tool(tc.name)) {
+                    try {
+                        r = tool->execute(tctx, tc.arguments);
+                    } catch (const std::exception& ex) {
+                        r = ToolResult::error(tc.name + " failed: " + ex.what());
+                    }
+                } else {
+                    r = ToolResult::error("unknown tool '" + tc.name + "'");
+                }
+                if (r.fatal) return *r.fatal;  // the store is unavailable: retry the run later
+                result = r.result;
+                is_error = r.is_error;
+                if (r.completes_run) {
+                    complete_run = true;
+                    summary = r.summary;
+                }
+                auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+                json data = {{"tool", tc.name}, {"tool_call_id", tc.id}, {"result", result}, {"is_error", is_error},
+                             {"duration_ms", std::max<std::int64_t>(took, 0)}, {"iteration", n}, {"run_id", run_id}};
+                if (auto s = store.append({stamp({.id = {}, .type = "ToolCompleted", .aggregate_id = session, .data = data},
+                                                 it + ":result:" + ks)}); !s)
+                    return s.error();
+            }
+            messages.push_back({"tool", tool_content(result, is_error), {}, tc.id});
+        }
+        if (complete_run) {
+            if (auto s = store.append({completed("task_complete", n, summary)}); !s) return s.error();
+            log->info("run {}: completed (task_complete) after {} iteration(s)", run_id, n);
+            return ok();
+        }
+    }
+    if (auto s = store.append({completed("max_iterations", o_.max_iterations, "")}); !s) return s.error();
+    log->info("run {}: stopped after max_iterations ({})", run_id, o_.max_iterations);
+    return ok();
+}
+
+}  // namespace engram::ai

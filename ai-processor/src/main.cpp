@@ -1,0 +1,98 @@
+// engram-ai-processor: the agent loop on TriggerReceived / MessageReceived (see agent.h).
+#include <cstdlib>
+
+#include "agent.h"
+#include "engram/log/log.h"
+#include "engram/nats/nats.h"
+
+namespace {
+
+// Read before run_main (the runtime options are fixed before the configuration is loaded); run_main
+// validates the same variable through the spec and exits 2 on a bad value.
+std::chrono::milliseconds env_ms(const char* name, std::chrono::milliseconds def) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return def;
+    try {
+        auto n = std::stoll(v);
+        if (n >= 100 && n <= 3600000) return std::chrono::milliseconds(n);
+    } catch (...) {
+    }
+    return def;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    using namespace engram;
+    processor::Options defaults;
+    defaults.name = "ai-processor";
+    defaults.types = {"TriggerReceived", "MessageReceived"};
+    defaults.concurrency = 4;
+    defaults.ack_wait = env_ms("AI_PROCESSOR_ACK_WAIT_MS", std::chrono::milliseconds(30000));
+
+    config::Spec extra;
+    extra.add({"LLM_BASE_URL", "OpenAI-compatible chat-completions base URL (e.g. https://api.openai.com/v1); "
+                               "unset = the offline provider (rule-based, no model)",
+               "", false, config::url({"http", "https"})});
+    extra.add({"LLM_API_KEY", "API key for LLM_BASE_URL (sent as a bearer token)", "", false, nullptr, true});
+    extra.add({"LLM_MODEL", "chat model", "gpt-4.1", false, nullptr});
+    extra.add({"LLM_TIMEOUT_MS", "timeout of one model call attempt (ms)", "60000", false, config::int_range(100, 600000)});
+    extra.add({"LLM_MAX_RETRIES", "retries of a model call on timeouts, 429 and 5xx", "4", false, config::int_range(0, 20)});
+    extra.add({"AI_MAX_ITERATIONS", "model calls per run at most", "15", false, config::int_range(1, 100)});
+    extra.add({"AI_RECALL_TIMEOUT_MS", "timeout of the recall tool's memory.search request (ms)", "5000", false,
+               config::int_range(100, 60000)});
+    extra.add({"AI_PROCESSOR_ACK_WAIT_MS", "JetStream ack wait: how soon a crashed run is redelivered (ms)", "30000", false,
+               config::int_range(100, 3600000)});
+
+    static std::unique_ptr<ai::Agent> agent;
+    return processor::run_main(argc, argv, defaults, extra, [](const config::Values& v) {
+        auto log = log::get("ai-processor");
+        ai::AgentOptions o;
+        o.event_store_url = v.get("EVENT_STORE_URL");
+        o.api_token = v.get("ENGRAM_API_TOKEN");
+        o.max_iterations = static_cast<int>(v.get_int("AI_MAX_ITERATIONS"));
+        o.recall_timeout = std::chrono::milliseconds(v.get_int("AI_RECALL_TIMEOUT_MS"));
+        if (v.has("LLM_BASE_URL")) {
+            llm::OpenAIOptions base;
+            base.base_url = v.get("LLM_BASE_URL");
+            base.api_key = v.get("LLM_API_KEY");
+            base.model = v.get("LLM_MODEL");
+            base.timeout = std::chrono::milliseconds(v.get_int("LLM_TIMEOUT_MS"));
+            base.max_retries = static_cast<int>(v.get_int("LLM_MAX_RETRIES"));
+            o.provider_kind = "openai-compatible";
+            o.model = base.model;
+            o.make_provider = [base](const std::string& model_override) {
+                auto opts = base;
+                if (!model_override.empty()) opts.model = model_override;
+                return llm::make_openai(opts);
+            };
+            log->info("model: {} at {} (openai-compatible)", base.model, base.base_url);
+        } else {
+            std::shared_ptr<llm::Provider> offline = llm::make_offline();
+            // The offline provider is stateless and thread-safe: one shared instance behind a thin owner.
+            struct Shared : llm::Provider {
+                std::shared_ptr<llm::Provider> p;
+                std::string name() const override { return p->name(); }
+                std::string model() const override { return p->model(); }
+                Result<llm::Completion> complete(const llm::Request& r) override { return p->complete(r); }
+            };
+            o.provider_kind = "offline";
+            o.model = offline->model();
+            o.make_provider = [offline](const std::string&) {
+                auto s = std::make_unique<Shared>();
+                s->p = offline;
+                return std::unique_ptr<llm::Provider>(std::move(s));
+            };
+            log->warn("using the offline provider (rule-based, no model): set LLM_BASE_URL (and LLM_API_KEY, "
+                      "LLM_MODEL) to use an OpenAI-compatible model");
+        }
+        nats::ConnectOptions nc;
+        nc.url = v.get("NATS_URL");
+        nc.name = "ai-processor-recall";
+        auto conn = nats::Connection::connect(nc);
+        if (!conn) throw std::runtime_error("NATS (recall): " + conn.error().detail);
+        o.nats = std::shared_ptr<nats::Connection>(std::move(*conn));
+        agent = std::make_unique<ai::Agent>(std::move(o));
+        return agent->handler();
+    });
+}

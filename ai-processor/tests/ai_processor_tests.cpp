@@ -1,0 +1,370 @@
+// The AI processor binary against the real event store, PostgreSQL, nats-server and the fake
+// OpenAI-compatible server.
+#include "agent.h"
+#include "fake_openai.h"
+
+#include "engram/core/uuid.h"
+#include "engram/http/client.h"
+#include "engram/testing/testing.h"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+using namespace engram;
+using nlohmann::json;
+
+namespace {
+
+struct Stack {
+    testing::Nats nats;
+    std::string db = testing::Postgres::shared().create_database();
+    int port = testing::free_port();
+    std::string dir = testing::make_temp_dir("aiproc");
+    testing::Process store{{testing::build_dir() + "/event-store/engram-event-store"},
+                           {{"DATABASE_URL", db},
+                            {"NATS_URL", nats.url()},
+                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)},
+                            {"LOG_LEVEL", "warn"}},
+                           dir + "/store.log"};
+    http::Client client{url()};
+    int procs = 0;
+
+    Stack() {
+        REQUIRE(testing::eventually([&] {
+            auto r = client.get("/readyz");
+            return r.ok() && r->status == 200;
+        }, std::chrono::seconds(20)));
+    }
+    std::string url() const { return "http://127.0.0.1:" + std::to_string(port); }
+
+    // llm_url "" = the offline provider.
+    std::unique_ptr<testing::Process> start_ai(const std::string& llm_url, std::map<std::string, std::string> more = {}) {
+        std::map<std::string, std::string> env = {{"DATABASE_URL", db},
+                                                  {"NATS_URL", nats.url()},
+                                                  {"EVENT_STORE_URL", url()},
+                                                  {"LOG_LEVEL", "info"},
+                                                  {"AI_PROCESSOR_LISTEN", "127.0.0.1:0"},
+                                                  {"AI_PROCESSOR_ACK_WAIT_MS", "2000"},
+                                                  {"LLM_MAX_RETRIES", "2"}};
+        if (!llm_url.empty()) env["LLM_BASE_URL"] = llm_url;
+        for (auto& [k, v] : more) env[k] = v;
+        return std::make_unique<testing::Process>(
+            std::vector<std::string>{testing::build_dir() + "/ai-processor/engram-ai-processor"}, env,
+            dir + "/ai-" + std::to_string(++procs) + ".log");
+    }
+
+    std::string trigger(const std::string& session, const std::string& user, const std::string& message) {
+        auto id = Uuid::v4().str();
+        json e = {{"id", id}, {"type", "TriggerReceived"}, {"aggregate_id", session},
+                  {"data", {{"source", "api"}, {"user_id", user}, {"session_id", session}, {"message", message}}}};
+        auto r = client.post_json("/events", e);
+        REQUIRE(r.ok());
+        INFO(r->body);
+        REQUIRE(r->status == 201);
+        return id;
+    }
+
+    std::vector<json> aggregate(const std::string& id) {
+        auto r = client.get("/aggregates/" + http::url_encode(id) + "/events");
+        if (!r.ok() || r->status != 200) return {};
+        auto evs = r->json()["events"];
+        return std::vector<json>(evs.begin(), evs.end());
+    }
+    // The run's events (caused by the trigger), in order.
+    std::vector<json> run_events(const std::string& session, const std::string& tid) {
+        std::vector<json> out;
+        for (auto& e : aggregate(session))
+            if (e["metadata"].value("causation_id", "") == tid) out.push_back(e);
+        return out;
+    }
+    bool finished(const std::string& session, const std::string& tid) {
+        for (auto& e : run_events(session, tid))
+            if (e["type"] == "AIProcessingCompleted" || e["type"] == "AIProcessingFailed") return true;
+        return false;
+    }
+    json last_of(const std::string& session, const std::string& tid, const std::string& type) {
+        json out;
+        for (auto& e : run_events(session, tid))
+            if (e["type"] == type) out = e;
+        return out;
+    }
+};
+
+std::vector<std::string> types(const std::vector<json>& evs) {
+    std::vector<std::string> t;
+    for (auto& e : evs) t.push_back(e["type"].get<std::string>());
+    return t;
+}
+
+int assistant_messages(const json& request) {
+    int n = 0;
+    for (auto& m : request["messages"])
+        if (m["role"] == "assistant") ++n;
+    return n;
+}
+
+void wait_finished(Stack& s, const std::string& session, const std::string& tid, testing::Process& p,
+                   std::chrono::seconds t = std::chrono::seconds(30)) {
+    bool done = testing::eventually([&] { return s.finished(session, tid); }, t);
+    if (!done) FAIL("run not finished; processor log:\n" << testing::tail_file(p.log_path()));
+}
+
+}  // namespace
+
+TEST_CASE("a scripted multi-step run: events written and requests sent", "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    auto first = fakes::FakeOpenAI::tool_calls_body({{"call_1", "think", {{"thought", "the user says hi"}}}});
+    first["choices"][0]["message"]["content"] = "Let me think first.";
+    fake.push_json(first);
+    fake.push_tool_calls({{"call_2", "send_message", {{"text", "Hello there!"}}}});
+    fake.push_tool_calls({{"call_3", "task_complete", {{"summary", "greeted"}}}});
+    auto ai = s.start_ai(fake.base_url());
+
+    std::string session = "session:web:one";
+    auto tid = s.trigger(session, "web:u1", "hi");
+    wait_finished(s, session, tid, *ai);
+
+    auto evs = s.run_events(session, tid);
+    INFO(testing::tail_file(ai->log_path()));
+    CHECK(types(evs) == std::vector<std::string>{"AIProcessingStarted", "ThinkingGenerated", "ToolCalled",
+                                                 "ThinkingGenerated", "ToolCompleted", "ToolCalled", "MessageGenerated",
+                                                 "ToolCompleted", "ToolCalled", "ToolCompleted", "AIProcessingCompleted"});
+    for (auto& e : evs) {
+        CHECK(e["metadata"]["correlation_id"] == tid);
+        CHECK(e["metadata"]["causation_id"] == tid);
+        CHECK(e["id"] == Uuid::v5(*Uuid::parse(tid), "started").str());
+        break;
+    }
+    auto run_id = Uuid::v5(*Uuid::parse(tid), "run").str();
+    CHECK(evs[0]["data"]["run_id"] == run_id);
+    CHECK(evs[0]["data"]["provider"] == "openai-compatible");
+    CHECK(evs[1]["data"]["text"] == "Let me think first.");
+    CHECK(evs[2]["data"]["tool"] == "think");
+    CHECK(evs[2]["data"]["tool_call_id"] == "call_1");
+    CHECK(evs[3]["data"]["text"] == "the user says hi");
+    CHECK(evs[6]["data"]["text"] == "Hello there!");
+    CHECK(evs[6]["data"]["channel"] == "web");
+    CHECK(evs[6]["data"]["tool_call_id"] == "call_2");
+    auto done = evs.back()["data"];
+    CHECK(done["stop_reason"] == "task_complete");
+    CHECK(done["iterations"] == 3);
+    CHECK(done["messages_sent"] == 1);
+    CHECK(done["summary"] == "greeted");
+    CHECK(done["usage"]["total_tokens"] == 3 * 17);
+
+    auto reqs = fake.requests();
+    REQUIRE(reqs.size() == 3);
+    std::set<std::string> tools;
+    for (auto& t : reqs[0]["tools"]) tools.insert(t["function"]["name"].get<std::string>());
+    CHECK(tools == std::set<std::string>{"think", "send_message", "remember", "recall", "task_complete"});
+    CHECK(reqs[0]["messages"].size() == 2);
+    CHECK(reqs[0]["messages"][0]["role"] == "system");
+    CHECK(reqs[0]["messages"][1] == json{{"role", "user"}, {"content", "hi"}});
+    for (std::size_t i = 1; i < 3; ++i) {
+        auto& m = reqs[i]["messages"];
+        REQUIRE(m.size() == 2 + 2 * i);
+        auto asst = m[m.size() - 2], tool = m[m.size() - 1];
+        CHECK(asst["role"] == "assistant");
+        CHECK(asst["tool_calls"][0]["id"] == "call_" + std::to_string(i));
+        CHECK(tool["role"] == "tool");
+        CHECK(tool["tool_call_id"] == "call_" + std::to_string(i));
+    }
+    CHECK(reqs[1]["messages"][2]["content"] == "Let me think first.");
+
+    // A second message in the session sees the first exchange in its prompt.
+    fake.push_text("Fine, thanks.");
+    auto t2 = s.trigger(session, "web:u1", "how are you?");
+    wait_finished(s, session, t2, *ai);
+    auto end = s.last_of(session, t2, "AIProcessingCompleted");
+    CHECK(end["data"]["stop_reason"] == "end_turn");
+    CHECK(s.last_of(session, t2, "MessageGenerated")["data"]["text"] == "Fine, thanks.");
+    auto sys = fake.requests().back()["messages"][0]["content"].get<std::string>();
+    CHECK(sys.find("Hello there!") != std::string::npos);
+    CHECK(sys.find("user: hi") != std::string::npos);
+}
+
+TEST_CASE("model failures are recorded with their reason", "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    auto ai = s.start_ai(fake.base_url());
+
+    SECTION("5xx until the retries are exhausted -> llm_unreachable") {
+        for (int i = 0; i < 3; ++i) fake.push_status(500);
+        auto tid = s.trigger("session:web:f1", "web:u", "hello");
+        wait_finished(s, "session:web:f1", tid, *ai);
+        auto f = s.last_of("session:web:f1", tid, "AIProcessingFailed");
+        REQUIRE(f.is_object());
+        CHECK(f["data"]["reason"] == "llm_unreachable");
+        CHECK(f["data"]["attempts"] == 3);
+        CHECK(f["data"]["http_status"] == 500);
+        CHECK(f["data"]["retryable"] == true);
+        CHECK(fake.request_count() == 3);
+    }
+    SECTION("malformed tool arguments -> invalid_tool_call") {
+        fake.push_raw_tool_call("call_x", "send_message", "{\"text\": \"unterminated");
+        auto tid = s.trigger("session:web:f2", "web:u", "hello");
+        wait_finished(s, "session:web:f2", tid, *ai);
+        auto f = s.last_of("session:web:f2", tid, "AIProcessingFailed");
+        REQUIRE(f.is_object());
+        CHECK(f["data"]["reason"] == "invalid_tool_call");
+        CHECK(f["data"]["detail"].get<std::string>().find("send_message") != std::string::npos);
+        CHECK(s.last_of("session:web:f2", tid, "MessageGenerated").is_null());
+        CHECK(fake.request_count() == 1);
+    }
+    SECTION("400 context_length_exceeded -> context_too_long") {
+        fake.push_status(400, {{"error", {{"message", "This model's maximum context length is 128000 tokens."},
+                                          {"type", "invalid_request_error"}, {"code", "context_length_exceeded"}}}});
+        auto tid = s.trigger("session:web:f3", "web:u", "hello");
+        wait_finished(s, "session:web:f3", tid, *ai);
+        auto f = s.last_of("session:web:f3", tid, "AIProcessingFailed");
+        REQUIRE(f.is_object());
+        CHECK(f["data"]["reason"] == "context_too_long");
+        CHECK(fake.request_count() == 1);
+    }
+    // Acked after recording the failure: no redelivery asks the model again.
+    auto n = fake.request_count();
+    std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+    CHECK(fake.request_count() == n);
+}
+
+TEST_CASE("kill -9 mid-run: the run resumes from the log", "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    std::atomic<bool> delayed{false};
+    auto iter = [](int n) { return [n](const json& r) { return assistant_messages(r) == n - 1; }; };
+    auto answer = [](std::vector<std::tuple<std::string, std::string, json>> calls) {
+        return [calls](const json&) { return fakes::FakeOpenAI::tool_calls_body(calls); };
+    };
+    fake.on(iter(1), answer({{"call_1", "send_message", {{"text", "first"}}}}));
+    // The 2nd model answer is slow the first time: the processor is killed while waiting for it.
+    fake.on([&](const json& r) { return assistant_messages(r) == 1 && !delayed.exchange(true); },
+            answer({{"call_2", "send_message", {{"text", "second"}}}}), std::chrono::milliseconds(6000));
+    fake.on(iter(2), answer({{"call_2", "send_message", {{"text", "second"}}}}));
+    fake.on(iter(3), answer({{"call_3", "task_complete", {{"summary", "two messages"}}}}));
+
+    auto ai = s.start_ai(fake.base_url());
+    std::string session = "session:telegram:42";
+    auto tid = s.trigger(session, "telegram:42", "send me two messages");
+    REQUIRE(testing::eventually([&] { return fake.request_count() >= 2; }, std::chrono::seconds(20)));
+    // Iteration 1 is fully recorded before iteration 2 is asked for.
+    CHECK(s.last_of(session, tid, "ToolCompleted")["data"]["tool_call_id"] == "call_1");
+    CHECK(ai->kill9() == 128 + 9);
+    CHECK_FALSE(s.finished(session, tid));
+
+    auto ai2 = s.start_ai(fake.base_url());
+    wait_finished(s, session, tid, *ai2, std::chrono::seconds(40));
+    INFO(testing::tail_file(ai2->log_path()));
+
+    std::map<int, int> per_iteration;
+    for (auto& r : fake.requests()) per_iteration[assistant_messages(r) + 1]++;
+    CHECK(per_iteration[1] == 1);  // recorded before the crash: never asked again
+    CHECK(per_iteration[2] == 2);  // the answer lost in the crash is asked again
+    CHECK(per_iteration[3] == 1);
+
+    auto evs = s.run_events(session, tid);
+    std::vector<std::string> texts;
+    for (auto& e : evs)
+        if (e["type"] == "MessageGenerated") texts.push_back(e["data"]["text"]);
+    CHECK(texts == std::vector<std::string>{"first", "second"});
+    auto ts = types(evs);
+    CHECK(std::count(ts.begin(), ts.end(), std::string("AIProcessingStarted")) == 1);
+    auto done = s.last_of(session, tid, "AIProcessingCompleted");
+    CHECK(done["data"]["stop_reason"] == "task_complete");
+    CHECK(done["data"]["iterations"] == 3);
+    CHECK(done["data"]["messages_sent"] == 2);
+    // The resumed request rebuilt iteration 1 from the log: same tool_call_id answered.
+    auto last = fake.requests().back()["messages"];
+    CHECK(last[2]["tool_calls"][0]["id"] == "call_1");
+    CHECK(last[3]["tool_call_id"] == "call_1");
+}
+
+TEST_CASE("two sessions: a slow model answer does not hold up the other", "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    fake.on([](const json& r) { return fakes::FakeOpenAI::last_user_message(r) == "slow one"; },
+            [](const json&) { return fakes::FakeOpenAI::text_body("slow answer"); }, std::chrono::milliseconds(3000));
+    fake.on([](const json& r) { return fakes::FakeOpenAI::last_user_message(r) == "fast one"; },
+            [](const json&) { return fakes::FakeOpenAI::text_body("fast answer"); });
+    auto ai = s.start_ai(fake.base_url());
+    auto slow = s.trigger("session:web:slow", "web:a", "slow one");
+    REQUIRE(testing::eventually([&] { return fake.request_count() >= 1; }, std::chrono::seconds(20)));
+    auto fast = s.trigger("session:web:fast", "web:b", "fast one");
+    wait_finished(s, "session:web:fast", fast, *ai);
+    CHECK_FALSE(s.finished("session:web:slow", slow));  // still waiting for its model
+    wait_finished(s, "session:web:slow", slow, *ai);
+    auto p_fast = s.last_of("session:web:fast", fast, "AIProcessingCompleted")["position"].get<std::int64_t>();
+    auto p_slow = s.last_of("session:web:slow", slow, "AIProcessingCompleted")["position"].get<std::int64_t>();
+    CHECK(p_fast < p_slow);
+    CHECK(s.last_of("session:web:slow", slow, "MessageGenerated")["data"]["text"] == "slow answer");
+}
+
+TEST_CASE("offline provider: remember without any model server", "[integration][ai]") {
+    Stack s;
+    auto ai = s.start_ai("");
+    std::string session = "session:web:offline";
+    auto tid = s.trigger(session, "web:cat", "remember my cat is Tom");
+    wait_finished(s, session, tid, *ai);
+    INFO(testing::tail_file(ai->log_path()));
+    auto started = s.last_of(session, tid, "AIProcessingStarted");
+    CHECK(started["data"]["provider"] == "offline");
+    auto done = s.last_of(session, tid, "AIProcessingCompleted");
+    REQUIRE(done.is_object());
+    CHECK(done["data"]["stop_reason"] == "task_complete");
+    CHECK(s.last_of(session, tid, "MessageGenerated")["data"]["text"].get<std::string>().find("my cat is Tom") != std::string::npos);
+    auto user = s.aggregate("user:web:cat");
+    REQUIRE(user.size() == 1);
+    CHECK(user[0]["type"] == "MemoryStored");
+    CHECK(user[0]["data"]["text"] == "my cat is Tom");
+    CHECK(user[0]["data"]["user_id"] == "web:cat");
+    CHECK(user[0]["metadata"]["causation_id"] == tid);
+    CHECK(testing::read_file(ai->log_path()).find("using the offline provider (rule-based, no model)") != std::string::npos);
+}
+
+TEST_CASE("resume from a partial log: a recorded iteration and effect are not repeated", "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    fake.push_tool_calls({{"call_2", "task_complete", {{"summary", "said hello"}}}});
+    std::string session = "session:web:partial", user = "web:p";
+    // The trigger and what a crashed instance had written: started, iteration 1's answer and the
+    // send_message effect (no ToolCompleted yet).
+    auto tid = s.trigger(session, user, "say hello");
+    auto t = *Uuid::parse(tid);
+    auto run_id = Uuid::v5(t, "run").str();
+    json meta = {{"causation_id", tid}, {"correlation_id", tid}, {"source", "ai-processor"}, {"session_id", session},
+                 {"user_id", user}};
+    auto put = [&](const std::string& step, const std::string& type, json data) {
+        json e = {{"id", Uuid::v5(t, step).str()}, {"type", type}, {"aggregate_id", session}, {"data", data}, {"metadata", meta}};
+        auto r = s.client.post_json("/events", e);
+        REQUIRE(r.ok());
+        INFO(r->body);
+        REQUIRE(r->status == 201);
+    };
+    put("started", "AIProcessingStarted", {{"run_id", run_id}, {"trigger_event_id", tid}, {"trigger_type", "TriggerReceived"},
+                                          {"model", "gpt-4.1"}, {"provider", "openai-compatible"}, {"max_iterations", 15},
+                                          {"session_id", session}, {"user_id", user}});
+    put("iter:1:call:0", "ToolCalled", {{"tool", "send_message"}, {"tool_call_id", "call_1"}, {"arguments", {{"text", "hello"}}},
+                                        {"iteration", 1}, {"run_id", run_id}, {"usage", {{"prompt_tokens", 10}, {"completion_tokens", 2}, {"total_tokens", 12}}}});
+    put("iter:1:effect:0", "MessageGenerated", {{"text", "hello"}, {"channel", "web"}, {"user_id", user}, {"session_id", session},
+                                                {"run_id", run_id}, {"iteration", 1}, {"tool_call_id", "call_1"}});
+
+    auto ai = s.start_ai(fake.base_url());
+    wait_finished(s, session, tid, *ai);
+    INFO(testing::tail_file(ai->log_path()));
+    auto evs = s.run_events(session, tid);
+    CHECK(types(evs) == std::vector<std::string>{"AIProcessingStarted", "ToolCalled", "MessageGenerated", "ToolCompleted",
+                                                 "ToolCalled", "ToolCompleted", "AIProcessingCompleted"});
+    REQUIRE(fake.request_count() == 1);  // iteration 1 came from the log
+    auto m = fake.requests()[0]["messages"];
+    REQUIRE(m.size() == 4);
+    CHECK(m[2]["tool_calls"][0]["id"] == "call_1");
+    CHECK(m[3]["tool_call_id"] == "call_1");
+    CHECK(m[3]["content"] == "sent");
+    auto done = evs.back()["data"];
+    CHECK(done["iterations"] == 2);
+    CHECK(done["messages_sent"] == 1);
+    CHECK(done["usage"]["total_tokens"] == 12 + 17);
+}
