@@ -6,7 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 run="$root/.run"
 cmd="${1:-start}"
 
-SERVICES=(engram-gateway engram-memory-processor engram-event-store)
+SERVICES=(engram-gateway engram-ai-processor engram-memory-processor engram-event-store)
 
 stop_services() {
   for s in "${SERVICES[@]}"; do
@@ -31,7 +31,7 @@ case "$cmd" in
 esac
 
 "$root/deploy/install-deps.sh"
-"$root/deploy/build.sh" default engram-event-store engram-memory-processor engram-gateway engram
+"$root/deploy/build.sh" default engram-event-store engram-memory-processor engram-ai-processor engram-gateway engram
 "$root/deploy/stack.sh" start >/dev/null
 eval "$("$root/deploy/stack.sh" env)"
 [ -f "$root/.env" ] && { set -a; . "$root/.env"; set +a; }
@@ -39,6 +39,7 @@ export EVENT_STORE_LISTEN="${EVENT_STORE_LISTEN:-127.0.0.1:8080}"
 export EVENT_STORE_URL="${EVENT_STORE_URL:-http://$EVENT_STORE_LISTEN}"
 export MEMORY_PROCESSOR_LISTEN="${MEMORY_PROCESSOR_LISTEN:-127.0.0.1:8083}"
 export GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:8081}"
+export AI_PROCESSOR_LISTEN="${AI_PROCESSOR_LISTEN:-127.0.0.1:8084}"
 
 stop_services
 start_service() {
@@ -57,11 +58,14 @@ start_service() {
 start_service engram-event-store "$root/build/event-store/engram-event-store" "$EVENT_STORE_URL/healthz"
 start_service engram-memory-processor "$root/build/memory-processor/engram-memory-processor" \
   "http://$MEMORY_PROCESSOR_LISTEN/healthz"
+start_service engram-ai-processor "$root/build/ai-processor/engram-ai-processor" "http://$AI_PROCESSOR_LISTEN/healthz"
 start_service engram-gateway "$root/build/interfaces/gateway/engram-gateway" "http://$GATEWAY_LISTEN/healthz"
 
 echo "engram is running (logs in $run/)"
 echo "  gateway:          http://$GATEWAY_LISTEN   (POST /trigger, POST /webhooks/{source})"
 echo "  event store:      $EVENT_STORE_URL"
 echo "  memory processor: http://$MEMORY_PROCESSOR_LISTEN/metrics"
+if [ -n "${LLM_BASE_URL:-}" ]; then model="${LLM_MODEL:-gpt-4.1} at $LLM_BASE_URL"; else model="the offline provider (rule-based, no model; set LLM_BASE_URL/LLM_API_KEY/LLM_MODEL)"; fi
+echo "  ai processor:     http://$AI_PROCESSOR_LISTEN/metrics, answering with $model"
 echo "  CLI:              build/interfaces/cli/engram --help"
 echo "  stop with:        deploy/run.sh stop"
