@@ -368,3 +368,28 @@ TEST_CASE("resume from a partial log: a recorded iteration and effect are not re
     CHECK(done["messages_sent"] == 1);
     CHECK(done["usage"]["total_tokens"] == 12 + 17);
 }
+
+TEST_CASE("remember then recall across runs through the memory processor", "[integration][ai][e2e]") {
+    Stack s;
+    auto ai = s.start_ai("");
+    testing::Process memory({testing::build_dir() + "/memory-processor/engram-memory-processor"},
+                            {{"DATABASE_URL", s.db}, {"NATS_URL", s.nats.url()}, {"EVENT_STORE_URL", s.url()},
+                             {"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"}, {"LOG_LEVEL", "warn"}},
+                            s.dir + "/memory.log");
+    std::string session = "session:web:recall";
+    auto t1 = s.trigger(session, "web:rita", "remember my favourite tea is jasmine");
+    wait_finished(s, session, t1, *ai);
+    // The memory is searchable once the memory processor has indexed it.
+    REQUIRE(testing::eventually([&] {
+        auto r = s.client.get("/projections/fast_memory/user:web:rita");
+        return r.ok() && r->status == 200 && r->body.find("jasmine") != std::string::npos;
+    }, std::chrono::seconds(20)));
+    auto t2 = s.trigger(session, "web:rita", "what is my favourite tea?");
+    wait_finished(s, session, t2, *ai);
+    auto recalled = s.last_of(session, t2, "MemoryRecalled");
+    REQUIRE(recalled.is_object());
+    CHECK(recalled["data"].dump().find("jasmine") != std::string::npos);
+    auto answer = s.last_of(session, t2, "MessageGenerated");
+    INFO(answer.dump());
+    CHECK(answer["data"]["text"].get<std::string>().find("jasmine") != std::string::npos);
+}
