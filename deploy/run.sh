@@ -6,7 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 run="$root/.run"
 cmd="${1:-start}"
 
-SERVICES=(engram-gateway engram-ai-processor engram-memory-processor engram-event-store)
+SERVICES=(engram-gateway engram-notification-processor engram-ai-processor engram-memory-processor engram-event-store)
 
 stop_services() {
   for s in "${SERVICES[@]}"; do
@@ -31,7 +31,7 @@ case "$cmd" in
 esac
 
 "$root/deploy/install-deps.sh"
-"$root/deploy/build.sh" default engram-event-store engram-memory-processor engram-ai-processor engram-gateway engram
+"$root/deploy/build.sh" default engram-event-store engram-memory-processor engram-ai-processor engram-notification-processor engram-gateway engram
 "$root/deploy/stack.sh" start >/dev/null
 eval "$("$root/deploy/stack.sh" env)"
 [ -f "$root/.env" ] && { set -a; . "$root/.env"; set +a; }
@@ -40,6 +40,7 @@ export EVENT_STORE_URL="${EVENT_STORE_URL:-http://$EVENT_STORE_LISTEN}"
 export MEMORY_PROCESSOR_LISTEN="${MEMORY_PROCESSOR_LISTEN:-127.0.0.1:8083}"
 export GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:8081}"
 export AI_PROCESSOR_LISTEN="${AI_PROCESSOR_LISTEN:-127.0.0.1:8084}"
+export NOTIFICATION_PROCESSOR_LISTEN="${NOTIFICATION_PROCESSOR_LISTEN:-127.0.0.1:8085}"
 
 stop_services
 start_service() {
@@ -59,6 +60,8 @@ start_service engram-event-store "$root/build/event-store/engram-event-store" "$
 start_service engram-memory-processor "$root/build/memory-processor/engram-memory-processor" \
   "http://$MEMORY_PROCESSOR_LISTEN/healthz"
 start_service engram-ai-processor "$root/build/ai-processor/engram-ai-processor" "http://$AI_PROCESSOR_LISTEN/healthz"
+start_service engram-notification-processor "$root/build/notification-processor/engram-notification-processor" \
+  "http://$NOTIFICATION_PROCESSOR_LISTEN/healthz"
 start_service engram-gateway "$root/build/interfaces/gateway/engram-gateway" "http://$GATEWAY_LISTEN/healthz"
 
 echo "engram is running (logs in $run/)"
@@ -67,5 +70,6 @@ echo "  event store:      $EVENT_STORE_URL"
 echo "  memory processor: http://$MEMORY_PROCESSOR_LISTEN/metrics"
 if [ -n "${LLM_BASE_URL:-}" ]; then model="${LLM_MODEL:-gpt-4.1} at $LLM_BASE_URL"; else model="the offline provider (rule-based, no model; set LLM_BASE_URL/LLM_API_KEY/LLM_MODEL)"; fi
 echo "  ai processor:     http://$AI_PROCESSOR_LISTEN/metrics, answering with $model"
+echo "  notifications:    http://$NOTIFICATION_PROCESSOR_LISTEN/metrics (Telegram, email, Slack when configured)"
 echo "  CLI:              build/interfaces/cli/engram --help"
 echo "  stop with:        deploy/run.sh stop"
