@@ -1,51 +1,9 @@
 #include "app.h"
-#include "engram/log/log.h"
-
-#include <csignal>
-#include <cstring>
-#include <iostream>
+#include "engram/config/service_main.h"
 
 int main(int argc, char** argv) {
     using namespace engram;
-    auto spec = event_store::config_spec();
-    for (int i = 1; i < argc; ++i) {
-        if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
-            std::cout << "engram-event-store: the append-only event log over HTTP (SPEC §4).\n\n" << spec.help();
-            return 0;
-        }
-        if (!std::strcmp(argv[i], "--env-example")) {
-            std::cout << spec.env_example();
-            return 0;
-        }
-        std::cerr << "engram-event-store: unknown argument '" << argv[i] << "' (try --help)\n";
-        return 2;
-    }
-    auto cfg = spec.load();
-    if (!cfg) {
-        std::cerr << "engram-event-store: " << cfg.error().detail << "\n";
-        return 2;
-    }
-    if (auto s = config::check_exposure("EVENT_STORE_LISTEN", *cfg); !s) {
-        std::cerr << "engram-event-store: " << s.error().detail << "\n";
-        return 2;
-    }
-    log::init(cfg->get("LOG_LEVEL"), cfg->get("LOG_FORMAT"));
-
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);  // threads started below inherit the mask
-
-    event_store::App app(*cfg);
-    if (auto s = app.start(); !s) {
-        std::cerr << "engram-event-store: " << s.error().detail << "\n";
-        return 1;
-    }
-    log::get("event-store")->info("listening on {}", app.url());
-    int sig = 0;
-    sigwait(&set, &sig);
-    log::get("event-store")->info("signal {} received, stopping", sig);
-    app.stop();
-    return 0;
+    return config::service_main<event_store::App>(argc, argv, "engram-event-store",
+                                                  "the append-only event log over HTTP (SPEC §4).",
+                                                  event_store::config_spec(), "EVENT_STORE_LISTEN");
 }
