@@ -4,7 +4,7 @@ namespace engram::events::types {
 
 std::vector<std::string_view> all() {
     return {
-        TriggerReceived,     MessageReceived,     WebhookReceived,                                  // inputs
+        TriggerReceived,     MessageReceived,     WebhookReceived,   AccessDenied,                  // inputs
         AIProcessingStarted, ToolCalled,          ToolCompleted,     ThinkingGenerated,             // AI
         MessageGenerated,    AIProcessingCompleted, AIProcessingFailed,                             // AI
         TelegramMessageSent, EmailSent,           SlackMessageSent,  NotificationFailed, ArtifactCreated,  // outputs

@@ -7,6 +7,8 @@
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
+#include <atomic>
+#include <boost/asio/post.hpp>
 #include <optional>
 
 #include "beast.h"
@@ -153,6 +155,7 @@ struct Client::Impl {
     std::unique_ptr<beast::ssl_stream<beast::tcp_stream>> secure;
     beast::flat_buffer buffer;
     std::size_t opened = 0;
+    std::atomic<bool> cancelled{false};
 
     Impl(std::string base, ClientOptions o) : base_url(std::move(base)), opts(std::move(o)) {
         auto parsed = parse_base_url(base_url);
@@ -183,6 +186,7 @@ struct Client::Impl {
     // the tcp_stream's expiry).
     template <class Start>
     error_code run(Start&& start) {
+        if (cancelled) return net::error::operation_aborted;
         error_code result = net::error::would_block;
         start([&result](error_code ec, auto&&...) { result = ec; });
         ioc.restart();
@@ -205,9 +209,12 @@ struct Client::Impl {
         ioc.poll();
     }
 
+    Error cancelled_error() const { return Error::make("cancelled", fmt::format("the request to {} was cancelled", where())); }
+
     std::string where() const { return fmt::format("{}:{}", url.host, url.port); }
 
     Error failure(const error_code& ec, std::string_view method, std::string_view target, std::string_view doing) {
+        if (cancelled) return cancelled_error();
         if (ec == beast::error::timeout)
             return Error::make("timeout", fmt::format("{} {}{} timed out while {} (limit {} ms)", method, where(), target,
                                                       doing, opts.timeout.count()));
@@ -223,6 +230,7 @@ struct Client::Impl {
         auto s = std::make_unique<beast::tcp_stream>(ioc);
         s->expires_at(deadline);
         ec = run([&](auto h) { s->async_connect(results, std::move(h)); });
+        if (cancelled) return cancelled_error();
         if (ec == beast::error::timeout)
             return Error::make("timeout", fmt::format("connecting to {} timed out after {} ms", where(), opts.timeout.count()));
         if (ec) return Error::make("connect", fmt::format("cannot connect to {}: {}", where(), ec.message()));
@@ -317,6 +325,7 @@ Result<ClientResponse> Client::request(std::string_view method, std::string_view
                                        const Headers& headers) {
     auto& im = *impl_;
     if (im.url_error) return *im.url_error;
+    if (im.cancelled) return im.cancelled_error();
     auto deadline = Clock::now() + im.opts.timeout;
     auto req = im.make_request(method, path_and_query, body, headers);
     bool head = req.method() == bhttp::verb::head;
@@ -353,6 +362,7 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
                         std::chrono::milliseconds idle_timeout) {
     auto& im = *impl_;
     if (im.url_error) return *im.url_error;
+    if (im.cancelled) return im.cancelled_error();
     Headers headers{{"Accept", "text/event-stream"}, {"Cache-Control", "no-cache"}};
     headers.insert(headers.end(), h.begin(), h.end());
     auto req = im.make_request("GET", path, {}, headers);
@@ -383,6 +393,7 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
         if (ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message || ec == net::error::eof ||
             ec == ssl::error::stream_truncated)
             return status;
+        if (im.cancelled) return im.cancelled_error();
         if (ec == beast::error::timeout)
             return Error::make("timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url, path, idle_timeout.count()));
         return Error::make("io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url, path, ec.message()));
@@ -390,6 +401,18 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
 }
 
 void Client::disconnect() { impl_->drop(); }
+
+void Client::cancel() {
+    auto* im = impl_.get();
+    im->cancelled = true;
+    // Runs on the thread blocked in the client's io_context (or at its next run/poll), so the
+    // streams are only ever touched by that thread.
+    net::post(im->ioc, [im] {
+        if (!im->connected()) return;
+        error_code ec;
+        im->lowest().socket().cancel(ec);
+    });
+}
 
 std::size_t Client::connections_opened() const { return impl_->opened; }
 

@@ -660,3 +660,21 @@ TEST_CASE("a base URL prefix and default headers are applied", "[unit][http]") {
     CHECK(r->json()["path"] == "/echo/sub");
     CHECK(r->json()["headers"]["authorization"] == "Bearer t0k");
 }
+
+TEST_CASE("cancel() from another thread ends a long request at once, and every later one", "[unit][http]") {
+    Fixture f;
+    Client c(f.base(), ClientOptions{30000ms});
+    auto t0 = Clock::now();
+    std::thread canceller([&] {
+        std::this_thread::sleep_for(100ms);
+        c.cancel();
+    });
+    auto r = c.get("/delay?ms=3000");  // the handler sleeps; the fixture waits for it at the end
+    canceller.join();
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == "cancelled");
+    CHECK(Clock::now() - t0 < 1500ms);
+    auto again = c.get("/echo");
+    REQUIRE_FALSE(again.ok());
+    CHECK(again.error().code == "cancelled");
+}

@@ -60,6 +60,9 @@ public:
 
     // Drops the kept-alive connection (the next request connects anew).
     void disconnect();
+    // The one thread-safe member: makes the request in progress (e.g. a long poll) and every later
+    // one fail at once with the Error "cancelled". For stopping a thread that owns the client.
+    void cancel();
     // Number of TCP connections this client has opened so far (for tests and metrics).
     std::size_t connections_opened() const;
 
