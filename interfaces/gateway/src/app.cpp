@@ -5,7 +5,9 @@
 #include "engram/http/server.h"
 #include "engram/log/log.h"
 #include "engram/metrics/metrics.h"
+#include "ingress.h"
 #include "signature.h"
+#include "telegram.h"
 
 #include <chrono>
 
@@ -25,17 +27,17 @@ config::Spec config_spec() {
            true});
     s.add({"WEBHOOK_MAX_SKEW_S", "how far a webhook's X-Webhook-Timestamp may be from now (replays are refused)",
            "300", false, config::int_range(1, 86400)});
+    telegram::add_settings(s);
     config::add_logging(s);
     return s;
 }
 
-namespace {
-
-// Namespace of ingress event ids: v5(this, "<kind>:<source>:<source's id>").
 const Uuid& ingress_ns() {
     static const Uuid ns = Uuid::v5(*Uuid::parse("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "https://engram/ingress");
     return ns;
 }
+
+namespace {
 
 constexpr std::size_t kBodyLimit = 1 << 20;
 
@@ -48,6 +50,7 @@ struct App::Impl {
     metrics::Registry metrics;
     std::map<std::string, std::string> secrets;
     std::unique_ptr<http::Server> server;
+    std::unique_ptr<telegram::Ingress> telegram;
     metrics::Counter& accepted = metrics.counter("engram_gateway_requests_total", "ingress requests by result", "result=\"accepted\"");
     metrics::Counter& rejected = metrics.counter("engram_gateway_requests_total", "ingress requests by result", "result=\"rejected\"");
 
@@ -65,7 +68,7 @@ struct App::Impl {
     // Appends one event and maps the store's answer: 201/200 pass through, the store being
     // unreachable or down is 503 (the caller retries; the derived id keeps it stored once).
     Result<std::pair<int, nlohmann::json>> append(const nlohmann::json& event) {
-        http::Client c(cfg.get("EVENT_STORE_URL"), http::ClientOptions{std::chrono::milliseconds(10000)});
+        http::Client c(cfg.get("EVENT_STORE_URL"), with_timeout(std::chrono::milliseconds(10000)));
         auto r = c.post_json("/events", event, store_headers());
         if (!r) return Error::make("unavailable", "the event store is unreachable: " + r.error().detail);
         if (r->status == 201 || r->status == 200) return std::make_pair(r->status, r->json());
@@ -95,6 +98,11 @@ struct App::Impl {
             if (req.method != "POST") return res->respond(http::Response::error(405, "method_not_allowed", "use POST"));
             return res->respond(webhook(req.path.substr(10), req));
         }
+        if (req.path == "/telegram/webhook") {  // Telegram authenticates with its secret header
+            auto r = telegram->webhook(req);
+            (r.status == 200 ? accepted : rejected).inc();
+            return res->respond(std::move(r));
+        }
         if (!authorized(req))
             return res->respond(reject(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required"));
         if (req.path == "/trigger") {
@@ -108,11 +116,13 @@ struct App::Impl {
             return res->respond(std::move(r));
         }
         if (req.path == "/readyz") {
-            http::Client c(cfg.get("EVENT_STORE_URL"), http::ClientOptions{std::chrono::milliseconds(2000)});
+            http::Client c(cfg.get("EVENT_STORE_URL"), with_timeout(std::chrono::milliseconds(2000)));
             auto r = c.get("/healthz", store_headers());
             bool ok = r.ok() && r->status == 200;
+            // Telegram's state is reported, not gating: /trigger and webhooks work without it.
             return res->respond(http::Response::json(ok ? 200 : 503, {{"status", ok ? "ready" : "not_ready"},
-                                                                     {"checks", {{"event_store", ok ? "ok" : "unreachable"}}}}));
+                                                                     {"checks", {{"event_store", ok ? "ok" : "unreachable"},
+                                                                                 {"telegram", telegram->status()}}}}));
         }
         res->respond(http::Response::error(404, "not_found", "no route for " + req.method + " " + req.path));
     }
@@ -206,6 +216,10 @@ App::App(config::Values cfg, std::function<std::int64_t()> now_s) : impl_(std::m
 App::~App() { stop(); }
 
 Status App::start() {
+    auto ts = telegram::settings_from(impl_->cfg);
+    if (!ts) return ts.error();
+    impl_->telegram = std::make_unique<telegram::Ingress>(
+        std::move(ts.value()), [im = impl_.get()](const nlohmann::json& ev) { return im->append(ev); }, impl_->metrics);
     auto hp = config::parse_listen(impl_->cfg.get("GATEWAY_LISTEN"));
     http::ServerOptions so;
     so.host = hp->host;
@@ -219,11 +233,13 @@ Status App::start() {
     } catch (const std::exception& e) {
         return Error::make("listen", e.what());
     }
+    impl_->telegram->start();
     return ok();
 }
 
 void App::stop() {
     if (impl_ && impl_->server) impl_->server->stop();
+    if (impl_ && impl_->telegram) impl_->telegram->stop();
 }
 
 std::uint16_t App::port() const { return impl_->server ? impl_->server->port() : 0; }

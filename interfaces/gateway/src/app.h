@@ -1,7 +1,8 @@
 #pragma once
 // engram-gateway: turns outside input into events, answering success only after the store has
 // committed them, with event ids derived from the source's own ids so a retried delivery is stored
-// once. This part: POST /trigger and signed webhooks POST /webhooks/{source}.
+// once: POST /trigger, signed webhooks POST /webhooks/{source}, Telegram (polling or webhook,
+// telegram.h).
 #include "engram/config/config.h"
 #include "engram/core/result.h"
 

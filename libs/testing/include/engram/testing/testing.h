@@ -3,4 +3,5 @@
 #include "engram/testing/nats.h"
 #include "engram/testing/postgres.h"
 #include "engram/testing/process.h"
+#include "engram/testing/stack.h"
 #include "engram/testing/util.h"

@@ -1,0 +1,29 @@
+#pragma once
+// What every ingress of the gateway shares: the namespace its event ids are derived in, and the
+// function that appends one event to the store.
+#include "engram/core/result.h"
+#include "engram/core/uuid.h"
+#include "engram/http/client.h"
+
+#include <functional>
+#include <nlohmann/json_fwd.hpp>
+#include <utility>
+
+namespace engram::gateway {
+
+// Ingress event ids are v5(this namespace, "<kind>:<source>:<source's own id>"), so a retried
+// delivery maps to the id already stored and the store answers 200 instead of storing it again.
+const Uuid& ingress_ns();
+
+// Appends one event; on success the store's status (201 stored, 200 already stored) and answer.
+// Errors: "unavailable" (the store is down or unreachable: retry later), "id_conflict" (the id is
+// taken by different content), "internal" (the store refused the event).
+using AppendFn = std::function<Result<std::pair<int, nlohmann::json>>(const nlohmann::json& event)>;
+
+inline http::ClientOptions with_timeout(std::chrono::milliseconds t) {
+    http::ClientOptions o;
+    o.timeout = t;
+    return o;
+}
+
+}  // namespace engram::gateway

@@ -1,0 +1,463 @@
+#include "telegram.h"
+
+#include "engram/core/time.h"
+#include "engram/http/client.h"
+#include "engram/log/log.h"
+#include "engram/metrics/metrics.h"
+#include "signature.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+namespace engram::gateway::telegram {
+
+using nlohmann::json;
+
+namespace {
+
+std::shared_ptr<spdlog::logger> lg() {
+    static auto l = log::get("telegram");
+    return l;
+}
+
+std::string trim(std::string s) {
+    auto b = s.find_first_not_of(" \t\r\n");
+    if (b == std::string::npos) return "";
+    auto e = s.find_last_not_of(" \t\r\n");
+    return s.substr(b, e - b + 1);
+}
+
+std::optional<std::set<std::string>> parse_chat_ids(const std::string& v) {
+    std::set<std::string> out;
+    std::size_t start = 0;
+    while (start <= v.size()) {
+        auto comma = v.find(',', start);
+        auto item = trim(v.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+        if (!item.empty()) {
+            std::size_t i = item[0] == '-' ? 1 : 0;
+            if (i == item.size() || item.size() > 20 ||
+                !std::all_of(item.begin() + static_cast<long>(i), item.end(), [](char c) { return c >= '0' && c <= '9'; }))
+                return std::nullopt;
+            out.insert(item);
+        }
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+std::size_t utf8_chars(const std::string& s) {
+    return static_cast<std::size_t>(std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; }));
+}
+
+json from_of(const json& from) {
+    json f = json::object();
+    if (!from.is_object()) return f;
+    if (from.contains("username") && from["username"].is_string()) f["username"] = from["username"];
+    std::string name;
+    for (const char* k : {"first_name", "last_name"})
+        if (from.contains(k) && from[k].is_string()) name += (name.empty() ? "" : " ") + from[k].get<std::string>();
+    if (!name.empty()) f["display_name"] = name;
+    if (from.contains("language_code") && from["language_code"].is_string()) f["language_code"] = from["language_code"];
+    return f;
+}
+
+json attachments_of(const json& msg) {
+    json out = json::array();
+    for (const char* kind : {"photo", "document", "audio", "voice", "video", "sticker"}) {
+        if (!msg.contains(kind)) continue;
+        json f = msg[kind];
+        if (f.is_array()) {  // photo: the sizes of one picture, smallest first
+            if (f.empty()) continue;
+            f = f.back();
+        }
+        if (!f.is_object()) continue;
+        json a = {{"kind", kind}};
+        if (f.contains("file_id") && f["file_id"].is_string()) a["file_id"] = f["file_id"];
+        if (f.contains("file_name") && f["file_name"].is_string()) a["file_name"] = f["file_name"];
+        if (f.contains("mime_type") && f["mime_type"].is_string()) a["mime_type"] = f["mime_type"];
+        if (f.contains("file_size") && f["file_size"].is_number_integer() && f["file_size"].get<std::int64_t>() >= 0)
+            a["size_bytes"] = f["file_size"];
+        out.push_back(std::move(a));
+    }
+    return out;
+}
+
+std::string first_other_key(const json& u) {
+    for (auto it = u.begin(); it != u.end(); ++it)
+        if (it.key() != "update_id") return it.key();
+    return "(none)";
+}
+
+}  // namespace
+
+void add_settings(config::Spec& s) {
+    s.add({"TELEGRAM_MODE",
+           "Telegram ingress: auto (webhook when TELEGRAM_WEBHOOK_SECRET is set, else polling, when a token is set), "
+           "polling, webhook or off",
+           "auto", false, config::one_of({"auto", "polling", "webhook", "off"})});
+    s.add({"TELEGRAM_BOT_TOKEN", "bot token from @BotFather (enables Telegram)", "", false, nullptr, true});
+    s.add({"TELEGRAM_API_BASE", "Telegram Bot API base URL", "https://api.telegram.org", false, config::url({"http", "https"})});
+    s.add({"TELEGRAM_WEBHOOK_SECRET",
+           "secret Telegram sends in X-Telegram-Bot-Api-Secret-Token to POST /telegram/webhook (1-256 of A-Z a-z 0-9 _ -)", "",
+           false,
+           [](const std::string& v) -> std::optional<std::string> {
+               bool okc = std::all_of(v.begin(), v.end(), [](char c) {
+                   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+               });
+               if (v.size() > 256 || !okc) return "must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)";
+               return std::nullopt;
+           },
+           true});
+    s.add({"TELEGRAM_WEBHOOK_URL", "public https URL of POST /telegram/webhook; registered with setWebhook at start when set", "",
+           false, config::url({"https", "http"})});
+    s.add({"TELEGRAM_ALLOWED_CHAT_IDS",
+           "chat ids that reach the assistant, comma-separated (* = every chat); others get one polite refusal", "", false,
+           [](const std::string& v) -> std::optional<std::string> {
+               if (trim(v) == "*" || parse_chat_ids(v)) return std::nullopt;
+               return "must be a comma-separated list of integer chat ids, or *";
+           }});
+    s.add({"TELEGRAM_POLL_TIMEOUT_S", "long-polling timeout of getUpdates, seconds", "25", false, config::int_range(1, 50)});
+}
+
+std::string Settings::bot_id() const {
+    auto colon = token.find(':');
+    return colon == std::string::npos ? std::string("bot") : token.substr(0, colon);
+}
+
+Result<Settings> settings_from(const config::Values& v) {
+    Settings s;
+    s.token = v.get("TELEGRAM_BOT_TOKEN");
+    if (v.has("TELEGRAM_API_BASE")) s.api_base = v.get("TELEGRAM_API_BASE");
+    while (!s.api_base.empty() && s.api_base.back() == '/') s.api_base.pop_back();
+    s.webhook_secret = v.get("TELEGRAM_WEBHOOK_SECRET");
+    s.webhook_url = v.get("TELEGRAM_WEBHOOK_URL");
+    auto allowed = trim(v.get("TELEGRAM_ALLOWED_CHAT_IDS"));
+    if (allowed == "*") s.allow_all = true;
+    else s.allowed = parse_chat_ids(allowed).value_or(std::set<std::string>{});
+    if (v.has("TELEGRAM_POLL_TIMEOUT_S")) s.poll_timeout_s = static_cast<int>(v.get_int("TELEGRAM_POLL_TIMEOUT_S"));
+    std::string mode = v.has("TELEGRAM_MODE") ? v.get("TELEGRAM_MODE") : "auto";
+    if (mode == "auto") mode = s.token.empty() ? "off" : s.webhook_secret.empty() ? "polling" : "webhook";
+    s.mode = mode;
+    if (mode != "off" && s.token.empty())
+        return Error::make("config", "invalid configuration: TELEGRAM_MODE=" + mode + " needs TELEGRAM_BOT_TOKEN");
+    if (mode == "webhook" && s.webhook_secret.empty())
+        return Error::make("config",
+                           "invalid configuration: TELEGRAM_MODE=webhook needs TELEGRAM_WEBHOOK_SECRET (requests are checked against it)");
+    return s;
+}
+
+Mapped map_update(const json& u, const Settings& s) {
+    Mapped m;
+    if (!u.is_object() || !u.contains("update_id") || !u["update_id"].is_number_integer()) {
+        m.why = "no integer update_id";
+        return m;
+    }
+    const auto update_id = u["update_id"].get<std::int64_t>();
+    const char* kind = nullptr;
+    for (const char* k : {"message", "edited_message"})
+        if (u.contains(k) && u[k].is_object()) kind = k;
+    if (!kind) {
+        m.why = "unsupported update kind '" + first_other_key(u) + "'";
+        return m;
+    }
+    const json& msg = u[kind];
+    if (!msg.contains("chat") || !msg["chat"].is_object() || !msg["chat"].contains("id") || !msg["chat"]["id"].is_number_integer()) {
+        m.why = "a message without an integer chat.id";
+        return m;
+    }
+    const bool edited = std::string(kind) == "edited_message";
+    const json chat = msg["chat"]["id"];
+    m.chat_id = chat.dump();
+    const json from = msg.contains("from") && msg["from"].is_object() ? msg["from"] : json::object();
+    std::string user_id =
+        "telegram:" + (from.contains("id") && from["id"].is_number_integer() ? from["id"].dump() : m.chat_id);
+    std::string text;
+    for (const char* k : {"text", "caption"})
+        if (text.empty() && msg.contains(k) && msg[k].is_string()) text = msg[k].get<std::string>();
+    json attachments = attachments_of(msg);
+    if (text.empty() && attachments.empty()) {
+        m.why = "a message without text or a supported attachment (e.g. a service message)";
+        return m;
+    }
+    const std::string uid = std::to_string(update_id);
+
+    if (!s.allowed_chat(m.chat_id)) {
+        m.kind = Mapped::Kind::refused;
+        auto id = Uuid::v5(ingress_ns(), "telegram-refused:" + s.bot_id() + ":" + uid);
+        json data = {{"channel", "telegram"}, {"chat_id", chat},           {"reason", "chat_not_allowed"},
+                     {"user_id", user_id},    {"update_id", update_id},    {"text_length", utf8_chars(text)}};
+        if (msg.contains("message_id")) data["message_id"] = msg["message_id"];
+        if (auto f = from_of(from); !f.empty()) data["from"] = f;
+        m.event = {{"id", id.str()},
+                   {"type", "AccessDenied"},
+                   {"aggregate_id", "access:telegram:" + m.chat_id},
+                   {"data", data},
+                   {"metadata", {{"source", "gateway:telegram"}, {"correlation_id", id.str()}, {"user_id", user_id}}}};
+        return m;
+    }
+
+    m.kind = Mapped::Kind::message;
+    const std::string session = "session:telegram:" + m.chat_id;
+    auto id = Uuid::v5(ingress_ns(), "telegram:" + s.bot_id() + ":" + uid);
+    json data = {{"channel", "telegram"}, {"text", text},       {"user_id", user_id}, {"session_id", session},
+                 {"chat_id", chat},       {"update_id", update_id}, {"edited", edited}};
+    if (msg.contains("message_id")) data["message_id"] = msg["message_id"];
+    if (msg.contains("reply_to_message") && msg["reply_to_message"].is_object() && msg["reply_to_message"].contains("message_id"))
+        data["reply_to"] = msg["reply_to_message"]["message_id"];
+    if (!text.empty() && text[0] == '/') {
+        auto end = text.find_first_of(" \t\r\n");
+        std::string cmd = text.substr(0, end);
+        if (auto at = cmd.find('@'); at != std::string::npos) cmd.resize(at);  // "/start@MyBot"
+        if (cmd.size() > 1 && cmd.size() <= 64) {
+            data["command"] = cmd;
+            data["command_args"] = end == std::string::npos ? "" : trim(text.substr(end));
+        }
+    }
+    if (auto f = from_of(from); !f.empty()) data["from"] = f;
+    if (!attachments.empty()) data["attachments"] = attachments;
+    const char* date_key = edited && msg.contains("edit_date") ? "edit_date" : "date";
+    if (msg.contains(date_key) && msg[date_key].is_number_integer())
+        data["sent_at"] = format_rfc3339(SysTime(std::chrono::seconds(msg[date_key].get<std::int64_t>())));
+    m.event = {{"id", id.str()},
+               {"type", "MessageReceived"},
+               {"aggregate_id", session},
+               {"data", data},
+               {"metadata",
+                {{"source", "gateway:telegram"}, {"correlation_id", id.str()}, {"user_id", user_id}, {"session_id", session}}}};
+    return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Ingress::Impl {
+    Settings s;
+    AppendFn append;
+    metrics::Counter& stored;
+    metrics::Counter& duplicates;
+    metrics::Counter& refused;
+    metrics::Counter& ignored;
+    metrics::Counter& dropped;
+    metrics::Counter& conflicts;
+
+    mutable std::mutex mu;
+    std::condition_variable cv;
+    bool stopping = false;
+    std::string state = "starting";
+    std::unique_ptr<http::Client> poll_client;  // owned by the poller thread; cancel() is thread-safe
+    std::thread poller;
+
+    Impl(Settings st, AppendFn a, metrics::Registry& m)
+        : s(std::move(st)),
+          append(std::move(a)),
+          stored(m.counter("engram_gateway_telegram_updates_total", "Telegram updates by outcome", "outcome=\"stored\"")),
+          duplicates(m.counter("engram_gateway_telegram_updates_total", "Telegram updates by outcome", "outcome=\"duplicate\"")),
+          refused(m.counter("engram_gateway_telegram_updates_total", "Telegram updates by outcome", "outcome=\"refused\"")),
+          ignored(m.counter("engram_gateway_telegram_updates_total", "Telegram updates by outcome", "outcome=\"ignored\"")),
+          dropped(m.counter("engram_gateway_telegram_updates_total", "Telegram updates by outcome", "outcome=\"dropped\"")),
+          conflicts(m.counter("engram_gateway_telegram_poll_conflicts_total", "getUpdates answered 409 Conflict")) {}
+
+    void set_state(const std::string& st) {
+        std::lock_guard lk(mu);
+        state = st;
+    }
+
+    // Waits up to d, or until stop(); false when stopping.
+    bool pause(std::chrono::milliseconds d) {
+        std::unique_lock lk(mu);
+        cv.wait_for(lk, d, [&] { return stopping; });
+        return !stopping;
+    }
+    bool is_stopping() {
+        std::lock_guard lk(mu);
+        return stopping;
+    }
+
+    void send_refusal(const std::string& chat_id) {
+        http::Client c(s.api_base, with_timeout(std::chrono::milliseconds(10000)));
+        auto r = c.post_json("/bot" + s.token + "/sendMessage", {{"chat_id", json::parse(chat_id)}, {"text", kRefusalText}});
+        if (!r) lg()->warn("could not send the refusal to chat {}: {}", chat_id, r.error().detail);
+        else if (r->status != 200) lg()->warn("could not send the refusal to chat {}: HTTP {} {}", chat_id, r->status, r->body.substr(0, 200));
+        else lg()->info("chat {} is not allowed: refused once", chat_id);
+    }
+
+    // Handles one update. ok: stored, refused, ignored, or dropped after a permanent refusal by the
+    // store (logged); the Error "unavailable": not stored, ask again later (do not acknowledge).
+    Status handle(const json& update) {
+        auto m = map_update(update, s);
+        auto uid = update.is_object() ? update.value("update_id", json()).dump() : "?";
+        if (m.kind == Mapped::Kind::ignored) {
+            ignored.inc();
+            lg()->info("update {} ignored: {}", uid, m.why);
+            return ok();
+        }
+        auto r = append(m.event);
+        if (!r) {
+            if (r.error().code == "unavailable") return r.error();
+            // Permanent: retrying cannot help and would hold up every later update of the bot.
+            dropped.inc();
+            lg()->error("update {} dropped: {} (update: {})", uid, r.error().detail, update.dump().substr(0, 2000));
+            return ok();
+        }
+        if (r->first == 200) duplicates.inc();
+        if (m.kind == Mapped::Kind::message) {
+            if (r->first == 201) stored.inc();
+            return ok();
+        }
+        refused.inc();
+        // Version 1 of access:telegram:<chat> = the chat's first refused message, stored just now:
+        // that one, and only that one, is answered.
+        const auto& stored_ev = r->second["events"][0];
+        if (r->first == 201 && stored_ev.value("aggregate_version", 0) == 1) send_refusal(m.chat_id);
+        return ok();
+    }
+
+    void poll_loop() {
+        std::int64_t offset = 0;  // 0: none yet; Telegram returns what it has not seen confirmed
+        int backoff_ms = 500;
+        bool reported_unreachable = false;
+        while (!is_stopping()) {
+            json body = {{"timeout", s.poll_timeout_s}};
+            if (offset > 0) body["offset"] = offset;
+            auto r = poll_client->post_json("/bot" + s.token + "/getUpdates", body);
+            if (is_stopping()) break;
+            if (!r || r->status >= 500) {
+                if (!reported_unreachable)
+                    lg()->warn("getUpdates failed: {}; retrying with back-off", r ? "HTTP " + std::to_string(r->status) : r.error().detail);
+                reported_unreachable = true;
+                set_state("unreachable");
+                pause(std::chrono::milliseconds(backoff_ms));
+                backoff_ms = std::min(backoff_ms * 2, 30000);
+                continue;
+            }
+            auto j = r->json();
+            if (r->status == 409) {
+                // Another getUpdates consumer, or a webhook, owns this bot. Polling harder would only
+                // fight it: report it and look again much later.
+                conflicts.inc();
+                set_state("conflict");
+                lg()->error("getUpdates: 409 Conflict ({}); another poller or a webhook is using this bot token. "
+                            "Stop the other consumer (or deleteWebhook, or use TELEGRAM_MODE=webhook); retrying in {} s",
+                            j.is_object() ? j.value("description", "") : "", s.conflict_retry_s);
+                pause(std::chrono::seconds(s.conflict_retry_s));
+                continue;
+            }
+            if (r->status == 429) {
+                int after = 5;
+                if (j.is_object() && j.contains("parameters") && j["parameters"].is_object())
+                    after = j["parameters"].value("retry_after", 5);
+                lg()->warn("getUpdates: 429, retry after {} s", after);
+                pause(std::chrono::seconds(std::clamp(after, 1, 3600)));
+                continue;
+            }
+            if (r->status == 401 || r->status == 404) {
+                set_state("unauthorized");
+                lg()->error("getUpdates: HTTP {}: TELEGRAM_BOT_TOKEN is not accepted by {}; retrying in {} s", r->status,
+                            s.api_base, s.conflict_retry_s);
+                pause(std::chrono::seconds(s.conflict_retry_s));
+                continue;
+            }
+            if (r->status != 200 || !j.is_object() || !j.value("ok", false) || !j.contains("result") || !j["result"].is_array()) {
+                set_state("unreachable");
+                lg()->warn("getUpdates: unexpected answer HTTP {}: {}", r->status, r->body.substr(0, 300));
+                pause(std::chrono::milliseconds(backoff_ms));
+                backoff_ms = std::min(backoff_ms * 2, 30000);
+                continue;
+            }
+            if (reported_unreachable) lg()->info("getUpdates works again");
+            reported_unreachable = false;
+            backoff_ms = 500;
+            set_state("ok");
+            for (const auto& u : j["result"]) {
+                if (!u.is_object() || !u.contains("update_id") || !u["update_id"].is_number_integer()) {
+                    lg()->warn("getUpdates returned an update without an integer update_id: {}", u.dump().substr(0, 300));
+                    continue;
+                }
+                auto id = u["update_id"].get<std::int64_t>();
+                if (offset > 0 && id < offset) continue;  // already handled (a repeated answer)
+                int wait_ms = 200;
+                for (;;) {
+                    auto st = handle(u);
+                    if (st) break;
+                    lg()->warn("update {} not stored yet ({}); retrying", id, st.error().detail);
+                    if (!pause(std::chrono::milliseconds(wait_ms))) return;
+                    wait_ms = std::min(wait_ms * 2, 10000);
+                }
+                // Committed (or deliberately skipped): only now may Telegram forget it.
+                offset = id + 1;
+            }
+        }
+    }
+};
+
+Ingress::Ingress(Settings s, AppendFn append, metrics::Registry& metrics)
+    : impl_(std::make_unique<Impl>(std::move(s), std::move(append), metrics)) {}
+
+Ingress::~Ingress() { stop(); }
+
+const Settings& Ingress::settings() const { return impl_->s; }
+
+void Ingress::start() {
+    auto& im = *impl_;
+    const auto& s = im.s;
+    if (s.mode == "off") return;
+    if (!s.allow_all && s.allowed.empty())
+        lg()->warn("TELEGRAM_ALLOWED_CHAT_IDS is empty: every chat will be refused (set chat ids, or * for every chat)");
+    if (s.mode == "webhook") {
+        im.set_state("ok");
+        if (s.webhook_url.empty()) {
+            lg()->info("telegram: webhook mode on POST /telegram/webhook (register it with setWebhook yourself, or set TELEGRAM_WEBHOOK_URL)");
+            return;
+        }
+        http::Client c(s.api_base, with_timeout(std::chrono::milliseconds(10000)));
+        auto r = c.post_json("/bot" + s.token + "/setWebhook", {{"url", s.webhook_url}, {"secret_token", s.webhook_secret}});
+        if (!r || r->status != 200)
+            lg()->error("setWebhook failed ({}); Telegram will not deliver updates until it succeeds",
+                        r ? "HTTP " + std::to_string(r->status) + " " + r->body.substr(0, 200) : r.error().detail);
+        else lg()->info("telegram: webhook registered at {}", s.webhook_url);
+        return;
+    }
+    lg()->info("telegram: long polling {} (timeout {} s)", s.api_base, s.poll_timeout_s);
+    im.poll_client = std::make_unique<http::Client>(
+        s.api_base, with_timeout(std::chrono::milliseconds((s.poll_timeout_s + 15) * 1000)));
+    im.poller = std::thread([&im] { im.poll_loop(); });
+}
+
+void Ingress::stop() {
+    auto& im = *impl_;
+    {
+        std::lock_guard lk(im.mu);
+        im.stopping = true;
+    }
+    im.cv.notify_all();
+    if (im.poll_client) im.poll_client->cancel();
+    if (im.poller.joinable()) im.poller.join();
+}
+
+http::Response Ingress::webhook(const http::Request& req) {
+    auto& im = *impl_;
+    if (im.s.mode != "webhook")
+        return http::Response::error(404, "not_found", "the Telegram webhook is not enabled (TELEGRAM_MODE=webhook)");
+    if (req.method != "POST") return http::Response::error(405, "method_not_allowed", "use POST");
+    if (!constant_time_equal(req.header("x-telegram-bot-api-secret-token"), im.s.webhook_secret))
+        return http::Response::error(401, "unauthorized", "missing or wrong X-Telegram-Bot-Api-Secret-Token header");
+    auto update = json::parse(req.body, nullptr, false);
+    if (update.is_discarded()) return http::Response::error(400, "invalid_json", "the body is not valid JSON");
+    if (!update.is_object() || !update.contains("update_id") || !update["update_id"].is_number_integer() ||
+        update["update_id"].get<std::int64_t>() < 0)
+        return http::Response::error(400, "invalid_request", "the body must be a Telegram Update object with an integer update_id");
+    auto st = im.handle(update);
+    if (!st) return http::Response::error(503, st.error().code, st.error().detail);
+    // Telegram only looks at the status; 200 after commit is the acknowledgement.
+    return http::Response::json(200, {{"ok", true}});
+}
+
+json Ingress::status() const {
+    std::lock_guard lk(impl_->mu);
+    return {{"mode", impl_->s.mode}, {"state", impl_->s.mode == "off" ? "off" : impl_->state}};
+}
+
+}  // namespace engram::gateway::telegram
