@@ -1,0 +1,205 @@
+// The whole stack as users run it — the store, the memory, AI and notification processors and the
+// gateway, each its own binary, on a real PostgreSQL and nats-server — with fakes only for Telegram
+// and the model: a Telegram message becomes exactly one reply, whatever is redelivered on the way.
+#include "engram/core/uuid.h"
+#include "engram/http/client.h"
+#include "engram/testing/testing.h"
+#include "fake_openai.h"
+#include "fake_telegram.h"
+
+#include <catch2/catch.hpp>
+#include <openssl/hmac.h>
+#include <thread>
+
+using namespace engram;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+const std::string kChat = "4242";
+
+json text_update(std::int64_t update_id, const std::string& chat, const std::string& text) {
+    return {{"update_id", update_id},
+            {"message",
+             {{"message_id", 500 + update_id},
+              {"date", 1800000000},
+              {"chat", {{"id", std::stoll(chat)}, {"type", "private"}}},
+              {"from", {{"id", std::stoll(chat)}, {"is_bot", false}, {"first_name", "E2E"}}},
+              {"text", text}}}};
+}
+
+// A paragraph-structured answer of about n characters.
+std::string long_answer(std::size_t n) {
+    std::string out;
+    for (int p = 1; out.size() < n; ++p) {
+        std::string para = "Paragraph " + std::to_string(p) + ".";
+        while (para.size() < 380) para += " The quick brown fox jumps over the lazy dog.";
+        out += (out.empty() ? "" : "\n\n") + para;
+    }
+    return out;
+}
+
+struct WholeStack {
+    testing::Stack s{"e2e"};
+    fakes::FakeOpenAI llm;
+    fakes::FakeTelegram tg;
+    int gw_port = testing::free_port();
+    std::unique_ptr<testing::Process> memory, ai, notify, gw;
+
+    explicit WholeStack(std::map<std::string, std::string> gateway_env = {}) {
+        // The model: answers a user's message with send_message, then ends the run with task_complete.
+        llm.on([](const json& req) { return req["messages"].back()["role"] == "tool"; },
+               [](const json&) { return fakes::FakeOpenAI::tool_calls_body({{"call_done", "task_complete", {{"summary", "answered"}}}}); });
+        llm.on([](const json&) { return true; },
+               [](const json& req) {
+                   auto text = fakes::FakeOpenAI::last_user_message(req);
+                   std::string answer = text.find("long please") != std::string::npos ? long_answer(6000) : "Echo: " + text;
+                   return fakes::FakeOpenAI::tool_calls_body({{"call_send", "send_message", {{"text", answer}}}});
+               });
+        memory = s.start("memory-processor/engram-memory-processor", {{"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"}});
+        ai = s.start("ai-processor/engram-ai-processor",
+                     {{"AI_PROCESSOR_LISTEN", "127.0.0.1:0"}, {"LLM_BASE_URL", llm.base_url()}, {"LLM_MAX_RETRIES", "2"}});
+        notify = s.start("notification-processor/engram-notification-processor",
+                         {{"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
+                          {"TELEGRAM_BOT_TOKEN", tg.token()},
+                          {"TELEGRAM_API_BASE", tg.base_url()}});
+        std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:" + std::to_string(gw_port)},
+                                                  {"TELEGRAM_BOT_TOKEN", tg.token()},
+                                                  {"TELEGRAM_API_BASE", tg.base_url()},
+                                                  {"TELEGRAM_ALLOWED_CHAT_IDS", kChat},
+                                                  {"TELEGRAM_POLL_TIMEOUT_S", "1"},
+                                                  {"WEBHOOK_SECRETS", "github=gh-secret"}};
+        for (auto& [k, v] : gateway_env) env[k] = v;
+        gw = s.start("interfaces/gateway/engram-gateway", env);
+        REQUIRE(testing::eventually([&] {
+            http::Client c(gateway_url());
+            auto r = c.get("/readyz");
+            return r.ok() && r->status == 200;
+        }, 20s));
+    }
+    std::string gateway_url() const { return "http://127.0.0.1:" + std::to_string(gw_port); }
+
+    std::vector<fakes::FakeTelegram::Message> replies_to(const std::string& chat) const {
+        std::vector<fakes::FakeTelegram::Message> out;
+        for (auto& m : tg.messages())
+            if (m.chat_id == chat) out.push_back(m);
+        return out;
+    }
+    std::string logs() {
+        std::string out;
+        for (auto* p : {ai.get(), notify.get(), gw.get()}) out += "--- " + p->log_path() + "\n" + testing::tail_file(p->log_path(), 3000);
+        return out;
+    }
+    // The session's events of the given type.
+    std::vector<json> of_type(const std::string& session, const std::string& type) {
+        std::vector<json> out;
+        for (auto& e : s.aggregate(session))
+            if (e["type"] == type) out.push_back(e);
+        return out;
+    }
+    void settle() { std::this_thread::sleep_for(1500ms); }  // room for a duplicate to show up, if any
+};
+
+std::string hmac_hex(const std::string& key, const std::string& body) {
+    unsigned char mac[32];
+    unsigned int len = 0;
+    HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(body.data()), body.size(),
+         mac, &len);
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) out += {hex[mac[i] >> 4], hex[mac[i] & 15]};
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("e2e: a Telegram message (long polling) gets exactly one reply, a stranger one refusal", "[e2e]") {
+    WholeStack w;
+    w.tg.push_update(text_update(1, kChat, "hello engram"));
+    w.tg.push_update(text_update(2, "999", "who are you?"));
+    bool replied = testing::eventually([&] { return w.replies_to(kChat).size() >= 1; }, 60s);
+    INFO(w.logs());
+    REQUIRE(replied);
+    w.settle();
+    auto replies = w.replies_to(kChat);
+    REQUIRE(replies.size() == 1);
+    CHECK(replies[0].text == "Echo: hello engram");
+    CHECK(replies[0].request["reply_to_message_id"] == 501);  // answers the user's message
+    const std::string session = "session:telegram:" + kChat;
+    REQUIRE(testing::eventually([&] { return w.of_type(session, "TelegramMessageSent").size() == 1; }, 10s));
+    CHECK(w.of_type(session, "MessageReceived").size() == 1);
+    CHECK(w.of_type(session, "MessageGenerated").size() == 1);
+    CHECK(w.of_type(session, "AIProcessingCompleted").size() == 1);
+    // The stranger: one refusal, and the model never heard of them.
+    REQUIRE(w.replies_to("999").size() == 1);
+    CHECK(w.s.count("AccessDenied") == 1);
+    for (auto& req : w.llm.requests()) CHECK(req.dump().find("who are you") == std::string::npos);
+}
+
+TEST_CASE("e2e: a Telegram webhook delivered twice is stored once and answered once", "[e2e]") {
+    WholeStack w(std::map<std::string, std::string>{{"TELEGRAM_WEBHOOK_SECRET", "e2e-secret"}});
+    http::Client c(w.gateway_url());
+    const std::string body = text_update(77, kChat, "webhook hello").dump();
+    http::Headers h = {{"Content-Type", "application/json"}, {"X-Telegram-Bot-Api-Secret-Token", "e2e-secret"}};
+    auto first = c.request("POST", "/telegram/webhook", body, h);
+    REQUIRE(first.ok());
+    CHECK(first->status == 200);
+    // Telegram did not see our 200 (say) and delivers it again, while the run is under way.
+    auto again = c.request("POST", "/telegram/webhook", body, h);
+    REQUIRE(again.ok());
+    CHECK(again->status == 200);
+    bool replied = testing::eventually([&] { return w.replies_to(kChat).size() >= 1; }, 60s);
+    INFO(w.logs());
+    REQUIRE(replied);
+    // And once more after the answer went out.
+    CHECK(c.request("POST", "/telegram/webhook", body, h)->status == 200);
+    w.settle();
+    CHECK(w.replies_to(kChat).size() == 1);
+    CHECK(w.s.count("MessageReceived") == 1);
+    CHECK(w.s.count("AIProcessingStarted") == 1);
+    CHECK(w.tg.get_updates_calls().empty());  // webhook mode does not poll
+
+    // A signed webhook from another system, delivered twice: stored once.
+    const std::string gh = R"({"action":"opened","number":7})";
+    auto now = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+    http::Headers sig = {{"Content-Type", "application/json"}, {"X-Signature-256", "sha256=" + hmac_hex("gh-secret", gh)},
+                         {"X-Webhook-Timestamp", now}, {"X-Delivery-Id", "delivery-1"}};
+    CHECK(c.request("POST", "/webhooks/github", gh, sig)->status == 201);
+    CHECK(c.request("POST", "/webhooks/github", gh, sig)->status == 200);
+    CHECK(w.s.count("WebhookReceived") == 1);
+}
+
+TEST_CASE("e2e: a 6000-character answer arrives as two messages in order", "[e2e]") {
+    WholeStack w;
+    w.tg.push_update(text_update(5, kChat, "a long please"));
+    bool both = testing::eventually([&] { return w.replies_to(kChat).size() >= 2; }, 60s);
+    INFO(w.logs());
+    REQUIRE(both);
+    w.settle();
+    auto replies = w.replies_to(kChat);
+    REQUIRE(replies.size() == 2);
+    const std::string expected = long_answer(6000);
+    CHECK(replies[0].text.size() <= 4096);
+    CHECK(replies[1].text.size() <= 4096);
+    CHECK(expected.rfind(replies[0].text, 0) == 0);  // the first part first
+    CHECK(replies[0].text + "\n\n" + replies[1].text == expected);  // split at a paragraph, nothing lost
+    auto sent = w.of_type("session:telegram:" + kChat, "TelegramMessageSent");
+    REQUIRE(sent.size() == 1);
+    CHECK(sent[0]["data"]["parts"] == 2);
+}
+
+TEST_CASE("e2e: Telegram's 429 delays the reply, which then arrives once", "[e2e]") {
+    WholeStack w;
+    w.tg.push_429(2);
+    auto t0 = std::chrono::steady_clock::now();
+    w.tg.push_update(text_update(9, kChat, "are you busy?"));
+    bool replied = testing::eventually([&] { return w.replies_to(kChat).size() >= 1; }, 60s);
+    INFO(w.logs());
+    REQUIRE(replied);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 2s);  // retry_after honoured
+    w.settle();
+    CHECK(w.replies_to(kChat).size() == 1);
+    CHECK(w.tg.send_calls() == 2);
+    CHECK(w.replies_to(kChat)[0].text == "Echo: are you busy?");
+}
