@@ -65,7 +65,8 @@ start_service engram-notification-processor "$root/build/notification-processor/
 start_service engram-gateway "$root/build/interfaces/gateway/engram-gateway" "http://$GATEWAY_LISTEN/healthz"
 
 echo "engram is running (logs in $run/)"
-echo "  gateway:          http://$GATEWAY_LISTEN   (POST /trigger, POST /webhooks/{source})"
+echo "  web chat:         http://$GATEWAY_LISTEN/"
+echo "  gateway:          http://$GATEWAY_LISTEN   (POST /trigger, POST /webhooks/{source}, Telegram: ${TELEGRAM_BOT_TOKEN:+on}${TELEGRAM_BOT_TOKEN:-off (set TELEGRAM_BOT_TOKEN)})"
 echo "  event store:      $EVENT_STORE_URL"
 echo "  memory processor: http://$MEMORY_PROCESSOR_LISTEN/metrics"
 if [ -n "${LLM_BASE_URL:-}" ]; then model="${LLM_MODEL:-gpt-4.1} at $LLM_BASE_URL"; else model="the offline provider (rule-based, no model; set LLM_BASE_URL/LLM_API_KEY/LLM_MODEL)"; fi
