@@ -18,32 +18,16 @@ using nlohmann::json;
 
 namespace {
 
-struct Stack {
-    testing::Nats nats;
-    std::string db = testing::Postgres::shared().create_database();
-    int port = testing::free_port();
-    std::string dir = testing::make_temp_dir("aiproc");
-    testing::Process store{{testing::build_dir() + "/event-store/engram-event-store"},
-                           {{"DATABASE_URL", db},
-                            {"NATS_URL", nats.url()},
-                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)},
-                            {"LOG_LEVEL", "warn"}},
-                           dir + "/store.log"};
+struct Stack : testing::Stack {
     http::Client client{url()};
     int procs = 0;
 
-    Stack() {
-        REQUIRE(testing::eventually([&] {
-            auto r = client.get("/readyz");
-            return r.ok() && r->status == 200;
-        }, std::chrono::seconds(20)));
-    }
-    std::string url() const { return "http://127.0.0.1:" + std::to_string(port); }
+    Stack() : testing::Stack("aiproc") {}
 
     // llm_url "" = the offline provider.
     std::unique_ptr<testing::Process> start_ai(const std::string& llm_url, std::map<std::string, std::string> more = {}) {
-        std::map<std::string, std::string> env = {{"DATABASE_URL", db},
-                                                  {"NATS_URL", nats.url()},
+        std::map<std::string, std::string> env = {{"DATABASE_URL", db()},
+                                                  {"NATS_URL", nats().url()},
                                                   {"EVENT_STORE_URL", url()},
                                                   {"LOG_LEVEL", "info"},
                                                   {"AI_PROCESSOR_LISTEN", "127.0.0.1:0"},
@@ -53,7 +37,7 @@ struct Stack {
         for (auto& [k, v] : more) env[k] = v;
         return std::make_unique<testing::Process>(
             std::vector<std::string>{testing::build_dir() + "/ai-processor/engram-ai-processor"}, env,
-            dir + "/ai-" + std::to_string(++procs) + ".log");
+            dir() + "/ai-" + std::to_string(++procs) + ".log");
     }
 
     std::string trigger(const std::string& session, const std::string& user, const std::string& message) {
@@ -67,12 +51,6 @@ struct Stack {
         return id;
     }
 
-    std::vector<json> aggregate(const std::string& id) {
-        auto r = client.get("/aggregates/" + http::url_encode(id) + "/events");
-        if (!r.ok() || r->status != 200) return {};
-        auto evs = r->json()["events"];
-        return std::vector<json>(evs.begin(), evs.end());
-    }
     // The run's events (caused by the trigger), in order.
     std::vector<json> run_events(const std::string& session, const std::string& tid) {
         std::vector<json> out;
@@ -373,9 +351,9 @@ TEST_CASE("remember then recall across runs through the memory processor", "[int
     Stack s;
     auto ai = s.start_ai("");
     testing::Process memory({testing::build_dir() + "/memory-processor/engram-memory-processor"},
-                            {{"DATABASE_URL", s.db}, {"NATS_URL", s.nats.url()}, {"EVENT_STORE_URL", s.url()},
+                            {{"DATABASE_URL", s.db()}, {"NATS_URL", s.nats().url()}, {"EVENT_STORE_URL", s.url()},
                              {"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"}, {"LOG_LEVEL", "warn"}},
-                            s.dir + "/memory.log");
+                            s.dir() + "/memory.log");
     std::string session = "session:web:recall";
     auto t1 = s.trigger(session, "web:rita", "remember my favourite tea is jasmine");
     wait_finished(s, session, t1, *ai);

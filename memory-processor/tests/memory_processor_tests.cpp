@@ -18,28 +18,12 @@ using nlohmann::json;
 
 namespace {
 
-struct Stack {
-    testing::Nats nats;
-    std::string db = testing::Postgres::shared().create_database();
-    int port = testing::free_port();
-    std::string dir = testing::make_temp_dir("memproc");
-    testing::Process store{{testing::build_dir() + "/event-store/engram-event-store"},
-                           {{"DATABASE_URL", db},
-                            {"NATS_URL", nats.url()},
-                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)},
-                            {"LOG_LEVEL", "warn"}},
-                           dir + "/store.log"};
+struct Stack : testing::Stack {
     http::Client client{url()};
 
-    Stack() {
-        REQUIRE(testing::eventually([&] {
-            auto r = client.get("/readyz");
-            return r.ok() && r->status == 200;
-        }, std::chrono::seconds(20)));
-    }
-    std::string url() const { return "http://127.0.0.1:" + std::to_string(port); }
+    Stack() : testing::Stack("memproc") {}
     std::map<std::string, std::string> env() const {
-        return {{"DATABASE_URL", db}, {"NATS_URL", nats.url()}, {"EVENT_STORE_URL", url()}, {"LOG_LEVEL", "warn"}};
+        return {{"DATABASE_URL", db()}, {"NATS_URL", nats().url()}, {"EVENT_STORE_URL", url()}, {"LOG_LEVEL", "warn"}};
     }
     void append(const json& e) {
         auto r = client.post_json("/events", e);
@@ -60,7 +44,7 @@ std::unique_ptr<testing::Process> start_processor(Stack& s, int n) {
     auto env = s.env();
     env["MEMORY_PROCESSOR_LISTEN"] = "127.0.0.1:0";
     return std::make_unique<testing::Process>(std::vector<std::string>{testing::build_dir() + "/memory-processor/engram-memory-processor"},
-                                              env, s.dir + "/proc-" + std::to_string(n) + ".log");
+                                              env, s.dir() + "/proc-" + std::to_string(n) + ".log");
 }
 
 json random_event(std::mt19937& rng, const std::vector<std::string>& sessions, const std::vector<std::string>& users, int i) {
@@ -145,7 +129,7 @@ TEST_CASE("kill -9 mid-stream: projections equal a rebuild and FastMemoryUpdated
     }
     check_projections(s, sessions, users);
     // One FastMemoryUpdated per causing event at most.
-    pqxx::connection c(s.db);
+    pqxx::connection c(s.db());
     pqxx::nontransaction tx(c);
     auto dup = tx.exec("SELECT metadata->>'causation_id', count(*) FROM events WHERE type = 'FastMemoryUpdated' "
                        "GROUP BY 1 HAVING count(*) > 1");
@@ -160,7 +144,7 @@ TEST_CASE("memory.search finds stored memories over NATS request/reply", "[integ
         s.append({{"type", "MemoryStored"}, {"aggregate_id", "user:frank"}, {"data", {{"user_id", "frank"}, {"text", text}}}});
     s.append({{"type", "MemoryStored"}, {"aggregate_id", "user:gina"}, {"data", {{"user_id", "gina"}, {"text", "Gina's dog is called Bo"}}}});
     nats::ConnectOptions o;
-    o.url = s.nats.url();
+    o.url = s.nats().url();
     auto nc = nats::Connection::connect(o);
     REQUIRE(nc.ok());
     json res;
@@ -198,7 +182,7 @@ TEST_CASE("a rebuild during live traffic: the processor continues without gap or
     });
     for (const char* name : {"conversation", "fast_memory", "conversation"}) {
         testing::Process cli({testing::build_dir() + "/interfaces/cli/engram", "projections", "rebuild", name},
-                             {{"EVENT_STORE_URL", s.url()}, {"DATABASE_URL", s.db}}, s.dir + "/rebuild-" + name + ".log");
+                             {{"EVENT_STORE_URL", s.url()}, {"DATABASE_URL", s.db()}}, s.dir() + "/rebuild-" + name + ".log");
         INFO(cli.log());
         CHECK(cli.wait() == 0);
     }
@@ -223,7 +207,7 @@ TEST_CASE("an event arriving after a hole in its aggregate's versions is folded 
     // Wind the row back to version 5, as if events 6..10 had not been applied (a late redelivery).
     auto at5 = s.client.get("/projections/conversation/" + sess + "?as_of=" + std::to_string(positions[4]))->json();
     {
-        pqxx::connection c(s.db);
+        pqxx::connection c(s.db());
         pqxx::work tx(c);
         tx.exec("UPDATE projection_state SET state = " + tx.quote(at5["state"].dump()) + ", position = " +
                 std::to_string(positions[4]) + ", version = 5 WHERE name = 'conversation' AND id = " + tx.quote(sess));

@@ -20,17 +20,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct Stack {
-    testing::Nats nats;
-    std::string db = testing::Postgres::shared().create_database();
-    int port = testing::free_port();
-    std::string dir = testing::make_temp_dir("notifproc");
-    testing::Process store{{testing::build_dir() + "/event-store/engram-event-store"},
-                           {{"DATABASE_URL", db},
-                            {"NATS_URL", nats.url()},
-                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)},
-                            {"LOG_LEVEL", "warn"}},
-                           dir + "/store.log"};
+struct Stack : testing::Stack {
     http::Client client{url()};
     fakes::FakeTelegram telegram;
     fakes::FakeSlack slack;
@@ -38,17 +28,11 @@ struct Stack {
     std::unique_ptr<testing::Process> proc;
     int starts = 0;
 
-    Stack() {
-        REQUIRE(testing::eventually([&] {
-            auto r = client.get("/readyz");
-            return r.ok() && r->status == 200;
-        }, std::chrono::seconds(20)));
-    }
-    std::string url() const { return "http://127.0.0.1:" + std::to_string(port); }
+    Stack() : testing::Stack("notifproc") {}
 
     void start_processor() {
-        std::map<std::string, std::string> env = {{"DATABASE_URL", db},
-                                                  {"NATS_URL", nats.url()},
+        std::map<std::string, std::string> env = {{"DATABASE_URL", db()},
+                                                  {"NATS_URL", nats().url()},
                                                   {"EVENT_STORE_URL", url()},
                                                   {"LOG_LEVEL", "info"},
                                                   {"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
@@ -59,11 +43,11 @@ struct Stack {
         for (auto& [k, v] : extra_env) env[k] = v;
         proc = std::make_unique<testing::Process>(
             std::vector<std::string>{testing::build_dir() + "/notification-processor/engram-notification-processor"}, env,
-            dir + "/proc-" + std::to_string(++starts) + ".log");
+            dir() + "/proc-" + std::to_string(++starts) + ".log");
         // ready when the table exists (migrated before the runtime starts)
         REQUIRE(testing::eventually([&] {
             try {
-                pqxx::connection c(db);
+                pqxx::connection c(db());
                 pqxx::nontransaction tx(c);
                 return !tx.exec("SELECT 1 FROM pg_tables WHERE tablename = 'notification_deliveries'").empty();
             } catch (...) {
@@ -87,7 +71,7 @@ struct Stack {
 
     // Events of `type` caused by `source` (their data), in log order.
     std::vector<json> caused(const std::string& source, const std::string& type) {
-        pqxx::connection c(db);
+        pqxx::connection c(db());
         pqxx::nontransaction tx(c);
         std::vector<json> out;
         for (const auto& row : tx.exec_params("SELECT data::text FROM events WHERE type = $1 AND metadata->>'causation_id' = $2 ORDER BY position",
@@ -106,7 +90,7 @@ struct Stack {
         return v;
     }
     std::string delivery_status(const std::string& source, int part) {
-        pqxx::connection c(db);
+        pqxx::connection c(db());
         pqxx::nontransaction tx(c);
         auto r = tx.exec_params("SELECT status FROM notification_deliveries WHERE source_event_id = $1 AND part = $2", source, part);
         return r.empty() ? "" : r[0][0].as<std::string>();
@@ -230,7 +214,7 @@ TEST_CASE("kill -9 during a send: the message is delivered at most once and no T
     auto next = s.say("session:telegram:555", "telegram", "next one");
     s.wait_for(next, "TelegramMessageSent");
     CHECK(s.telegram.message_count() == 2);
-    pqxx::connection c(s.db);
+    pqxx::connection c(s.db());
     pqxx::nontransaction tx(c);
     CHECK(tx.exec("SELECT metadata->>'causation_id' FROM events WHERE type = 'TelegramMessageSent' GROUP BY 1 HAVING count(*) > 1").empty());
 }
@@ -241,7 +225,7 @@ TEST_CASE("redelivery after parts were recorded sent resends only the missing pa
     std::string id = Uuid::v4().str();
     {
         // as if a previous run sent part 0 (message 31337) and crashed before part 1
-        pqxx::connection c(s.db);
+        pqxx::connection c(s.db());
         pqxx::work tx(c);
         tx.exec_params("INSERT INTO notification_deliveries (source_event_id, part, channel, status, telegram_message_id, attempts) "
                        "VALUES ($1, 0, 'telegram', 'sent', 31337, 1)",
@@ -285,7 +269,7 @@ TEST_CASE("email over SMTP to a local aiosmtpd", "[integration][notification][em
     Stack s;
     int smtp_port = testing::free_port();
     testing::Process smtpd({"/usr/bin/python3", "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:" + std::to_string(smtp_port)},
-                           {{"PYTHONUNBUFFERED", "1"}}, s.dir + "/smtpd.log");
+                           {{"PYTHONUNBUFFERED", "1"}}, s.dir() + "/smtpd.log");
     const std::string probe = "bash -c 'echo > /dev/tcp/127.0.0.1/" + std::to_string(smtp_port) + "' 2>/dev/null";
     REQUIRE(testing::eventually([&] { return std::system(probe.c_str()) == 0; }, 10s));
     s.extra_env = {{"SMTP_URL", "smtp://127.0.0.1:" + std::to_string(smtp_port)}, {"EMAIL_FROM", "engram@example.org"}};

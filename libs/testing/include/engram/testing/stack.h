@@ -23,6 +23,7 @@ public:
     Stack& operator=(const Stack&) = delete;
 
     Nats& nats() { return nats_; }
+    const Nats& nats() const { return nats_; }
     const std::string& db() const { return db_; }
     std::string url() const;                          // the store, http://127.0.0.1:<port>
     const std::string& dir() const { return dir_; }   // logs of everything started here
