@@ -34,9 +34,9 @@ class Store {
 public:
     Store(const std::string& url, const std::string& token) : client_(url, opts(token)) {}
 
-    Result<std::vector<events::Event>> session_events(const std::string& session) {
+    // The session's events from version `from` on (paged).
+    Result<std::vector<events::Event>> session_events(const std::string& session, std::int64_t from) {
         std::vector<events::Event> out;
-        std::int64_t from = 1;
         for (;;) {
             auto r = client_.get("/aggregates/" + http::url_encode(session) + "/events?from_version=" +
                                  std::to_string(from) + "&limit=1000");
@@ -176,8 +176,12 @@ Status Agent::run(const events::Event& t) {
     auto log = logger();
     Store store(o_.event_store_url, o_.api_token);
 
-    // The run's events already in the log.
-    auto evs = store.session_events(session);
+    // The run's events already in the log (all after the trigger), and the conversation before it.
+    // Only a window before the trigger is read: the prompt holds the last `history_messages`
+    // messages, so a session's age must not make every run slower.
+    const std::int64_t window = std::max<std::int64_t>(200, static_cast<std::int64_t>(o_.history_messages) * 10);
+    const std::int64_t from = session == t.aggregate_id ? std::max<std::int64_t>(1, t.version.value() - window) : 1;
+    auto evs = store.session_events(session, from);
     if (!evs) return evs.error();
     std::map<std::string, events::Event> recorded;  // id -> event
     std::vector<events::Event> before;              // the conversation before the trigger

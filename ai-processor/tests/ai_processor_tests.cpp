@@ -371,3 +371,38 @@ TEST_CASE("remember then recall across runs through the memory processor", "[int
     INFO(answer.dump());
     CHECK(answer["data"]["text"].get<std::string>().find("jasmine") != std::string::npos);
 }
+
+TEST_CASE("a long session: the prompt holds its latest messages, read from a window before the trigger", "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    // Every earlier message is a trigger too: each of those runs ends at once.
+    fake.on([](const json&) { return true; },
+            [](const json&) { return fakes::FakeOpenAI::tool_calls_body({{"c1", "task_complete", {{"summary", "ok"}}}}); });
+    const std::string session = "session:web:long";
+    // 150 earlier exchanges, appended in batches: with the runs they cause, far more events than the window.
+    for (int b = 0; b < 3; ++b) {
+        json batch = {{"aggregate_id", session}, {"events", json::array()}};
+        for (int i = b * 50; i < (b + 1) * 50; ++i) {
+            batch["events"].push_back({{"type", "MessageReceived"}, {"aggregate_id", session},
+                                       {"data", {{"channel", "web"}, {"text", "question " + std::to_string(i)}, {"user_id", "web:u"},
+                                                 {"session_id", session}}}});
+            batch["events"].push_back({{"type", "MessageGenerated"}, {"aggregate_id", session},
+                                       {"data", {{"channel", "web"}, {"text", "answer " + std::to_string(i)}}}});
+        }
+        auto r = s.client.post_json("/events", batch);
+        REQUIRE(r.ok());
+        REQUIRE(r->status == 201);
+    }
+    auto ai = s.start_ai(fake.base_url());
+    auto tid = s.trigger(session, "web:u", "what did I ask last?");
+    wait_finished(s, session, tid, *ai, std::chrono::seconds(90));
+    CHECK(s.aggregate(session).size() > 600);
+    json mine;
+    for (auto& r : fake.requests())
+        if (fakes::FakeOpenAI::last_user_message(r) == "what did I ask last?") mine = r;
+    REQUIRE(mine.is_object());
+    auto prompt = mine.dump();
+    CHECK(prompt.find("question 149") != std::string::npos);
+    CHECK(prompt.find("answer 149") != std::string::npos);
+    CHECK(prompt.find("question 0\\n") == std::string::npos);
+}
