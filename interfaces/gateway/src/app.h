@@ -1,7 +1,7 @@
 #pragma once
 // engram-gateway: turns outside input into events, answering success only after the store has
 // committed them, with event ids derived from the source's own ids so a retried delivery is stored
-// once. This part: POST /trigger and signed webhooks POST /webhooks/{source}.
+// once. This part: POST /trigger and signed webhooks POST /webhooks/{source}; the web chat is webchat.h.
 #include "engram/config/config.h"
 #include "engram/core/result.h"
 
