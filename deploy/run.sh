@@ -73,3 +73,4 @@ echo "  ai processor:     http://$AI_PROCESSOR_LISTEN/metrics, answering with $m
 echo "  notifications:    http://$NOTIFICATION_PROCESSOR_LISTEN/metrics (Telegram, email, Slack when configured)"
 echo "  CLI:              build/interfaces/cli/engram --help"
 echo "  stop with:        deploy/run.sh stop"
+echo "  web chat:         http://$GATEWAY_LISTEN/   (open it in a browser)"
