@@ -3,7 +3,8 @@
 // to read another browser's session. Saves a screenshot of the conversation.
 //
 // Usage: node webchat.test.mjs <gateway url> <screenshot.png>   (webchat_driver starts the stack)
-// Environment: CHROMIUM (default /usr/bin/chromium).
+// Environment: CHROMIUM (default /usr/bin/chromium); STORE_URL and STORE_TOKEN, the event store the
+// gateway appends to (to write a run the offline provider never makes: thinking, then a failure).
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
@@ -102,6 +103,36 @@ try {
     assert.match(await (await recall[recall.length - 1].$('.tool-result')).textContent(), /blue/);
   });
 
+  await step('thinking and a failed run appear live', async () => {
+    // The offline provider neither thinks aloud nor fails: write such a run into the session through
+    // the store's API, as the AI processor would, and watch the page show it.
+    const store = process.env.STORE_URL;
+    assert.ok(store, 'STORE_URL is not set');
+    const { session_id: session } = await page.evaluate(async () => (await fetch('/chat/session')).json());
+    const runId = '00000000-0000-4000-8000-00000000f41d';
+    const meta = { source: 'webchat-test', session_id: session };
+    const res = await fetch(`${store}/events`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${process.env.STORE_TOKEN}` },
+      body: JSON.stringify({
+        aggregate_id: session,
+        events: [
+          { type: 'AIProcessingStarted', data: { run_id: runId, trigger_event_id: '00000000-0000-4000-8000-000000000001', model: 'test', provider: 'test' }, metadata: meta },
+          { type: 'ThinkingGenerated', data: { run_id: runId, text: 'The user wants <b>everything</b> at once.' }, metadata: meta },
+          { type: 'AIProcessingFailed', data: { run_id: runId, reason: 'llm_unavailable', detail: 'the model answered 503 three times', retryable: true }, metadata: meta },
+        ],
+      }),
+    });
+    assert.equal(res.status, 201, await res.text());
+    const run = await page.waitForSelector(`.run[data-run-id="${runId}"] .run-status[data-state="failed"]`, WAIT);
+    assert.match(await run.textContent(), /failed/);
+    const thinking = await page.textContent(`.run[data-run-id="${runId}"] .thinking`);
+    assert.match(thinking, /The user wants <b>everything<\/b> at once\./);
+    const failure = await page.textContent(`.run[data-run-id="${runId}"] .failure`);
+    assert.match(failure, /llm_unavailable/);
+    assert.match(failure, /503 three times/);
+  });
+
   await step('markup in a message is shown as text, never run', async () => {
     const evil = '<img src=x onerror="alert(1)"> <b>not bold</b>';
     const before = (await page.$$('.run-status[data-state="done"]')).length;
@@ -119,6 +150,8 @@ try {
       user: await bubbleTexts(page, '.msg-user'),
       assistant: await bubbleTexts(page, '.msg-assistant'),
       tools: await page.$$eval('.tool', (els) => els.map((e) => `${e.dataset.tool}:${e.dataset.state}`)),
+      thinking: await texts(page, '.thinking'),
+      failures: await texts(page, '.failure'),
     };
     await page.reload();
     await page.waitForSelector('#status[data-state="live"]', WAIT);
@@ -129,11 +162,21 @@ try {
     assert.deepEqual(await bubbleTexts(page, '.msg-assistant'), history.assistant);
     assert.deepEqual(await page.$$eval('.tool', (els) => els.map((e) => `${e.dataset.tool}:${e.dataset.state}`)), history.tools);
     assert.ok(history.tools.includes('remember:done') && history.tools.includes('recall:done'), history.tools.join(','));
+    assert.deepEqual(await texts(page, '.thinking'), history.thinking);
+    assert.deepEqual(await texts(page, '.failure'), history.failures);
+    assert.equal(history.failures.length, 1);
   });
 
   await step('the screenshot is saved', async () => {
-    await page.evaluate(() => { document.getElementById('scroller').scrollTop = 0; });
+    // The whole conversation: grow the window to the page's height (the log scrolls inside it).
+    const size = page.viewportSize();
+    const height = await page.evaluate(() => {
+      const s = document.getElementById('scroller');
+      return document.body.scrollHeight - s.clientHeight + s.scrollHeight;
+    });
+    await page.setViewportSize({ width: size.width, height: Math.min(Math.max(height, size.height), 6000) });
     await page.screenshot({ path: screenshot });
+    await page.setViewportSize(size);
   });
 
   await step('the session cookie is HttpOnly and SameSite=Strict: page scripts cannot read it', async () => {

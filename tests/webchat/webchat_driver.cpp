@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
         return fail("the stack did not start");
 
     std::cout << "stack up: gateway " << gw_url << ", store " << store_url << ", logs in " << logs << std::endl;
-    int rc = run({*node, dir + "/webchat.test.mjs", gw_url, screenshot}, {"CHROMIUM=" + chromium});
+    int rc = run({*node, dir + "/webchat.test.mjs", gw_url, screenshot}, {"CHROMIUM=" + chromium, "STORE_URL=" + store_url, "STORE_TOKEN=" + token});
     if (rc != 0) {
         for (auto* p : {&gateway, &ai, &memory, &store})
             std::cerr << "---- " << p->log_path() << "\n" << testing::tail_file(p->log_path(), 3000) << "\n";

@@ -163,7 +163,8 @@ struct Core {
     net::executor_work_guard<net::io_context::executor_type> work = net::make_work_guard(ioc);
     std::thread thread;
 
-    Core() {
+    Core(std::shared_ptr<spdlog::logger> log_, Upstream upstream_, http::Headers auth_)
+        : log(std::move(log_)), upstream(std::move(upstream_)), auth(std::move(auth_)) {
         error_code ec;
         tls_ctx.set_default_verify_paths(ec);
         tls_ctx.set_verify_mode(ssl::verify_peer, ec);
@@ -507,12 +508,11 @@ WebChat::WebChat(const config::Values& cfg, metrics::Registry& metrics, Append a
         im.secret = random_secret();
         im.log->warn("WEBCHAT_SECRET is not set: web chat sessions are signed with a random key and end when the gateway restarts");
     }
-    im.core = std::make_unique<Core>();
-    im.core->log = im.log;
     auto up = parse_upstream(cfg.get("EVENT_STORE_URL"));
     if (!up) throw std::invalid_argument("EVENT_STORE_URL is not an http(s) URL");
-    im.core->upstream = *up;
-    if (cfg.has("ENGRAM_API_TOKEN")) im.core->auth.emplace_back("Authorization", "Bearer " + cfg.get("ENGRAM_API_TOKEN"));
+    http::Headers auth;
+    if (cfg.has("ENGRAM_API_TOKEN")) auth.emplace_back("Authorization", "Bearer " + cfg.get("ENGRAM_API_TOKEN"));
+    im.core = std::make_unique<Core>(im.log, *up, std::move(auth));
     im.accepted = &metrics.counter("engram_gateway_webchat_messages_total", "web chat messages by result", "result=\"accepted\"");
     im.rejected = &metrics.counter("engram_gateway_webchat_messages_total", "web chat messages by result", "result=\"rejected\"");
     Core* core = im.core.get();

@@ -63,6 +63,17 @@
     return JSON.stringify(value, null, 2);
   }
 
+  // Tool arguments read best as "name: value" lines; anything nested stays JSON.
+  function argumentsText(args) {
+    if (args === null || typeof args !== 'object' || Array.isArray(args)) return pretty(args);
+    const keys = Object.keys(args);
+    if (keys.length === 0) return '(none)';
+    return keys.map((k) => {
+      const v = args[k];
+      return `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`;
+    }).join('\n');
+  }
+
   function nearBottom() {
     return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 120;
   }
@@ -160,7 +171,7 @@
         const dl = el('dl');
         dl.appendChild(el('dt', '', 'arguments'));
         const args = el('dd');
-        args.appendChild(el('pre', 'tool-args', pretty(d.arguments)));
+        args.appendChild(el('pre', 'tool-args', argumentsText(d.arguments)));
         dl.appendChild(args);
         dl.appendChild(el('dt', 'tool-result-label', 'result'));
         const result = el('dd');
