@@ -253,10 +253,21 @@
       retryDelay = 1000;
       setStatus('live', 'live');
     };
-    source.onerror = () => {
+    source.onerror = async () => {
       if (source.readyState === EventSource.CLOSED) {
-        setStatus('offline', 'offline, retrying…');
         source.close();
+        // EventSource gives up on an error status: a 401 means this session is gone for good (e.g.
+        // the gateway restarted without WEBCHAT_SECRET); anything else is worth another try.
+        let gone = false;
+        try {
+          gone = (await fetch('/chat/session', { credentials: 'same-origin' })).status === 401;
+        } catch (_) { /* the gateway is unreachable: retry */ }
+        if (gone) {
+          setStatus('offline', 'session ended');
+          showNotice('This chat session is no longer valid: reload the page to start a new one.');
+          return;
+        }
+        setStatus('offline', 'offline, retrying…');
         setTimeout(connect, retryDelay);
         retryDelay = Math.min(retryDelay * 2, 30000);
       } else {
