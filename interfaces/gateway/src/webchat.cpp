@@ -150,8 +150,8 @@ http::Response error(int status, std::string_view code, std::string_view detail)
 
 // ---------------------------------------------------------------------------------------------------
 // The SSE proxy: one asynchronous upstream request per browser stream, all on Core's one thread, so
-// no handler is serialised behind it and a browser leaving (Stream::on_close) or the gateway stopping
-// aborts it at once.
+// an open chat holds no server worker (nor a thread of its own) for its lifetime, and a browser leaving
+// (Stream::on_close) aborts its upstream at once instead of at the store's next keep-alive.
 
 struct Core {
     std::shared_ptr<spdlog::logger> log;
