@@ -10,12 +10,15 @@ PKGS=(
   libcli11-dev libssl-dev libcurl4-openssl-dev
   postgresql postgresql-contrib
   curl python3 python3-aiosmtpd docker-compose
+  chromium nodejs
 )
 
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The web chat's browser test runs npm (Debian's npm package; a nodejs build that bundles npm needs none).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing: ${missing[*]}" >&2

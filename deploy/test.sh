@@ -8,6 +8,13 @@ preset="${1:-default}"
 shift || true
 "$root/deploy/install-deps.sh"
 "$root/deploy/build.sh" "$preset"
+# The web chat's browser test (ctest label e2e) drives Chromium with playwright-core from npm.
+# `npm ci` only when the lock file changed since the last install.
+web="$root/tests/webchat"
+if ! cmp -s "$web/package-lock.json" "$web/node_modules/.package-lock.json.installed" 2>/dev/null; then
+  npm ci --prefix "$web" --no-audit --no-fund
+  cp "$web/package-lock.json" "$web/node_modules/.package-lock.json.installed"
+fi
 dir="$root/build"
 [ "$preset" = "asan" ] && dir="$root/build-asan"
 # The compose file must stay valid even where no container engine runs.

@@ -8,6 +8,7 @@
 #include "ingress.h"
 #include "signature.h"
 #include "telegram.h"
+#include "webchat.h"
 
 #include <chrono>
 
@@ -28,6 +29,7 @@ config::Spec config_spec() {
     s.add({"WEBHOOK_MAX_SKEW_S", "how far a webhook's X-Webhook-Timestamp may be from now (replays are refused)",
            "300", false, config::int_range(1, 86400)});
     telegram::add_settings(s);
+    add_webchat_settings(s);
     config::add_logging(s);
     return s;
 }
@@ -49,6 +51,7 @@ struct App::Impl {
     std::shared_ptr<spdlog::logger> log = log::get("gateway");
     metrics::Registry metrics;
     std::map<std::string, std::string> secrets;
+    std::unique_ptr<WebChat> webchat;  // declared before `server`: destroyed after it has stopped
     std::unique_ptr<http::Server> server;
     std::unique_ptr<telegram::Ingress> telegram;
     metrics::Counter& accepted = metrics.counter("engram_gateway_requests_total", "ingress requests by result", "result=\"accepted\"");
@@ -93,6 +96,7 @@ struct App::Impl {
 
     void handle(http::Request& req, const std::shared_ptr<http::Responder>& res) {
         if (req.path == "/healthz") return res->respond(http::Response::json(200, {{"status", "ok"}}));
+        if (webchat->handle(req, res)) return;  // the browser's signed cookie, not the API token
         if (req.path.rfind("/webhooks/", 0) == 0) {
             // Webhook senders authenticate with their signature, not the API token.
             if (req.method != "POST") return res->respond(http::Response::error(405, "method_not_allowed", "use POST"));
@@ -211,6 +215,8 @@ App::App(config::Values cfg, std::function<std::int64_t()> now_s) : impl_(std::m
             std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
     };
     if (impl_->cfg.has("WEBHOOK_SECRETS")) impl_->secrets = *parse_secrets(impl_->cfg.get("WEBHOOK_SECRETS"));
+    impl_->webchat = std::make_unique<WebChat>(impl_->cfg, impl_->metrics,
+                                               [im = impl_.get()](const nlohmann::json& e) { return im->append(e); });
 }
 
 App::~App() { stop(); }

@@ -2,7 +2,7 @@
 // engram-gateway: turns outside input into events, answering success only after the store has
 // committed them, with event ids derived from the source's own ids so a retried delivery is stored
 // once: POST /trigger, signed webhooks POST /webhooks/{source}, Telegram (polling or webhook,
-// telegram.h).
+// telegram.h); the web chat is webchat.h.
 #include "engram/config/config.h"
 #include "engram/core/result.h"
 

@@ -1,0 +1,403 @@
+// The web chat's HTTP side against the real event store binary: the session comes only from the
+// signed cookie, every bad message is refused with nothing stored, a retried message is stored once,
+// and a browser's event stream carries its own session's events and nobody else's.
+#include "app.h"
+
+#include "engram/http/client.h"
+#include "engram/testing/testing.h"
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+#include <thread>
+
+using namespace engram;
+using nlohmann::json;
+
+namespace {
+
+struct Fixture {
+    testing::Nats nats;
+    std::string db = testing::Postgres::shared().create_database();
+    int store_port = testing::free_port();
+    std::string store_url = "http://127.0.0.1:" + std::to_string(store_port);
+    testing::Process store{{testing::build_dir() + "/event-store/engram-event-store"},
+                           {{"DATABASE_URL", db},
+                            {"NATS_URL", nats.url()},
+                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(store_port)},
+                            {"ENGRAM_API_TOKEN", "t0k"},
+                            {"LOG_LEVEL", "warn"}},
+                           testing::make_temp_dir("webchat") + "/store.log"};
+    std::unique_ptr<gateway::App> app;
+    std::unique_ptr<http::Client> client;
+
+    // The store and the gateway both require the API token: the web chat works without it.
+    Fixture() {
+        REQUIRE(testing::eventually([&] {
+            http::Client c(store_url);
+            auto r = c.get("/readyz", {{"Authorization", "Bearer t0k"}});
+            return r.ok() && r->status == 200;
+        }, std::chrono::seconds(20)));
+        std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:0"},
+                                                  {"EVENT_STORE_URL", store_url},
+                                                  {"ENGRAM_API_TOKEN", "t0k"},
+                                                  {"WEBCHAT_SECRET", "a-test-secret-of-enough-length"},
+                                                  {"LOG_LEVEL", "warn"}};
+        auto cfg = gateway::config_spec().load([&](const std::string& k) -> std::optional<std::string> {
+            auto it = env.find(k);
+            return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
+        });
+        REQUIRE(cfg.ok());
+        app = std::make_unique<gateway::App>(*cfg);
+        REQUIRE(app->start().ok());
+        client = std::make_unique<http::Client>(app->url());
+    }
+
+    std::int64_t count(const std::string& type) {
+        pqxx::connection c(db);
+        pqxx::nontransaction tx(c);
+        if (!tx.exec("SELECT to_regclass('events') IS NOT NULL")[0][0].as<bool>()) return 0;
+        return tx.exec("SELECT count(*) FROM events WHERE type = " + tx.quote(type))[0][0].as<std::int64_t>();
+    }
+
+    // A new browser: GET / and keep the cookie value it was given.
+    std::string new_session() {
+        auto r = client->get("/");
+        REQUIRE(r.ok());
+        REQUIRE(r->status == 200);
+        auto sc = r->header("set-cookie");
+        REQUIRE(sc.rfind("engram_chat=", 0) == 0);
+        return sc.substr(12, sc.find(';') - 12);
+    }
+
+    http::ClientResponse post(const std::string& cookie, const std::string& body,
+                              const std::string& content_type = "application/json") {
+        http::Headers h;
+        if (!content_type.empty()) h.emplace_back("Content-Type", content_type);
+        if (!cookie.empty()) h.emplace_back("Cookie", "engram_chat=" + cookie);
+        auto r = client->request("POST", "/chat/messages", body, h);
+        REQUIRE(r.ok());
+        return *r;
+    }
+
+    http::ClientResponse say(const std::string& cookie, const std::string& id, const std::string& text) {
+        return post(cookie, json{{"id", id}, {"text", text}}.dump());
+    }
+
+    // Reads the browser's event stream until `until` returns true for an event (or 5 s of silence).
+    struct Seen {
+        int status = 0;
+        std::vector<json> events;
+        std::vector<std::string> ids;
+    };
+    Seen stream(const std::string& cookie_header, const std::function<bool(const json&)>& until,
+                const std::string& path = "/chat/events", http::Headers extra = {}) {
+        http::Client c(app->url());
+        Seen s;
+        if (!cookie_header.empty()) extra.emplace_back("Cookie", cookie_header);
+        auto r = c.sse(path, extra, [&](const std::string& id, const std::string&, const std::string& data) {
+            s.ids.push_back(id);
+            s.events.push_back(json::parse(data));
+            return !until(s.events.back());
+        }, std::chrono::milliseconds(5000));
+        REQUIRE(r.ok());
+        s.status = *r;
+        return s;
+    }
+
+    std::string metric(const std::string& name) {
+        auto r = client->get("/metrics", {{"Authorization", "Bearer t0k"}});
+        REQUIRE(r.ok());
+        auto at = r->body.find("\n" + name + " ");
+        if (at == std::string::npos) return "";
+        auto end = r->body.find('\n', at + 1);
+        return r->body.substr(at + name.size() + 2, end - at - name.size() - 2);
+    }
+};
+
+std::string uuid_of(const std::string& cookie) { return cookie.substr(0, cookie.find('.')); }
+
+void require_error(const http::ClientResponse& r, int status, const std::string& code, const std::string& part = "") {
+    INFO(r.body);
+    REQUIRE(r.status == status);
+    CHECK(r.json()["error"] == code);
+    CHECK(r.json()["detail"].is_string());
+    if (!part.empty()) CHECK(r.json()["detail"].get<std::string>().find(part) != std::string::npos);
+}
+
+bool text_is(const json& e, const std::string& text) { return e["data"].value("text", "") == text; }
+
+}  // namespace
+
+TEST_CASE("web chat: GET / serves the page and issues a signed HttpOnly session cookie", "[integration][gateway][webchat]") {
+    Fixture f;
+    auto r = f.client->get("/");
+    REQUIRE(r.ok());
+    REQUIRE(r->status == 200);
+    CHECK(r->header("content-type").rfind("text/html", 0) == 0);
+    CHECK(r->body.find("/static/chat.js") != std::string::npos);
+    CHECK(r->header("cache-control") == "no-store");
+    CHECK(r->header("content-security-policy").find("script-src 'self'") != std::string::npos);
+    auto sc = r->header("set-cookie");
+    INFO(sc);
+    REQUIRE(sc.rfind("engram_chat=", 0) == 0);
+    CHECK(sc.find("HttpOnly") != std::string::npos);
+    CHECK(sc.find("SameSite=Strict") != std::string::npos);
+    CHECK(sc.find("Path=/") != std::string::npos);
+    CHECK(sc.find("Secure") == std::string::npos);
+    std::string cookie = sc.substr(12, sc.find(';') - 12);
+    auto dot = cookie.find('.');
+    REQUIRE(dot == 36);                    // <uuid>.<hmac-sha256 hex>
+    CHECK(cookie.size() == 36 + 1 + 64);
+
+    // Each browser gets its own session; one that has a valid cookie keeps it.
+    CHECK(f.new_session() != cookie);
+    auto again = f.client->get("/", {{"Cookie", "theme=dark; engram_chat=" + cookie}});
+    CHECK(again->status == 200);
+    CHECK(again->header("set-cookie").empty());
+    auto forged = f.client->get("/", {{"Cookie", "engram_chat=" + cookie.substr(0, 37) + std::string(64, '0')}});
+    CHECK(forged->header("set-cookie").rfind("engram_chat=", 0) == 0);
+    // Behind a TLS proxy the cookie is Secure.
+    auto tls = f.client->get("/", {{"X-Forwarded-Proto", "https"}});
+    CHECK(tls->header("set-cookie").find("; Secure") != std::string::npos);
+
+    auto session = f.client->get("/chat/session", {{"Cookie", "engram_chat=" + cookie}});
+    REQUIRE(session->status == 200);
+    CHECK(session->json()["session_id"] == "session:web:" + uuid_of(cookie));
+    CHECK(session->json()["user_id"] == "web:" + uuid_of(cookie));
+    require_error(*f.client->get("/chat/session"), 401, "unauthorized");
+
+    // Assets: served with an ETag, revalidated with 304.
+    auto js = f.client->get("/static/chat.js");
+    REQUIRE(js->status == 200);
+    CHECK(js->header("content-type").rfind("text/javascript", 0) == 0);
+    CHECK(js->body.find("EventSource") != std::string::npos);
+    auto etag = js->header("etag");
+    REQUIRE(!etag.empty());
+    CHECK(f.client->get("/static/chat.js", {{"If-None-Match", etag}})->status == 304);
+    CHECK(f.client->get("/static/chat.css")->header("content-type").rfind("text/css", 0) == 0);
+    require_error(*f.client->get("/static/nope.js"), 404, "not_found");
+    require_error(*f.client->request("POST", "/", "x", {}), 405, "method_not_allowed");
+
+    // The API token still guards the rest of the gateway.
+    require_error(*f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "u"}, {"message", "hi"}}), 401, "unauthorized");
+}
+
+TEST_CASE("web chat: a message without or with a forged cookie is refused with nothing stored", "[integration][gateway][webchat]") {
+    Fixture f;
+    auto cookie = f.new_session();
+    auto other = f.new_session();
+    std::string body = R"({"id":"m-1","text":"hello"})";
+    require_error(f.post("", body), 401, "unauthorized");
+    require_error(f.post("garbage", body), 401, "unauthorized");
+    require_error(f.post(uuid_of(cookie), body), 401, "unauthorized");
+    require_error(f.post(uuid_of(cookie) + "." + std::string(64, 'a'), body), 401, "unauthorized");
+    // One session's id with another session's signature.
+    require_error(f.post(uuid_of(cookie) + other.substr(36), body), 401, "unauthorized");
+    // A flipped character of a valid signature.
+    std::string flipped = cookie;
+    flipped.back() = flipped.back() == '0' ? '1' : '0';
+    require_error(f.post(flipped, body), 401, "unauthorized");
+    // Upper-cased UUID: not the canonical form the gateway signed.
+    std::string upper = cookie;
+    for (std::size_t i = 0; i < 36; ++i) upper[i] = static_cast<char>(std::toupper(static_cast<unsigned char>(upper[i])));
+    if (upper != cookie) require_error(f.post(upper, body), 401, "unauthorized");
+    // The API token is no substitute for the cookie.
+    {
+        auto r = f.client->request("POST", "/chat/messages", body,
+                                   {{"Content-Type", "application/json"}, {"Authorization", "Bearer t0k"}});
+        require_error(*r, 401, "unauthorized");
+    }
+    CHECK(f.count("MessageReceived") == 0);
+    CHECK(f.post(cookie, body).status == 201);
+    CHECK(f.count("MessageReceived") == 1);
+}
+
+TEST_CASE("web chat: bad messages are refused with 400, 413 or 415 and nothing stored", "[integration][gateway][webchat]") {
+    Fixture f;
+    auto c = f.new_session();
+    require_error(f.post(c, "{nope"), 400, "invalid_json");
+    require_error(f.post(c, "\"\xff\xfe\""), 400, "invalid_json");  // not UTF-8
+    require_error(f.post(c, "[1,2]"), 400, "invalid_request");
+    require_error(f.post(c, R"({"text":"hi"})"), 400, "invalid_request", "id");
+    require_error(f.post(c, R"({"id":"","text":"hi"})"), 400, "invalid_request", "id");
+    require_error(f.post(c, R"({"id":7,"text":"hi"})"), 400, "invalid_request", "id");
+    require_error(f.post(c, R"({"id":"a b","text":"hi"})"), 400, "invalid_request", "id");
+    require_error(f.post(c, json{{"id", std::string(65, 'x')}, {"text", "hi"}}.dump()), 400, "invalid_request", "id");
+    require_error(f.post(c, R"({"id":"m1"})"), 400, "invalid_request", "text");
+    require_error(f.post(c, R"({"id":"m1","text":""})"), 400, "invalid_request", "text");
+    require_error(f.post(c, R"({"id":"m1","text":"  \n\t "})"), 400, "invalid_request", "text");
+    require_error(f.post(c, R"({"id":"m1","text":42})"), 400, "invalid_request", "text");
+    require_error(f.post(c, json{{"id", "m1"}, {"text", std::string(8001, 'x')}}.dump()), 400, "invalid_request", "8000");
+    // 8000 characters of 2 bytes each is within the limit; the body limit counts bytes.
+    std::string eight_k_umlauts;
+    for (int i = 0; i < 8000; ++i) eight_k_umlauts += "\xc3\xa4";
+    require_error(f.post(c, json{{"id", "m2"}, {"text", eight_k_umlauts + "x"}}.dump()), 400, "invalid_request", "8000");
+    require_error(f.post(c, json{{"id", "m1"}, {"text", "hi"}, {"pad", std::string(70 << 10, ' ')}}.dump()), 413,
+                  "payload_too_large");
+    require_error(f.post(c, json{{"id", "m1"}, {"text", std::string(2 << 20, 'x')}}.dump()), 413, "payload_too_large");
+    require_error(f.post(c, R"({"id":"m1","text":"hi"})", "text/plain"), 415, "unsupported_media_type");
+    require_error(f.post(c, R"({"id":"m1","text":"hi"})", ""), 415, "unsupported_media_type");
+    require_error(*f.client->get("/chat/messages", {{"Cookie", "engram_chat=" + c}}), 405, "method_not_allowed");
+    CHECK(f.count("MessageReceived") == 0);
+
+    auto ok = f.post(c, json{{"id", "m2"}, {"text", eight_k_umlauts}}.dump());
+    INFO(ok.body);
+    CHECK(ok.status == 201);
+    CHECK(f.count("MessageReceived") == 1);
+}
+
+TEST_CASE("web chat: a retried message is stored once as MessageReceived on the browser's session", "[integration][gateway][webchat]") {
+    Fixture f;
+    auto c = f.new_session();
+    auto a = f.say(c, "6f1c1a52-3d4e-4e1a-9d43-0d6b1f0f7a11", "remember that my favourite colour is blue");
+    INFO(a.body);
+    REQUIRE(a.status == 201);
+    auto b = f.say(c, "6f1c1a52-3d4e-4e1a-9d43-0d6b1f0f7a11", "remember that my favourite colour is blue");
+    REQUIRE(b.status == 200);
+    CHECK(a.json()["event_id"] == b.json()["event_id"]);
+    CHECK(a.json()["position"] == b.json()["position"]);
+    CHECK(f.count("MessageReceived") == 1);
+    // The same message id with another text is a conflict, not a second message.
+    require_error(f.say(c, "6f1c1a52-3d4e-4e1a-9d43-0d6b1f0f7a11", "something else"), 409, "id_conflict");
+    // The same client id in another session is another message.
+    auto other = f.new_session();
+    CHECK(f.say(other, "6f1c1a52-3d4e-4e1a-9d43-0d6b1f0f7a11", "remember that my favourite colour is blue").status == 201);
+    CHECK(f.count("MessageReceived") == 2);
+
+    std::string session = "session:web:" + uuid_of(c);
+    CHECK(a.json()["session_id"] == session);
+    http::Client store(f.store_url);
+    auto ev = store.get("/events/" + a.json()["event_id"].get<std::string>(), {{"Authorization", "Bearer t0k"}});
+    REQUIRE(ev->status == 200);
+    auto e = ev->json();
+    CHECK(e["type"] == "MessageReceived");
+    CHECK(e["aggregate_id"] == session);
+    CHECK(e["data"]["channel"] == "web");
+    CHECK(e["data"]["text"] == "remember that my favourite colour is blue");
+    CHECK(e["data"]["user_id"] == "web:" + uuid_of(c));
+    CHECK(e["data"]["session_id"] == session);
+    CHECK(e["metadata"]["source"] == "gateway:web");
+    CHECK(e["metadata"]["correlation_id"] == e["id"]);
+    CHECK(e["metadata"]["user_id"] == "web:" + uuid_of(c));
+    CHECK(e["metadata"]["session_id"] == session);
+}
+
+TEST_CASE("web chat: /chat/events carries the browser's own session only, from the start, live and resumed",
+          "[integration][gateway][webchat]") {
+    Fixture f;
+    auto a = f.new_session();
+    auto b = f.new_session();
+    REQUIRE(f.say(a, "a1", "first from a").status == 201);
+    REQUIRE(f.say(b, "b1", "first from b").status == 201);
+    auto a2 = f.say(a, "a2", "second from a");
+    REQUIRE(a2.status == 201);
+    std::string sa = "session:web:" + uuid_of(a);
+
+    // Catch-up: a reload replays the conversation so far, and nothing of b's.
+    auto seen = f.stream("engram_chat=" + a, [](const json& e) { return text_is(e, "second from a"); });
+    REQUIRE(seen.events.size() == 2);
+    for (auto& e : seen.events) CHECK(e["aggregate_id"] == sa);
+    CHECK(text_is(seen.events[0], "first from a"));
+    CHECK(seen.ids[1] == std::to_string(a2.json()["position"].get<std::int64_t>()));
+
+    // Naming another session in the query changes nothing: the cookie decides.
+    auto named = f.stream("engram_chat=" + a, [](const json& e) { return text_is(e, "second from a"); },
+                          "/chat/events?aggregate_id=session:web:" + uuid_of(b));
+    for (auto& e : named.events) CHECK(e["aggregate_id"] == sa);
+
+    // Resume after the last seen position (EventSource's Last-Event-ID, or ?after=).
+    std::thread later([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        http::Client c(f.app->url());
+        (void)c.request("POST", "/chat/messages", R"({"id":"b2","text":"second from b"})",
+                  {{"Content-Type", "application/json"}, {"Cookie", "engram_chat=" + b}});
+        (void)c.request("POST", "/chat/messages", R"({"id":"a3","text":"live for a"})",
+                  {{"Content-Type", "application/json"}, {"Cookie", "engram_chat=" + a}});
+    });
+    auto live = f.stream("engram_chat=" + a, [](const json& e) { return text_is(e, "live for a"); }, "/chat/events",
+                         {{"Last-Event-ID", seen.ids[1]}});
+    later.join();
+    REQUIRE(live.events.size() == 1);
+    CHECK(text_is(live.events[0], "live for a"));
+    auto after = f.stream("engram_chat=" + a, [](const json& e) { return text_is(e, "live for a"); },
+                          "/chat/events?after=" + seen.ids[0]);
+    REQUIRE(after.events.size() == 2);
+    CHECK(text_is(after.events[0], "second from a"));
+
+    http::Client c(f.app->url());
+    require_error(*c.get("/chat/events", {{"Cookie", "engram_chat=" + a}, {"Last-Event-ID", "x1"}}), 400, "invalid_parameter");
+    require_error(*c.get("/chat/events?after=-1", {{"Cookie", "engram_chat=" + a}}), 400, "invalid_parameter");
+    // Every stream closed by its reader has released its upstream.
+    CHECK(testing::eventually([&] { return f.metric("engram_gateway_webchat_streams") == "0"; }));
+}
+
+TEST_CASE("web chat: a missing or forged cookie cannot open any session's stream", "[integration][gateway][webchat]") {
+    Fixture f;
+    auto a = f.new_session();
+    auto b = f.new_session();
+    REQUIRE(f.say(a, "a1", "secret of a").status == 201);
+    auto status = [&](const std::string& cookie_header) {
+        http::Client c(f.app->url());
+        http::Headers h;
+        if (!cookie_header.empty()) h.emplace_back("Cookie", cookie_header);
+        auto r = c.get("/chat/events", h);
+        REQUIRE(r.ok());
+        INFO(r->body);
+        CHECK(r->body.find("secret of a") == std::string::npos);
+        return r->status;
+    };
+    CHECK(status("") == 401);
+    CHECK(status("engram_chat=" + uuid_of(a)) == 401);
+    CHECK(status("engram_chat=" + uuid_of(a) + b.substr(36)) == 401);  // a's id, b's signature
+    std::string flipped = a;
+    flipped[40] = flipped[40] == 'f' ? 'e' : 'f';
+    CHECK(status("engram_chat=" + flipped) == 401);
+    CHECK(status("engram_chat=" + uuid_of(a) + "." + std::string(64, '0')) == 401);
+    // The API token opens the gateway's API, not a browser's session.
+    {
+        http::Client c(f.app->url());
+        CHECK(c.get("/chat/events", {{"Authorization", "Bearer t0k"}})->status == 401);
+    }
+    // b's own cookie opens b's stream, where a's message is not.
+    REQUIRE(f.say(b, "b1", "b's own").status == 201);
+    auto seen = f.stream("engram_chat=" + b, [](const json& e) { return text_is(e, "b's own"); });
+    REQUIRE(seen.events.size() == 1);
+    CHECK(seen.events[0]["aggregate_id"] == "session:web:" + uuid_of(b));
+}
+
+TEST_CASE("web chat: open streams end when the browser leaves and when the gateway stops", "[integration][gateway][webchat]") {
+    Fixture f;
+    auto a = f.new_session();
+    REQUIRE(f.say(a, "a1", "hello").status == 201);
+    // Several browsers stay connected; the gateway's stop ends their streams promptly.
+    std::vector<std::thread> readers;
+    std::atomic<int> ended{0};
+    for (int i = 0; i < 4; ++i)
+        readers.emplace_back([&] {
+            http::Client c(f.app->url());
+            (void)c.sse("/chat/events", {{"Cookie", "engram_chat=" + a}}, [](auto&&...) { return true; },
+                  std::chrono::milliseconds(30000));
+            ++ended;
+        });
+    REQUIRE(testing::eventually([&] { return f.metric("engram_gateway_webchat_streams") == "4"; }));
+    // One more reader that leaves after the first event frees its upstream at once.
+    f.stream("engram_chat=" + a, [](const json&) { return true; });
+    REQUIRE(testing::eventually([&] { return f.metric("engram_gateway_webchat_streams") == "4"; }));
+
+    auto t0 = std::chrono::steady_clock::now();
+    f.app->stop();
+    for (auto& t : readers) t.join();
+    CHECK(ended == 4);
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+    f.app.reset();  // joins the web chat's thread
+}
+
+TEST_CASE("web chat: the store being down is 503 for messages and streams, and nothing is half-stored",
+          "[integration][gateway][webchat]") {
+    Fixture f;
+    auto a = f.new_session();
+    f.store.kill9();
+    require_error(f.say(a, "a1", "hello"), 503, "unavailable");
+    http::Client c(f.app->url());
+    require_error(*c.get("/chat/events", {{"Cookie", "engram_chat=" + a}}), 503, "unavailable");
+}

@@ -1,0 +1,358 @@
+// The web chat: sends messages with POST /chat/messages and renders the session's events from
+// GET /chat/events (Server-Sent Events; a fresh connection replays the whole conversation, which is
+// what makes a reload show the history). Event data is only ever inserted as text (textContent).
+'use strict';
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const log = $('log');
+  const scroller = $('scroller');
+  const form = $('composer');
+  const input = $('input');
+  const sendButton = $('send');
+  const status = $('status');
+  const notice = $('notice');
+  const empty = $('empty');
+
+  const TYPES = [
+    'MessageReceived', 'TriggerReceived', 'AIProcessingStarted', 'ThinkingGenerated', 'ToolCalled',
+    'ToolCompleted', 'MessageGenerated', 'AIProcessingCompleted', 'AIProcessingFailed', 'MemoryRecalled',
+    'MemoryStored',
+  ];
+
+  const seen = new Set();        // event ids already rendered (a reconnect may overlap)
+  const runs = new Map();        // run_id -> {el, status, tools}
+  const tools = new Map();       // run_id + tool_call_id -> tool card
+  const pending = new Map();     // client message id -> bubble shown before the store confirmed it
+  let lastPosition = '';
+  let source = null;
+  let retryDelay = 1000;
+
+  // ---- helpers ------------------------------------------------------------------------------
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function uuid() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  function time(ts) {
+    const d = ts ? new Date(ts) : new Date();
+    return Number.isNaN(d.getTime()) ? '' : d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  }
+
+  function pretty(value) {
+    if (value === undefined || value === null) return '';
+    if (typeof value === 'string') {
+      try {
+        const parsed = JSON.parse(value);
+        if (parsed !== null && typeof parsed === 'object') return JSON.stringify(parsed, null, 2);
+      } catch (_) { /* plain text */ }
+      return value;
+    }
+    return JSON.stringify(value, null, 2);
+  }
+
+  // Tool arguments read best as "name: value" lines; anything nested stays JSON.
+  function argumentsText(args) {
+    if (args === null || typeof args !== 'object' || Array.isArray(args)) return pretty(args);
+    const keys = Object.keys(args);
+    if (keys.length === 0) return '(none)';
+    return keys.map((k) => {
+      const v = args[k];
+      return `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`;
+    }).join('\n');
+  }
+
+  function nearBottom() {
+    return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 120;
+  }
+
+  function add(node, parent = log) {
+    const stick = nearBottom();
+    empty.hidden = true;
+    parent.appendChild(node);
+    if (stick) scroller.scrollTop = scroller.scrollHeight;
+    return node;
+  }
+
+  function setStatus(state, text) {
+    status.dataset.state = state;
+    status.textContent = text;
+  }
+
+  function showNotice(text) {
+    notice.textContent = text;
+    notice.hidden = !text;
+  }
+
+  // ---- rendering ----------------------------------------------------------------------------
+
+  function userBubble(text, ts) {
+    const li = el('li', 'msg msg-user', text);
+    li.appendChild(el('span', 'meta', time(ts)));
+    return li;
+  }
+
+  function run(runId) {
+    const key = runId || '';
+    let r = runs.get(key);
+    if (!r) {
+      const li = el('li', 'run');
+      li.dataset.runId = key;
+      const st = el('div', 'run-status', 'working…');
+      st.dataset.state = 'running';
+      li.appendChild(st);
+      add(li);
+      r = { el: li, status: st, tools: 0 };
+      runs.set(key, r);
+    }
+    return r;
+  }
+
+  function addToRun(runId, node) {
+    const r = run(runId);
+    const stick = nearBottom();
+    r.el.insertBefore(node, r.status);
+    if (stick) scroller.scrollTop = scroller.scrollHeight;
+    return node;
+  }
+
+  function render(type, e) {
+    const d = e.data || {};
+    switch (type) {
+      case 'MessageReceived':
+      case 'TriggerReceived': {
+        const text = type === 'MessageReceived' ? d.text : d.message;
+        const mine = d.message_id && pending.get(d.message_id);
+        if (mine) {
+          pending.delete(d.message_id);
+          mine.dataset.state = 'sent';
+          mine.dataset.eventId = e.id;
+          return;
+        }
+        const li = userBubble(text, e.timestamp);
+        li.dataset.eventId = e.id;
+        if (d.message_id) li.dataset.messageId = d.message_id;
+        add(li);
+        return;
+      }
+      case 'AIProcessingStarted':
+        run(d.run_id).status.textContent = 'thinking…';
+        return;
+      case 'ThinkingGenerated': {
+        const div = el('div', 'thinking');
+        div.appendChild(el('span', 'label', 'Thinking'));
+        div.appendChild(document.createTextNode(d.text || ''));
+        addToRun(d.run_id, div);
+        return;
+      }
+      case 'ToolCalled': {
+        const card = el('div', 'tool');
+        card.dataset.tool = d.tool || '';
+        card.dataset.toolCallId = d.tool_call_id || '';
+        card.dataset.state = 'running';
+        const head = el('div', 'tool-head');
+        head.appendChild(el('span', 'tool-icon', '⚙'));
+        head.appendChild(el('span', 'tool-name', d.tool));
+        const st = el('span', 'tool-state', 'running…');
+        head.appendChild(st);
+        card.appendChild(head);
+        const dl = el('dl');
+        dl.appendChild(el('dt', '', 'arguments'));
+        const args = el('dd');
+        args.appendChild(el('pre', 'tool-args', argumentsText(d.arguments)));
+        dl.appendChild(args);
+        dl.appendChild(el('dt', 'tool-result-label', 'result'));
+        const result = el('dd');
+        result.appendChild(el('pre', 'tool-result', '…'));
+        dl.appendChild(result);
+        card.appendChild(dl);
+        tools.set(`${d.run_id}/${d.tool_call_id}`, card);
+        run(d.run_id).tools += 1;
+        run(d.run_id).status.textContent = `running ${d.tool}…`;
+        addToRun(d.run_id, card);
+        return;
+      }
+      case 'ToolCompleted': {
+        const card = tools.get(`${d.run_id}/${d.tool_call_id}`);
+        if (!card) return;
+        card.dataset.state = d.is_error ? 'error' : 'done';
+        card.querySelector('.tool-result').textContent = pretty(d.result);
+        const ms = typeof d.duration_ms === 'number' ? ` · ${d.duration_ms} ms` : '';
+        card.querySelector('.tool-state').textContent = (d.is_error ? 'failed' : 'done') + ms;
+        return;
+      }
+      case 'MessageGenerated': {
+        const li = el('div', 'msg msg-assistant', d.text);
+        li.dataset.eventId = e.id;
+        li.appendChild(el('span', 'meta', time(e.timestamp)));
+        addToRun(d.run_id, li);
+        return;
+      }
+      case 'MemoryRecalled': {
+        const n = Array.isArray(d.results) ? d.results.length : 0;
+        addToRun(d.run_id, el('div', 'memory', `recalled ${n} ${n === 1 ? 'memory' : 'memories'} for “${d.query || ''}”`));
+        return;
+      }
+      case 'MemoryStored':
+        add(el('li', 'memory', `remembered: ${d.text || ''}`));
+        return;
+      case 'AIProcessingCompleted': {
+        const r = run(d.run_id);
+        r.status.dataset.state = 'done';
+        const calls = r.tools === 1 ? '1 tool call' : `${r.tools} tool calls`;
+        r.status.textContent = `done · ${calls}`;
+        return;
+      }
+      case 'AIProcessingFailed': {
+        const r = run(d.run_id);
+        const box = el('div', 'failure');
+        box.setAttribute('role', 'alert');
+        box.appendChild(el('strong', '', `The assistant failed: ${d.reason || 'error'}`));
+        box.appendChild(document.createTextNode(d.detail || ''));
+        addToRun(d.run_id, box);
+        r.status.dataset.state = 'failed';
+        r.status.textContent = d.retryable ? 'failed (temporary problem: try again)' : 'failed';
+        return;
+      }
+      default:
+    }
+  }
+
+  function onEvent(type, msg) {
+    let e;
+    try {
+      e = JSON.parse(msg.data);
+    } catch (_) {
+      return;
+    }
+    if (msg.lastEventId) lastPosition = msg.lastEventId;
+    if (!e || !e.id || seen.has(e.id)) return;
+    seen.add(e.id);
+    render(type, e);
+  }
+
+  // ---- the stream ---------------------------------------------------------------------------
+
+  function connect() {
+    // EventSource resumes with Last-Event-ID by itself; after a hard failure we reopen it with ?after=.
+    const url = lastPosition ? `/chat/events?after=${encodeURIComponent(lastPosition)}` : '/chat/events';
+    source = new EventSource(url);
+    source.onopen = () => {
+      retryDelay = 1000;
+      setStatus('live', 'live');
+    };
+    source.onerror = async () => {
+      if (source.readyState === EventSource.CLOSED) {
+        source.close();
+        // EventSource gives up on an error status: a 401 means this session is gone for good (e.g.
+        // the gateway restarted without WEBCHAT_SECRET); anything else is worth another try.
+        let gone = false;
+        try {
+          gone = (await fetch('/chat/session', { credentials: 'same-origin' })).status === 401;
+        } catch (_) { /* the gateway is unreachable: retry */ }
+        if (gone) {
+          setStatus('offline', 'session ended');
+          showNotice('This chat session is no longer valid: reload the page to start a new one.');
+          return;
+        }
+        setStatus('offline', 'offline, retrying…');
+        setTimeout(connect, retryDelay);
+        retryDelay = Math.min(retryDelay * 2, 30000);
+      } else {
+        setStatus('reconnecting', 'reconnecting…');
+      }
+    };
+    for (const type of TYPES) source.addEventListener(type, (msg) => onEvent(type, msg));
+  }
+
+  // ---- sending ------------------------------------------------------------------------------
+
+  async function post(id, text) {
+    // A retry sends the same id, so the message is stored once however often it is sent.
+    let delay = 500;
+    for (let attempt = 0; ; attempt++) {
+      let r;
+      try {
+        r = await fetch('/chat/messages', {
+          method: 'POST',
+          credentials: 'same-origin',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ id, text }),
+        });
+      } catch (err) {
+        r = null;
+      }
+      if (r && r.ok) return { ok: true };
+      const transient = !r || r.status === 503 || r.status === 502 || r.status === 504;
+      if (!transient || attempt >= 4) {
+        let detail = r ? `HTTP ${r.status}` : 'the gateway cannot be reached';
+        if (r) {
+          try {
+            const j = await r.json();
+            if (j && j.detail) detail = j.detail;
+          } catch (_) { /* keep the status */ }
+        }
+        if (r && r.status === 401) detail = 'your chat session is no longer valid: reload the page';
+        return { ok: false, detail };
+      }
+      await new Promise((res) => setTimeout(res, delay));
+      delay *= 2;
+    }
+  }
+
+  async function send() {
+    const text = input.value.trim();
+    if (!text) return;
+    const id = uuid();
+    const li = userBubble(text);
+    li.dataset.state = 'sending';
+    li.dataset.messageId = id;
+    pending.set(id, li);
+    add(li);
+    input.value = '';
+    resize();
+    showNotice('');
+    const r = await post(id, text);
+    if (!r.ok) {
+      pending.delete(id);
+      li.dataset.state = 'failed';
+      li.title = r.detail;
+      showNotice(`Not sent: ${r.detail}`);
+    } else if (li.dataset.state === 'sending') {
+      li.dataset.state = 'sent';
+    }
+  }
+
+  function resize() {
+    input.style.height = 'auto';
+    input.style.height = `${Math.min(input.scrollHeight + 2, 192)}px`;
+    sendButton.disabled = input.value.trim() === '';
+  }
+
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    send();
+  });
+  input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      send();
+    }
+  });
+  input.addEventListener('input', resize);
+
+  connect();
+  input.focus();
+})();
