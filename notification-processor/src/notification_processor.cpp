@@ -315,6 +315,7 @@ Outcome slack_send(const Settings& s, const std::string& text) {
     auto [base, path] = split_url(s.slack_webhook_url);
     http::ClientOptions co;
     co.timeout = s.http_timeout;
+    co.redact = {path};  // a Slack webhook's path is its secret
     http::Client client(base, co);
     auto r = client.post_json(path, json{{"text", text}});
     if (!r) return transport_outcome(r.error());
@@ -554,6 +555,7 @@ private:
         if (!st) return st;
         http::ClientOptions co;
         co.timeout = s_.http_timeout;
+        co.redact = {s_.telegram_token};  // it is part of every Bot API path
         http::Client client(s_.telegram_api_base, co);
         std::vector<std::int64_t> ids;
         int attempts = 0;

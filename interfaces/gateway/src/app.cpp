@@ -68,19 +68,27 @@ struct App::Impl {
         return http::Response::error(status, code, detail);
     }
 
-    // Appends one event and maps the store's answer: 201/200 pass through, the store being
-    // unreachable or down is 503 (the caller retries; the derived id keeps it stored once).
+    // Appends one event and maps the store's answer: 201/200 pass through. Only answers that no
+    // retry can change are final (400/413: the event is invalid; id_conflict); everything else — the
+    // store unreachable, 5xx, 401/403 (a token mismatch), 404/408/429 from a proxy — is "unavailable":
+    // the caller asks its sender to retry (the derived id keeps the retry stored once) and never
+    // acknowledges an input that was not stored. Details stay in the log, not in the answer.
     Result<std::pair<int, nlohmann::json>> append(const nlohmann::json& event) {
         http::Client c(cfg.get("EVENT_STORE_URL"), with_timeout(std::chrono::milliseconds(10000)));
         auto r = c.post_json("/events", event, store_headers());
-        if (!r) return Error::make("unavailable", "the event store is unreachable: " + r.error().detail);
+        if (!r) {
+            log->warn("appending to the event store failed: {}", r.error().detail);
+            return Error::make("unavailable", "the event store is unavailable; retry later");
+        }
         if (r->status == 201 || r->status == 200) return std::make_pair(r->status, r->json());
-        if (r->status == 503) return Error::make("unavailable", "the event store is unavailable; retry later");
         auto j = r->json();
-        auto code = j.is_object() ? j.value("error", "") : "";
-        if (code == "id_conflict")
+        auto code = j.is_object() && j.contains("error") && j["error"].is_string() ? j["error"].get<std::string>() : "";
+        if (r->status == 409 && code == "id_conflict")
             return Error::make("id_conflict", "this delivery id was already used for different content");
-        return Error::make("internal", "the event store refused the event (" + std::to_string(r->status) + " " + code + ")");
+        if (r->status == 400 || r->status == 413)
+            return Error::make("refused", "the event store refused the event (" + std::to_string(r->status) + " " + code + ")");
+        log->warn("the event store answered HTTP {} {} to an append; the sender is asked to retry", r->status, code);
+        return Error::make("unavailable", "the event store is unavailable; retry later");
     }
 
     http::Response from_error(const Error& e) {

@@ -16,8 +16,9 @@ namespace engram::gateway {
 const Uuid& ingress_ns();
 
 // Appends one event; on success the store's status (201 stored, 200 already stored) and answer.
-// Errors: "unavailable" (the store is down or unreachable: retry later), "id_conflict" (the id is
-// taken by different content), "internal" (the store refused the event).
+// Errors: "unavailable" (anything a retry may fix: the store down or unreachable, 5xx, 401...: ask the
+// sender to retry, never acknowledge), "id_conflict" (the id is taken by different content), "refused"
+// (400/413: the event itself is invalid).
 using AppendFn = std::function<Result<std::pair<int, nlohmann::json>>(const nlohmann::json& event)>;
 
 inline http::ClientOptions with_timeout(std::chrono::milliseconds t) {

@@ -41,7 +41,11 @@ std::optional<std::set<std::string>> parse_chat_ids(const std::string& v) {
             if (i == item.size() || item.size() > 20 ||
                 !std::all_of(item.begin() + static_cast<long>(i), item.end(), [](char c) { return c >= '0' && c <= '9'; }))
                 return std::nullopt;
-            out.insert(item);
+            try {
+                out.insert(std::to_string(std::stoll(item)));  // "007" is chat 7
+            } catch (const std::out_of_range&) {
+                return std::nullopt;
+            }
         }
         if (comma == std::string::npos) break;
         start = comma + 1;
@@ -113,7 +117,7 @@ void add_settings(config::Spec& s) {
            },
            true});
     s.add({"TELEGRAM_WEBHOOK_URL", "public https URL of POST /telegram/webhook; registered with setWebhook at start when set", "",
-           false, config::url({"https", "http"})});
+           false, config::url({"https"})});
     s.add({"TELEGRAM_ALLOWED_CHAT_IDS",
            "chat ids that reach the assistant, comma-separated (* = every chat); others get one polite refusal", "", false,
            [](const std::string& v) -> std::optional<std::string> {
@@ -183,7 +187,10 @@ Mapped map_update(const json& u, const Settings& s) {
         m.why = "a message without text or a supported attachment (e.g. a service message)";
         return m;
     }
-    const std::string uid = std::to_string(update_id);
+    // Telegram's own ids of this input. update_id alone is not enough: after a week without updates
+    // Telegram may start update_ids anew, so the chat and message id are part of the derived id too.
+    const std::string message_id = msg.contains("message_id") ? msg["message_id"].dump() : "-";
+    const std::string uid = std::to_string(update_id) + ":" + m.chat_id + ":" + message_id + (edited ? ":edit" : "");
 
     if (!s.allowed_chat(m.chat_id)) {
         m.kind = Mapped::Kind::refused;
@@ -276,8 +283,17 @@ struct Ingress::Impl {
         return stopping;
     }
 
+    // Every Telegram request carries the token in its path: keep it out of error details.
+    http::ClientOptions client_options(std::chrono::milliseconds timeout) const {
+        auto o = with_timeout(timeout);
+        o.redact = {s.token};
+        return o;
+    }
+
+    // At most once: a crash between the commit and this call, or a failed call, leaves the stranger
+    // without an answer rather than risk answering twice (their next messages are only recorded).
     void send_refusal(const std::string& chat_id) {
-        http::Client c(s.api_base, with_timeout(std::chrono::milliseconds(10000)));
+        http::Client c(s.api_base, client_options(std::chrono::milliseconds(10000)));
         auto r = c.post_json("/bot" + s.token + "/sendMessage", {{"chat_id", json::parse(chat_id)}, {"text", kRefusalText}});
         if (!r) lg()->warn("could not send the refusal to chat {}: {}", chat_id, r.error().detail);
         else if (r->status != 200) lg()->warn("could not send the refusal to chat {}: HTTP {} {}", chat_id, r->status, r->body.substr(0, 200));
@@ -299,7 +315,8 @@ struct Ingress::Impl {
             if (r.error().code == "unavailable") return r.error();
             // Permanent: retrying cannot help and would hold up every later update of the bot.
             dropped.inc();
-            lg()->error("update {} dropped: {} (update: {})", uid, r.error().detail, update.dump().substr(0, 2000));
+            // Not the update itself: it may hold a stranger's text, which AccessDenied deliberately omits.
+            lg()->error("update {} (chat {}) dropped: {}", uid, m.chat_id, r.error().detail);
             return ok();
         }
         if (r->first == 200) duplicates.inc();
@@ -315,81 +332,116 @@ struct Ingress::Impl {
         return ok();
     }
 
+    void register_webhook() {
+        int backoff_ms = 1000;
+        while (!is_stopping()) {
+            auto r = poll_client->post_json("/bot" + s.token + "/setWebhook", {{"url", s.webhook_url},
+                                                                               {"secret_token", s.webhook_secret},
+                                                                               {"allowed_updates", allowed_updates()}});
+            if (is_stopping()) return;
+            if (r && r->status == 200) {
+                set_state("ok");
+                lg()->info("telegram: webhook registered at {}", s.webhook_url);
+                return;
+            }
+            set_state(r && (r->status == 401 || r->status == 404) ? "unauthorized" : "webhook_not_set");
+            lg()->error("setWebhook failed ({}); Telegram delivers nothing until it succeeds; retrying in {} ms",
+                        r ? "HTTP " + std::to_string(r->status) + " " + r->body.substr(0, 200) : r.error().detail, backoff_ms);
+            pause(std::chrono::milliseconds(backoff_ms));
+            backoff_ms = std::min(backoff_ms * 2, 60000);
+        }
+    }
+
+    static json allowed_updates() { return json::array({"message", "edited_message"}); }
+
     void poll_loop() {
         std::int64_t offset = 0;  // 0: none yet; Telegram returns what it has not seen confirmed
         int backoff_ms = 500;
         bool reported_unreachable = false;
         while (!is_stopping()) {
-            json body = {{"timeout", s.poll_timeout_s}};
-            if (offset > 0) body["offset"] = offset;
-            auto r = poll_client->post_json("/bot" + s.token + "/getUpdates", body);
-            if (is_stopping()) break;
-            if (!r || r->status >= 500) {
-                if (!reported_unreachable)
-                    lg()->warn("getUpdates failed: {}; retrying with back-off", r ? "HTTP " + std::to_string(r->status) : r.error().detail);
-                reported_unreachable = true;
+            try {
+                if (!poll_once(offset, backoff_ms, reported_unreachable)) return;
+            } catch (const std::exception& e) {
+                // An answer of an unexpected shape: never let it end the poller (or the process).
                 set_state("unreachable");
+                lg()->error("getUpdates: unexpected answer ({}); retrying", e.what());
                 pause(std::chrono::milliseconds(backoff_ms));
                 backoff_ms = std::min(backoff_ms * 2, 30000);
-                continue;
-            }
-            auto j = r->json();
-            if (r->status == 409) {
-                // Another getUpdates consumer, or a webhook, owns this bot. Polling harder would only
-                // fight it: report it and look again much later.
-                conflicts.inc();
-                set_state("conflict");
-                lg()->error("getUpdates: 409 Conflict ({}); another poller or a webhook is using this bot token. "
-                            "Stop the other consumer (or deleteWebhook, or use TELEGRAM_MODE=webhook); retrying in {} s",
-                            j.is_object() ? j.value("description", "") : "", s.conflict_retry_s);
-                pause(std::chrono::seconds(s.conflict_retry_s));
-                continue;
-            }
-            if (r->status == 429) {
-                int after = 5;
-                if (j.is_object() && j.contains("parameters") && j["parameters"].is_object())
-                    after = j["parameters"].value("retry_after", 5);
-                lg()->warn("getUpdates: 429, retry after {} s", after);
-                pause(std::chrono::seconds(std::clamp(after, 1, 3600)));
-                continue;
-            }
-            if (r->status == 401 || r->status == 404) {
-                set_state("unauthorized");
-                lg()->error("getUpdates: HTTP {}: TELEGRAM_BOT_TOKEN is not accepted by {}; retrying in {} s", r->status,
-                            s.api_base, s.conflict_retry_s);
-                pause(std::chrono::seconds(s.conflict_retry_s));
-                continue;
-            }
-            if (r->status != 200 || !j.is_object() || !j.value("ok", false) || !j.contains("result") || !j["result"].is_array()) {
-                set_state("unreachable");
-                lg()->warn("getUpdates: unexpected answer HTTP {}: {}", r->status, r->body.substr(0, 300));
-                pause(std::chrono::milliseconds(backoff_ms));
-                backoff_ms = std::min(backoff_ms * 2, 30000);
-                continue;
-            }
-            if (reported_unreachable) lg()->info("getUpdates works again");
-            reported_unreachable = false;
-            backoff_ms = 500;
-            set_state("ok");
-            for (const auto& u : j["result"]) {
-                if (!u.is_object() || !u.contains("update_id") || !u["update_id"].is_number_integer()) {
-                    lg()->warn("getUpdates returned an update without an integer update_id: {}", u.dump().substr(0, 300));
-                    continue;
-                }
-                auto id = u["update_id"].get<std::int64_t>();
-                if (offset > 0 && id < offset) continue;  // already handled (a repeated answer)
-                int wait_ms = 200;
-                for (;;) {
-                    auto st = handle(u);
-                    if (st) break;
-                    lg()->warn("update {} not stored yet ({}); retrying", id, st.error().detail);
-                    if (!pause(std::chrono::milliseconds(wait_ms))) return;
-                    wait_ms = std::min(wait_ms * 2, 10000);
-                }
-                // Committed (or deliberately skipped): only now may Telegram forget it.
-                offset = id + 1;
             }
         }
+    }
+
+    // One getUpdates round and the updates it returned; false when stopping.
+    bool poll_once(std::int64_t& offset, int& backoff_ms, bool& reported_unreachable) {
+        json body = {{"timeout", s.poll_timeout_s}, {"allowed_updates", allowed_updates()}};
+        if (offset > 0) body["offset"] = offset;
+        auto r = poll_client->post_json("/bot" + s.token + "/getUpdates", body);
+        if (is_stopping()) return false;
+        if (!r || r->status >= 500) {
+            if (!reported_unreachable)
+                lg()->warn("getUpdates failed: {}; retrying with back-off", r ? "HTTP " + std::to_string(r->status) : r.error().detail);
+            reported_unreachable = true;
+            set_state("unreachable");
+            pause(std::chrono::milliseconds(backoff_ms));
+            backoff_ms = std::min(backoff_ms * 2, 30000);
+            return true;
+        }
+        auto j = r->json();
+        if (r->status == 409) {
+            // Another getUpdates consumer, or a webhook, owns this bot. Polling harder would only
+            // fight it: report it and look again much later.
+            conflicts.inc();
+            set_state("conflict");
+            lg()->error("getUpdates: 409 Conflict ({}); another poller or a webhook is using this bot token. "
+                        "Stop the other consumer (or deleteWebhook, or use TELEGRAM_MODE=webhook); retrying in {} s",
+                        j.is_object() ? j.value("description", "") : "", s.conflict_retry_s);
+            pause(std::chrono::seconds(s.conflict_retry_s));
+            return true;
+        }
+        if (r->status == 429) {
+            int after = 5;
+            if (j.is_object() && j.contains("parameters") && j["parameters"].is_object())
+                after = j["parameters"].value("retry_after", 5);
+            lg()->warn("getUpdates: 429, retry after {} s", after);
+            pause(std::chrono::seconds(std::clamp(after, 1, 3600)));
+            return true;
+        }
+        if (r->status == 401 || r->status == 404) {
+            set_state("unauthorized");
+            lg()->error("getUpdates: HTTP {}: TELEGRAM_BOT_TOKEN is not accepted by {}; retrying in {} s", r->status,
+                        s.api_base, s.conflict_retry_s);
+            pause(std::chrono::seconds(s.conflict_retry_s));
+            return true;
+        }
+        if (r->status != 200 || !j.is_object() || !j.value("ok", false) || !j.contains("result") || !j["result"].is_array()) {
+            set_state("unreachable");
+            lg()->warn("getUpdates: unexpected answer HTTP {}: {}", r->status, r->body.substr(0, 300));
+            pause(std::chrono::milliseconds(backoff_ms));
+            backoff_ms = std::min(backoff_ms * 2, 30000);
+            return true;
+        }
+        if (reported_unreachable) lg()->info("getUpdates works again");
+        reported_unreachable = false;
+        backoff_ms = 500;
+        set_state("ok");
+        for (const auto& u : j["result"]) {
+            if (!u.is_object() || !u.contains("update_id") || !u["update_id"].is_number_integer()) {
+                lg()->warn("getUpdates returned an update without an integer update_id; skipped");
+                continue;
+            }
+            auto id = u["update_id"].get<std::int64_t>();
+            int wait_ms = 200;
+            for (;;) {
+                auto st = handle(u);
+                if (st) break;
+                lg()->warn("update {} not stored yet ({}); retrying", id, st.error().detail);
+                if (!pause(std::chrono::milliseconds(wait_ms))) return false;
+                wait_ms = std::min(wait_ms * 2, 10000);
+            }
+            // Committed (or deliberately skipped): only now may Telegram forget it.
+            offset = id + 1;
+        }
+        return true;
     }
 };
 
@@ -406,23 +458,20 @@ void Ingress::start() {
     if (s.mode == "off") return;
     if (!s.allow_all && s.allowed.empty())
         lg()->warn("TELEGRAM_ALLOWED_CHAT_IDS is empty: every chat will be refused (set chat ids, or * for every chat)");
-    if (s.mode == "webhook") {
+    if (s.mode == "webhook" && s.webhook_url.empty()) {
         im.set_state("ok");
-        if (s.webhook_url.empty()) {
-            lg()->info("telegram: webhook mode on POST /telegram/webhook (register it with setWebhook yourself, or set TELEGRAM_WEBHOOK_URL)");
-            return;
-        }
-        http::Client c(s.api_base, with_timeout(std::chrono::milliseconds(10000)));
-        auto r = c.post_json("/bot" + s.token + "/setWebhook", {{"url", s.webhook_url}, {"secret_token", s.webhook_secret}});
-        if (!r || r->status != 200)
-            lg()->error("setWebhook failed ({}); Telegram will not deliver updates until it succeeds",
-                        r ? "HTTP " + std::to_string(r->status) + " " + r->body.substr(0, 200) : r.error().detail);
-        else lg()->info("telegram: webhook registered at {}", s.webhook_url);
+        lg()->info("telegram: webhook mode on POST /telegram/webhook (register it with setWebhook yourself, or set TELEGRAM_WEBHOOK_URL)");
+        return;
+    }
+    // The poller thread's client; in webhook mode the same thread registers the webhook (retrying
+    // until Telegram accepts it) and ends.
+    im.poll_client = std::make_unique<http::Client>(
+        s.api_base, im.client_options(std::chrono::milliseconds((s.poll_timeout_s + 15) * 1000)));
+    if (s.mode == "webhook") {
+        im.poller = std::thread([&im] { im.register_webhook(); });
         return;
     }
     lg()->info("telegram: long polling {} (timeout {} s)", s.api_base, s.poll_timeout_s);
-    im.poll_client = std::make_unique<http::Client>(
-        s.api_base, with_timeout(std::chrono::milliseconds((s.poll_timeout_s + 15) * 1000)));
     im.poller = std::thread([&im] { im.poll_loop(); });
 }
 

@@ -116,19 +116,66 @@ TEST_CASE("telegram polling: updates are stored once, strangers are recorded and
     CHECK(messages_to(tg, kChat) == 0);  // answering is the AI and notification processors' job
     CHECK(s.count_all() == 4);           // the callback query was ignored
 
-    // Telegram delivers an update again (the confirmation was lost): still stored once, no second refusal.
-    tg.push_update(text_update(10, kChat, "hello"));
-    tg.push_update(text_update(13, kStranger, "please?"));
-    tg.push_update(text_update(16, kChat, "new"));
-    REQUIRE(testing::eventually([&] { return confirmed_offset(tg) == 17; }, 15s));
+    // The confirmations were lost (a crash before the next getUpdates): a new gateway process starts
+    // without an offset and Telegram (a fresh fake that never saw those confirmations) delivers the
+    // updates again. Still stored once, and no second refusal.
+    g.app->stop();
+    fakes::FakeTelegram tg2;
+    tg2.push_update(text_update(10, kChat, "hello"));
+    tg2.push_update(text_update(13, kStranger, "please?"));
+    tg2.push_update(text_update(16, kChat, "new"));
+    Gateway g2(s, tg2, {});
+    REQUIRE(testing::eventually([&] { return confirmed_offset(tg2) == 17; }, 15s));
+    CHECK(tg2.get_updates_calls()[0].contains("offset") == false);  // a new process starts without one
     CHECK(s.count("MessageReceived") == 3);
     CHECK(s.count("AccessDenied") == 2);
     std::this_thread::sleep_for(300ms);
-    CHECK(messages_to(tg, kStranger) == 1);
+    CHECK(tg2.message_count() == 0);
+    auto m2 = g2.client->get("/metrics");
+    REQUIRE(m2.ok());
+    INFO(m2->body);
+    CHECK(m2->body.find("engram_gateway_telegram_updates_total{outcome=\"duplicate\"} 2") != std::string::npos);
+    CHECK(m2->body.find("engram_gateway_telegram_updates_total{outcome=\"stored\"} 1") != std::string::npos);
+}
 
+TEST_CASE("telegram: a store that answers anything but success or a final refusal gets the update retried, never acknowledged",
+          "[integration][telegram]") {
+    // The gateway's token does not match the store's: every append is a 401 (as a misconfiguration,
+    // a 5xx or a proxy's 502 would be). Nothing may be acknowledged to Telegram meanwhile.
+    testing::Stack s("tg-401", {{"ENGRAM_API_TOKEN", "store-token"}});
+    fakes::FakeTelegram tg;
+    tg.push_update(text_update(40, kChat, "are you there?"));
+    Gateway g(s, tg, {{"ENGRAM_API_TOKEN", "another-token"}});
+    REQUIRE(testing::eventually([&] { return tg.get_updates_calls().size() >= 1; }, 5s));
+    std::this_thread::sleep_for(1500ms);
+    CHECK(confirmed_offset(tg) == 0);           // update 40 not confirmed
+    CHECK(tg.get_updates_calls().size() == 1);  // and not polled past
+    CHECK(s.count_all() == 0);
+}
+
+TEST_CASE("telegram webhook: a store refusing the gateway's token means 503, so Telegram retries", "[integration][telegram]") {
+    testing::Stack s("tg-401-hook", {{"ENGRAM_API_TOKEN", "store-token"}});
+    fakes::FakeTelegram tg;
+    Gateway g(s, tg, {{"ENGRAM_API_TOKEN", "another-token"}, {"TELEGRAM_WEBHOOK_SECRET", "hook-s3cret"}});
+    auto r = g.post_update(text_update(41, kChat, "hi").dump(), "hook-s3cret");
+    require_error(r, 503, "unavailable");
+    CHECK(r.body.find("127.0.0.1") == std::string::npos);  // the store's address stays in the log
+    CHECK(s.count_all() == 0);
+}
+
+TEST_CASE("telegram polling: the metrics count what happened", "[integration][telegram]") {
+    testing::Stack s("tg-metrics");
+    fakes::FakeTelegram tg;
+    tg.push_update(text_update(10, kChat, "hello"));
+    tg.push_update(text_update(12, kChat, "/help"));
+    tg.push_update(text_update(16, kChat, "new"));
+    tg.push_update({{"update_id", 17}, {"callback_query", {{"id", "cb"}}}});
+    Gateway g(s, tg, {});
+    REQUIRE(testing::eventually([&] { return confirmed_offset(tg) == 18; }, 15s));
     auto m = g.client->get("/metrics");
     REQUIRE(m.ok());
     CHECK(m->body.find("engram_gateway_telegram_updates_total{outcome=\"stored\"} 3") != std::string::npos);
+    CHECK(m->body.find("engram_gateway_telegram_updates_total{outcome=\"duplicate\"} 0") != std::string::npos);
     CHECK(m->body.find("engram_gateway_telegram_updates_total{outcome=\"ignored\"} 1") != std::string::npos);
 }
 
@@ -185,7 +232,8 @@ TEST_CASE("telegram webhook: checked, committed before 200, stored once, strange
     fakes::FakeTelegram tg;
     Gateway g(s, tg, {{"TELEGRAM_WEBHOOK_SECRET", "hook-s3cret"}, {"TELEGRAM_WEBHOOK_URL", "https://bot.example.org/telegram/webhook"}});
     // Registered with the secret at start; no polling in webhook mode.
-    REQUIRE(tg.webhook_calls().size() == 1);
+    REQUIRE(testing::eventually([&] { return tg.webhook_calls().size() == 1; }, 5s));
+    CHECK(tg.webhook_calls()[0]["allowed_updates"] == json::array({"message", "edited_message"}));
     CHECK(tg.webhook_calls()[0]["url"] == "https://bot.example.org/telegram/webhook");
     CHECK(tg.webhook_calls()[0]["secret_token"] == "hook-s3cret");
 

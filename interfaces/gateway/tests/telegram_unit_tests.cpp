@@ -54,7 +54,7 @@ TEST_CASE("telegram: a text message becomes MessageReceived on the chat's sessio
     const json& e = m.event;
     CHECK(e["type"] == "MessageReceived");
     CHECK(e["aggregate_id"] == "session:telegram:111");
-    CHECK(e["id"] == Uuid::v5(ingress_ns(), "telegram:4242:900").str());
+    CHECK(e["id"] == Uuid::v5(ingress_ns(), "telegram:4242:900:111:7").str());
     CHECK(e["data"]["text"] == "hello there");
     CHECK(e["data"]["channel"] == "telegram");
     CHECK(e["data"]["user_id"] == "telegram:555");
@@ -88,6 +88,8 @@ TEST_CASE("telegram: edits, replies, commands and captions are mapped", "[unit][
     CHECK(m.event["data"]["message_id"] == 7);
     CHECK(m.event["data"]["sent_at"] == "2027-01-15T08:01:00.000Z");
     check_valid(m.event);
+    // Telegram may reuse an update_id after a long pause: another message never maps to the same id.
+    CHECK(telegram::map_update(text_update(901, 111, "hello (edited)"), s).event["id"] != m.event["id"]);
 
     json reply = text_update(902, 111, "yes");
     reply["message"]["reply_to_message"] = {{"message_id", 5}, {"text", "earlier"}};
@@ -139,7 +141,7 @@ TEST_CASE("telegram: a chat outside the allowed list is refused, recorded withou
     CHECK(m.event["data"]["text_length"] == 9);
     CHECK(m.event.dump().find("let me in") == std::string::npos);
     // Not the id a MessageReceived of the same update would get (the allowed list may change).
-    CHECK(m.event["id"] != Uuid::v5(ingress_ns(), "telegram:4242:950").str());
+    CHECK(m.event["id"] != Uuid::v5(ingress_ns(), "telegram:4242:950:333:7").str());
     check_valid(m.event);
     CHECK(telegram::map_update(text_update(951, -100222, "group"), s).kind == telegram::Mapped::Kind::message);
     auto all = s;
@@ -155,6 +157,9 @@ TEST_CASE("telegram settings: mode, token and secret are checked together, in on
     REQUIRE(polling);
     CHECK(polling->mode == "polling");
     CHECK(polling->allowed == std::set<std::string>{"1", "-2"});
+    auto padded = telegram::settings_from(*load({{"TELEGRAM_BOT_TOKEN", "1:a"}, {"TELEGRAM_ALLOWED_CHAT_IDS", "007,-0042"}}));
+    CHECK(padded->allowed == std::set<std::string>{"7", "-42"});  // as Telegram writes chat ids
+    CHECK_FALSE(load({{"TELEGRAM_WEBHOOK_URL", "http://bot.example.org/telegram/webhook"}}));  // Telegram wants https
     CHECK(polling->bot_id() == "1");
     auto hook = telegram::settings_from(*load({{"TELEGRAM_BOT_TOKEN", "1:a"}, {"TELEGRAM_WEBHOOK_SECRET", "s-1"}}));
     REQUIRE(hook);

@@ -156,6 +156,10 @@ struct Client::Impl {
     beast::flat_buffer buffer;
     std::size_t opened = 0;
     std::atomic<bool> cancelled{false};
+    // Set while resolving / connecting, so cancel() can reach those too (only touched on the
+    // client's own thread, like the streams).
+    tcp::resolver* resolving = nullptr;
+    beast::tcp_stream* connecting = nullptr;
 
     Impl(std::string base, ClientOptions o) : base_url(std::move(base)), opts(std::move(o)) {
         auto parsed = parse_base_url(base_url);
@@ -216,20 +220,41 @@ struct Client::Impl {
     Error failure(const error_code& ec, std::string_view method, std::string_view target, std::string_view doing) {
         if (cancelled) return cancelled_error();
         if (ec == beast::error::timeout)
-            return Error::make("timeout", fmt::format("{} {}{} timed out while {} (limit {} ms)", method, where(), target,
-                                                      doing, opts.timeout.count()));
-        return Error::make("io", fmt::format("{} {}{} failed while {}: {}", method, where(), target, doing, ec.message()));
+            return scrub(Error::make("timeout", fmt::format("{} {}{} timed out while {} (limit {} ms)", method, where(), target,
+                                                            doing, opts.timeout.count())));
+        return scrub(Error::make("io", fmt::format("{} {}{} failed while {}: {}", method, where(), target, doing, ec.message())));
+    }
+
+    Error scrub(Error e) const {
+        for (const auto& secret : opts.redact) {
+            if (secret.empty()) continue;
+            for (auto at = e.detail.find(secret); at != std::string::npos; at = e.detail.find(secret, at))
+                e.detail.replace(at, secret.size(), "<redacted>");
+        }
+        return e;
     }
 
     Status connect(Clock::time_point deadline) {
         drop();
-        tcp::resolver resolver(ioc);
         error_code ec;
-        auto results = resolver.resolve(url.host, url.port, ec);
+        // Resolving and connecting are asynchronous like everything else, so cancel() reaches them.
+        tcp::resolver resolver(ioc);
+        tcp::resolver::results_type results;
+        resolving = &resolver;
+        ec = run([&](auto h) {
+            resolver.async_resolve(url.host, url.port, [h = std::move(h), &results](error_code e, tcp::resolver::results_type r) mutable {
+                results = std::move(r);
+                h(e);
+            });
+        });
+        resolving = nullptr;
+        if (cancelled) return cancelled_error();
         if (ec) return Error::make("connect", fmt::format("cannot resolve {}: {}", url.host, ec.message()));
         auto s = std::make_unique<beast::tcp_stream>(ioc);
         s->expires_at(deadline);
+        connecting = s.get();
         ec = run([&](auto h) { s->async_connect(results, std::move(h)); });
+        connecting = nullptr;
         if (cancelled) return cancelled_error();
         if (ec == beast::error::timeout)
             return Error::make("timeout", fmt::format("connecting to {} timed out after {} ms", where(), opts.timeout.count()));
@@ -395,8 +420,8 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
             return status;
         if (im.cancelled) return im.cancelled_error();
         if (ec == beast::error::timeout)
-            return Error::make("timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url, path, idle_timeout.count()));
-        return Error::make("io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url, path, ec.message()));
+            return im.scrub(Error::make("timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url, path, idle_timeout.count())));
+        return im.scrub(Error::make("io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url, path, ec.message())));
     }
 }
 
@@ -408,6 +433,8 @@ void Client::cancel() {
     // Runs on the thread blocked in the client's io_context (or at its next run/poll), so the
     // streams are only ever touched by that thread.
     net::post(im->ioc, [im] {
+        if (im->resolving) im->resolving->cancel();
+        if (im->connecting) im->connecting->cancel();
         if (!im->connected()) return;
         error_code ec;
         im->lowest().socket().cancel(ec);

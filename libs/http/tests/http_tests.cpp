@@ -678,3 +678,49 @@ TEST_CASE("cancel() from another thread ends a long request at once, and every l
     REQUIRE_FALSE(again.ok());
     CHECK(again.error().code == "cancelled");
 }
+
+TEST_CASE("cancel() also reaches a connect that hangs", "[unit][http]") {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+    int ls = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(ls >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(ls, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    REQUIRE(::listen(ls, 0) == 0);
+    std::vector<int> fillers;
+    for (int i = 0; i < 8; ++i) {
+        int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        (void)::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+        fillers.push_back(fd);
+    }
+    std::this_thread::sleep_for(100ms);
+    Client c("http://127.0.0.1:" + std::to_string(ntohs(a.sin_port)), ClientOptions{10000ms});
+    auto t0 = Clock::now();
+    std::thread canceller([&] {
+        std::this_thread::sleep_for(300ms);
+        c.cancel();
+    });
+    auto r = c.get("/never");
+    canceller.join();
+    for (int fd : fillers) ::close(fd);
+    ::close(ls);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == "cancelled");
+    CHECK(Clock::now() - t0 < 3s);
+}
+
+TEST_CASE("secrets named in ClientOptions::redact never appear in error details", "[unit][http]") {
+    Fixture f;
+    ClientOptions o;
+    o.timeout = 200ms;
+    o.redact = {"s3cr3t-token"};
+    Client c(f.base(), o);
+    auto r = c.get("/delay?ms=600&token=s3cr3t-token");
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == "timeout");
+    CHECK(r.error().detail.find("s3cr3t-token") == std::string::npos);
+    CHECK(r.error().detail.find("<redacted>") != std::string::npos);
+}

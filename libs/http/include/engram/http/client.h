@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "engram/core/result.h"
 #include "engram/http/server.h"  // Headers
@@ -28,6 +29,8 @@ struct ClientOptions {
     std::chrono::milliseconds timeout{10000};  // whole request: connect, send and receive
     Headers default_headers;                    // sent with every request (e.g. Authorization)
     bool verify_tls = true;                     // verify the certificate chain and host name
+    std::vector<std::string> redact;            // replaced by "<redacted>" in error details (e.g. a
+                                                // token inside the path, as in Telegram's /bot<token>/)
 };
 
 // Blocking client for one base URL ("http://127.0.0.1:8080" or "https://host[:port][/prefix]"), reusing
