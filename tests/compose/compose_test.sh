@@ -54,8 +54,11 @@ run="$(mktemp -d /tmp/engram-compose.XXXXXX)"   # short: the engine's unix socke
 project="engramct$$"
 logs="$run/logs"; mkdir -p "$logs"
 export DOCKER_HOST="unix://$run/docker.sock" DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
-firewall() { { iptables-save 2>/dev/null | grep -v '^#' || true; ip6tables-save 2>/dev/null | grep -v '^#' || true;
-               command -v nft >/dev/null && nft list ruleset 2>/dev/null || true; } | sort; }
+firewall() {  # every rule of the host, without comments and packet counters
+  { iptables-save 2>/dev/null || true; ip6tables-save 2>/dev/null || true
+    command -v nft >/dev/null && nft list ruleset 2>/dev/null || true; } |
+    grep -v '^#' | sed -E 's/\[[0-9]+:[0-9]+\]//g; s/counter packets [0-9]+ bytes [0-9]+//g' | sort
+}
 fw_before="$(firewall)"
 links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }
 links_before="$(links)"
@@ -162,9 +165,12 @@ build() {  # build <tag> <dockerfile> <context> <name>
   fi
   log "image $1 built in $(( $(date +%s) - s ))s"
 }
-build engram-test/postgres:15 "$here/postgres.Dockerfile" "$here" postgres
-build engram-test/nats:2 "$here/nats.Dockerfile" "$here" nats
+# In parallel: the small images mostly wait for the mirror while the engram image compiles.
+build engram-test/postgres:15 "$here/postgres.Dockerfile" "$here" postgres & pg_build=$!
+build engram-test/nats:2 "$here/nats.Dockerfile" "$here" nats & nats_build=$!
 build engram:compose-test "$root/deploy/Dockerfile" "$root" engram
+wait $pg_build || exit 1
+wait $nats_build || exit 1
 
 # --- up ------------------------------------------------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -239,7 +245,7 @@ wait_for() {  # wait_for <seconds> <description> <command...>: until the command
   for _ in $(seq 1 $((secs * 4))); do "$@" && return 0; sleep 0.25; done
   fail "timed out after ${secs}s waiting for $what"
 }
-has_type() { [[ " $(run_state "$1" "$2" | cut -d'|' -f1) " == *" $3 "* ]]; }
+has_type() { [[ " $(run_state "$1" "$2" 2>/dev/null | cut -d'|' -f1) " == *" $3 "* ]]; }
 
 session="session:web:compose-$$"
 t1="$(trigger "$session" "remember my cat is called Tom")"
