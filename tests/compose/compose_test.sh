@@ -55,9 +55,8 @@ project="engramct$$"
 logs="$run/logs"; mkdir -p "$logs"
 export DOCKER_HOST="unix://$run/docker.sock" DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
 firewall() {  # every rule of the host, without comments and packet counters
-  { iptables-save 2>/dev/null || true; ip6tables-save 2>/dev/null || true
-    command -v nft >/dev/null && nft list ruleset 2>/dev/null || true; } |
-    grep -v '^#' | sed -E 's/\[[0-9]+:[0-9]+\]//g; s/counter packets [0-9]+ bytes [0-9]+//g' | sort
+  { iptables-save || true; ip6tables-save || true; if command -v nft >/dev/null; then nft list ruleset || true; fi; } 2>/dev/null |
+    sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]//g; s/counter packets [0-9]+ bytes [0-9]+//g' | sort
 }
 fw_before="$(firewall)"
 links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }
@@ -132,11 +131,13 @@ fi
 log "engine up ($($DOCKER version -f '{{.Server.Version}}'), data in $cache/docker)"
 
 # --- images --------------------------------------------------------------------------------------
-mirror() {
+mirror() {  # the Debian mirror apt is configured with (bookworm's main archive, not security)
   local m
-  m="$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -1)"
-  [ -n "$m" ] || m="$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | grep -v security |
-                       awk '{for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' | head -1)"
+  m="$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk 'BEGIN { RS = "" }
+        /Suites:[^\n]*bookworm([ \t\n]|$)/ && !/security/ && match($0, /URIs:[ \t]*[^ \t\n]+/) {
+          u = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", u); print u; exit }')"
+  [ -n "$m" ] || m="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" {
+        for (i = 2; i < NF; i++) if ($i ~ /:\/\// && $(i + 1) == "bookworm") { print $i; exit } }')"
   echo "${m:-http://deb.debian.org/debian}"
 }
 if ! $DOCKER image inspect debian:bookworm >/dev/null 2>&1; then
