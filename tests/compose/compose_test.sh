@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# The docker-compose stack, built and run for real (ctest label `compose`).
+#
+# Starts a private Docker engine (Debian's docker.io: its own data root under .cache/compose/docker,
+# its own socket, no bridge, no iptables rules, no IP forwarding), builds a Debian 12 base image with
+# debootstrap (no registry is needed; cached), the engram image from deploy/Dockerfile and small
+# stand-ins for the official postgres and nats images, then runs deploy/docker-compose.yml unchanged:
+# up, wait for every health check, a message through the gateway answered by the offline provider,
+# the AI processor killed in the middle of a run and the run completed after its restart, down -v.
+# Nothing is left behind: no container, network, volume, mount, bridge or firewall rule.
+#
+# Exit 77 (ctest: skipped) with the reason when the engines cannot be installed or run here.
+# Environment: ENGRAM_COMPOSE_CACHE (default .cache/compose) keeps the base image, the image layers
+# and the build caches between runs; KEEP_COMPOSE_LOGS=1 prints the services' logs even on success.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+here="$root/tests/compose"
+cache="${ENGRAM_COMPOSE_CACHE:-$root/.cache/compose}"
+SKIP=77
+t0=$(date +%s)
+log() { echo "[compose +$(( $(date +%s) - t0 ))s] $*" >&2; }
+skip() { echo "SKIPPED: $*" >&2; exit $SKIP; }
+fail() { echo "FAILED: $*" >&2; exit 1; }
+
+# --- engines -------------------------------------------------------------------------------------
+if [ "$(id -u)" -ne 0 ]; then
+  if sudo -n true 2>/dev/null; then exec sudo -n --preserve-env=ENGRAM_COMPOSE_CACHE,KEEP_COMPOSE_LOGS bash "$0" "$@"; fi
+  skip "the compose test runs a private Docker engine, which needs root (or passwordless sudo)"
+fi
+pkgs=(docker.io docker-compose debootstrap iptables curl python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  # policy-rc.d keeps the package from starting the system's dockerd (with its iptables rules).
+  prc=/usr/sbin/policy-rc.d made_prc=0
+  [ -e $prc ] || { printf '#!/bin/sh\nexit 101\n' >$prc; chmod +x $prc; made_prc=1; }
+  ok=1
+  { DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"/tmp/engram-compose-apt.log" 2>&1 || ok=0
+  [ $made_prc = 1 ] && rm -f $prc
+  [ $ok = 1 ] || skip "could not install ${missing[*]} with apt-get (see /tmp/engram-compose-apt.log)"
+fi
+DOCKER=/usr/bin/docker   # Debian's client, matching its engine (BuildKit without the buildx plugin)
+[ -x /usr/sbin/dockerd ] && [ -x $DOCKER ] || skip "docker.io did not install /usr/sbin/dockerd and /usr/bin/docker"
+grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
+grep -qw overlay /proc/filesystems || skip "the kernel has no overlay filesystem for the image store"
+
+mkdir -p "$cache"
+cache="$(cd "$cache" && pwd)"
+run="$(mktemp -d /tmp/engram-compose.XXXXXX)"   # short: the engine's unix sockets live here
+project="engramct$$"
+logs="$run/logs"; mkdir -p "$logs"
+export DOCKER_HOST="unix://$run/docker.sock" DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
+firewall() {  # every rule of the host, without comments and packet counters
+  { iptables-save || true; ip6tables-save || true; if command -v nft >/dev/null; then nft list ruleset || true; fi; } 2>/dev/null |
+    sed -E '/^#/d; s/\[[0-9]+:[0-9]+\]//g; s/counter packets [0-9]+ bytes [0-9]+//g' | sort
+}
+fw_before="$(firewall)"
+links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }
+links_before="$(links)"
+
+# --- the private engine, and cleanup that always runs --------------------------------------------
+# Only what this test exports reaches compose: an empty --env-file instead of deploy/.env (a link to
+# the developer's .env).
+compose_env="$run/compose.env"; : >"$compose_env"
+compose() {
+  docker-compose -p "$project" -f "$root/deploy/docker-compose.yml" --env-file "$compose_env" "$@"
+}
+dockerd_pid=""
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$dockerd_pid" ]; then
+    if [ $rc -ne 0 ] || [ -n "${KEEP_COMPOSE_LOGS:-}" ]; then
+      echo "---- service logs (last 40 lines each) ----" >&2
+      compose logs --no-color --tail=40 >&2 2>&1
+      compose ps >&2 2>&1
+    fi
+    compose down -v --remove-orphans -t 5 >>"$logs/compose.log" 2>&1
+    $DOCKER ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r $DOCKER rm -f -v >/dev/null 2>&1
+    $DOCKER network ls -q --filter "label=com.docker.compose.project=$project" | xargs -r $DOCKER network rm >/dev/null 2>&1
+    $DOCKER volume ls -q --filter "label=com.docker.compose.project=$project" | xargs -r $DOCKER volume rm >/dev/null 2>&1
+    $DOCKER image prune -f >/dev/null 2>&1            # superseded engram images; build caches stay
+    kill -TERM "$dockerd_pid" 2>/dev/null
+    for _ in $(seq 1 150); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$dockerd_pid" 2>/dev/null
+    wait "$dockerd_pid" 2>/dev/null
+    # The engine's own containerd (and shims) must be gone too.
+    for p in $(pgrep -f "$run/" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+    grep -E " ($cache/docker|$run)" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  fi
+  if [ $rc -ne 0 ] && [ -f "$logs/dockerd.log" ]; then
+    echo "---- dockerd log (last 30 lines) ----" >&2; tail -30 "$logs/dockerd.log" >&2
+  fi
+  # Nothing of the engine is left on the host.
+  if [ -n "$dockerd_pid" ] && [ $rc -ne $SKIP ]; then
+    local problems=""
+    kill -0 "$dockerd_pid" 2>/dev/null && problems+=" dockerd still runs;"
+    pgrep -f "$run/" >/dev/null && problems+=" engine processes left: $(pgrep -af "$run/" | tr '\n' ' ');"
+    grep -qE " ($cache/docker|$run)" /proc/mounts && problems+=" mounts left under $cache/docker;"
+    [ "$(firewall)" = "$fw_before" ] || problems+=" the firewall rules changed: $(diff <(echo "$fw_before") <(firewall) | tr '\n' ' ');"
+    [ "$(links)" = "$links_before" ] || problems+=" network interfaces changed: $(links | tr '\n' ' ');"
+    if [ -n "$problems" ]; then echo "FAILED: left behind:$problems" >&2; rc=1; fi
+  fi
+  rm -rf "$run"
+  [ $rc -eq 0 ] && echo "PASS: the compose stack built, became healthy, answered, survived a killed AI processor, and left nothing behind ($(( $(date +%s) - t0 ))s)"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cat >"$run/daemon.json" <<'EOF'
+{ "builder": { "gc": { "enabled": true, "defaultKeepStorage": "6GB" } } }
+EOF
+# --bridge=none, --iptables=false, --ip-forward=false, --ip-masq=false: the engine changes nothing in
+# the host's network configuration; compose's own network is a plain bridge between the containers,
+# and published ports are served by docker-proxy on loopback.
+/usr/sbin/dockerd --config-file "$run/daemon.json" --data-root "$cache/docker" --exec-root "$run/exec" \
+  --pidfile "$run/dockerd.pid" -H "$DOCKER_HOST" --bridge=none --iptables=false --ip-forward=false \
+  --ip-masq=false --storage-driver=overlay2 --default-ulimit nofile=20000:20000 \
+  --log-level=warn >"$logs/dockerd.log" 2>&1 &
+dockerd_pid=$!
+for _ in $(seq 1 150); do $DOCKER version >/dev/null 2>&1 && break; kill -0 $dockerd_pid 2>/dev/null || break; sleep 0.2; done
+if ! $DOCKER version >/dev/null 2>&1; then
+  tail -5 "$logs/dockerd.log" >&2
+  skip "the Docker engine does not start on this machine (log above)"
+fi
+log "engine up ($($DOCKER version -f '{{.Server.Version}}'), data in $cache/docker)"
+
+# --- images --------------------------------------------------------------------------------------
+mirror() {  # the Debian mirror apt is configured with (bookworm's main archive, not security)
+  local m
+  m="$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk 'BEGIN { RS = "" }
+        /Suites:[^\n]*bookworm([ \t\n]|$)/ && !/security/ && match($0, /URIs:[ \t]*[^ \t\n]+/) {
+          u = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", u); print u; exit }')"
+  [ -n "$m" ] || m="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" {
+        for (i = 2; i < NF; i++) if ($i ~ /:\/\// && $(i + 1) == "bookworm") { print $i; exit } }')"
+  echo "${m:-http://deb.debian.org/debian}"
+}
+if ! $DOCKER image inspect debian:bookworm >/dev/null 2>&1; then
+  tarball="$cache/debian-bookworm-minbase.tar"
+  if [ ! -s "$tarball" ]; then
+    log "debootstrap: a Debian 12 base from $(mirror)"
+    rm -rf "$cache/rootfs"
+    debootstrap --variant=minbase bookworm "$cache/rootfs" "$(mirror)" >"$logs/debootstrap.log" 2>&1 ||
+      { tail -20 "$logs/debootstrap.log" >&2; fail "debootstrap failed"; }
+    # As in the official image: packages never start services during a build; no apt caches.
+    printf '#!/bin/sh\nexit 101\n' >"$cache/rootfs/usr/sbin/policy-rc.d"; chmod +x "$cache/rootfs/usr/sbin/policy-rc.d"
+    rm -rf "$cache/rootfs/var/cache/apt/archives/"*.deb "$cache/rootfs/var/lib/apt/lists/"*
+    tar -C "$cache/rootfs" --numeric-owner -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+    rm -rf "$cache/rootfs"
+  fi
+  $DOCKER import --change 'CMD ["bash"]' "$tarball" debian:bookworm >/dev/null
+  log "base image imported"
+fi
+# The runtime stage uses the slim variant; the base is small enough to serve as both.
+$DOCKER image inspect debian:bookworm-slim >/dev/null 2>&1 || $DOCKER tag debian:bookworm debian:bookworm-slim
+
+build() {  # build <tag> <dockerfile> <context> <name>
+  local s=$(date +%s)
+  if ! $DOCKER build --network host -t "$1" -f "$2" "$3" >"$logs/build-$4.log" 2>&1; then
+    tail -40 "$logs/build-$4.log" >&2; fail "building the $4 image failed"
+  fi
+  log "image $1 built in $(( $(date +%s) - s ))s"
+}
+# In parallel: the small images mostly wait for the mirror while the engram image compiles.
+build engram-test/postgres:15 "$here/postgres.Dockerfile" "$here" postgres & pg_build=$!
+build engram-test/nats:2 "$here/nats.Dockerfile" "$here" nats & nats_build=$!
+build engram:compose-test "$root/deploy/Dockerfile" "$root" engram
+wait $pg_build || exit 1
+wait $nats_build || exit 1
+
+# --- up ------------------------------------------------------------------------------------------
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export POSTGRES_IMAGE=engram-test/postgres:15 NATS_IMAGE=engram-test/nats:2 ENGRAM_IMAGE=engram:compose-test
+export GATEWAY_PORT="$(free_port)" EVENT_STORE_PORT="$(free_port)"
+export ENGRAM_API_TOKEN="ct-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+export LOG_LEVEL=info LOG_FORMAT=text
+# A recall waits long for an answer (the memory processor is paused in the middle of a run below),
+# and a run whose processor died is redelivered soon.
+export AI_RECALL_TIMEOUT_MS=60000 AI_PROCESSOR_ACK_WAIT_MS=3000
+for v in LLM_BASE_URL LLM_API_KEY EMBEDDINGS_MODEL TELEGRAM_BOT_TOKEN SMTP_URL SLACK_WEBHOOK_URL WEBHOOK_SECRETS; do
+  export "$v="
+done
+s=$(date +%s)
+compose up -d --no-build >"$logs/compose.log" 2>&1 || { cat "$logs/compose.log" >&2; fail "compose up failed"; }
+services=(postgres nats event-store memory-processor ai-processor notification-processor gateway)
+declare -A cid
+for svc in "${services[@]}"; do
+  cid[$svc]="$(compose ps -q "$svc")"
+  [ -n "${cid[$svc]}" ] || fail "compose created no container for $svc"
+done
+health() { $DOCKER inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "${cid[$1]}" 2>/dev/null; }
+for _ in $(seq 1 240); do
+  all=1
+  for svc in "${services[@]}"; do
+    [ "$(health "$svc")" = healthy ] && continue
+    all=0
+    if [ "$($DOCKER inspect -f '{{.RestartCount}}' "${cid[$svc]}")" -gt 0 ]; then
+      $DOCKER logs --tail 5 "${cid[$svc]}" >&2 2>&1
+      fail "$svc exits at start (restarted $($DOCKER inspect -f '{{.RestartCount}}' "${cid[$svc]}") times; its last lines above)"
+    fi
+  done
+  [ $all = 1 ] && break
+  sleep 0.5
+done
+for svc in "${services[@]}"; do
+  [ "$(health "$svc")" = healthy ] || fail "$svc is not healthy: $(health "$svc")"
+done
+log "all ${#services[@]} services healthy in $(( $(date +%s) - s ))s"
+# Only the gateway and the store are published, and only on loopback.
+published="$($DOCKER ps --filter "label=com.docker.compose.project=$project" --format '{{.Ports}}' | tr ',' '\n' |
+             grep -- '->' | sed 's/^ *//' | sort)"
+expected="$(printf '127.0.0.1:%s->8080/tcp\n127.0.0.1:%s->8081/tcp\n' "$EVENT_STORE_PORT" "$GATEWAY_PORT" | sort)"
+[ "$published" = "$expected" ] || fail "published ports: $published (expected: $expected)"
+
+# --- a message through the gateway, answered by the offline provider ----------------------------
+gw="http://127.0.0.1:$GATEWAY_PORT" store="http://127.0.0.1:$EVENT_STORE_PORT"
+auth=(-H "Authorization: Bearer $ENGRAM_API_TOKEN")
+code="$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$gw/trigger" -d '{}')"
+[ "$code" = 401 ] || fail "the gateway accepted a request without the token ($code)"
+trigger() {  # trigger <session> <message> -> prints the TriggerReceived event id
+  local body
+  body="$(curl -fsS "${auth[@]}" -XPOST "$gw/trigger" -H 'content-type: application/json' \
+    -d "{\"source\":\"web\",\"user_id\":\"web:compose\",\"session_id\":\"$1\",\"message\":\"$2\"}")" ||
+    fail "POST /trigger failed"
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["event_id"])' <<<"$body"
+}
+events() { curl -fsS "${auth[@]}" "$store/aggregates/$1/events?limit=1000"; }
+# run_state <aggregate> <trigger id>: "<types of the run's events, space-separated>|<answer text>"
+run_state() {
+  events "$1" | python3 -c '
+import json, sys
+tid = sys.argv[1]
+evs = json.load(sys.stdin)["events"]
+runs = {e["data"].get("run_id") for e in evs if e["type"] == "AIProcessingStarted" and e["data"].get("trigger_event_id") == tid} - {None}
+run = [e for e in evs if e["data"].get("run_id") in runs or e["data"].get("trigger_event_id") == tid]
+ans = [e["data"].get("text", "") for e in run if e["type"] == "MessageGenerated"]
+print(" ".join(e["type"] for e in run) + "|" + (ans[-1] if ans else ""))' "$2"
+}
+wait_for() {  # wait_for <seconds> <description> <command...>: until the command succeeds
+  local secs="$1" what="$2"; shift 2
+  for _ in $(seq 1 $((secs * 4))); do "$@" && return 0; sleep 0.25; done
+  fail "timed out after ${secs}s waiting for $what"
+}
+has_type() { [[ " $(run_state "$1" "$2" 2>/dev/null | cut -d'|' -f1) " == *" $3 "* ]]; }
+
+session="session:web:compose-$$"
+t1="$(trigger "$session" "remember my cat is called Tom")"
+wait_for 60 "the first run to complete" has_type "$session" "$t1" AIProcessingCompleted
+state="$(run_state "$session" "$t1")"
+log "run 1: ${state%%|*}"
+[[ "${state#*|}" == *Tom* ]] || fail "the answer does not mention Tom: ${state#*|}"
+[[ "$state" == *AIProcessingStarted*MessageGenerated*AIProcessingCompleted* ]] || fail "unexpected run: $state"
+started="$(events "$session" | python3 -c 'import json,sys; print([e for e in json.load(sys.stdin)["events"] if e["type"]=="AIProcessingStarted"][0]["data"].get("provider",""))')"
+[ "$started" = offline ] || fail "the run used provider '$started', not the offline provider"
+# The memory processor indexed it (the recall below needs it).
+wait_for 60 "the memory to be indexed" bash -c \
+  "curl -fsS -H 'Authorization: Bearer $ENGRAM_API_TOKEN' '$store/projections/fast_memory/user:web:compose' | grep -q Tom"
+
+# --- the AI processor killed in the middle of a run ---------------------------------------------
+# The memory processor is frozen, so a recall run stops at its recall tool call (ToolCalled written,
+# no ToolCompleted yet); then the AI processor dies, and the run must complete after its restart,
+# with no step repeated: one start, one model call per iteration, one answer, one completion.
+ai_id="${cid[ai-processor]}"
+ai_running() { [ "$($DOCKER inspect -f '{{.State.Running}}' "$ai_id")" = true ]; }
+# duplicates <aggregate> <trigger id>: the run's steps recorded more than once (empty = none)
+duplicates() {
+  events "$1" | python3 -c '
+import json, sys, collections
+tid = sys.argv[1]
+evs = json.load(sys.stdin)["events"]
+runs = {e["data"].get("run_id") for e in evs if e["type"] == "AIProcessingStarted" and e["data"].get("trigger_event_id") == tid} - {None}
+run = [e for e in evs if e["data"].get("run_id") in runs or e["data"].get("trigger_event_id") == tid]
+keys = collections.Counter((e["type"], e["data"].get("tool_call_id", ""), e["data"].get("iteration", "")) for e in run)
+print(" ".join("%s(%s)x%d" % (k[0], k[1], n) for k, n in keys.items() if n > 1))' "$2"
+}
+interrupted_run() {  # interrupted_run <n> <how: docker-kill|crash>
+  local n="$1" how="$2" t restarts
+  restarts="$($DOCKER inspect -f '{{.RestartCount}}' "$ai_id")"
+  $DOCKER pause "${cid[memory-processor]}" >/dev/null
+  t="$(trigger "$session" "what is my cat called?")"
+  wait_for 60 "run $n to call recall" has_type "$session" "$t" ToolCalled
+  log "run $n in flight: $(run_state "$session" "$t" | cut -d'|' -f1)"
+  if [ "$how" = docker-kill ]; then
+    $DOCKER kill "$ai_id" >/dev/null
+    # The engine treats a container killed through it as stopped by hand (restart policies leave it
+    # stopped): it is started again as an operator would.
+    for _ in $(seq 1 40); do ai_running || break; sleep 0.25; done
+    ai_running && fail "the AI processor still runs after docker kill"
+    $DOCKER unpause "${cid[memory-processor]}" >/dev/null
+    compose start ai-processor >>"$logs/compose.log" 2>&1 || fail "could not start the AI processor again"
+    log "docker kill: the AI processor container was killed and started again"
+  else
+    # A crash: the process dies with SIGKILL on its own, and restart: unless-stopped brings it back.
+    kill -KILL "$($DOCKER inspect -f '{{.State.Pid}}' "$ai_id")"
+    $DOCKER unpause "${cid[memory-processor]}" >/dev/null
+    for _ in $(seq 1 120); do
+      [ "$($DOCKER inspect -f '{{.RestartCount}}' "$ai_id")" -gt "$restarts" ] && ai_running && break
+      sleep 0.25
+    done
+    [ "$($DOCKER inspect -f '{{.RestartCount}}' "$ai_id")" -gt "$restarts" ] && ai_running ||
+      fail "the engine did not restart the crashed AI processor (restart policy)"
+    log "crash: the AI processor's process was killed, and its restart policy restarted the container"
+  fi
+  wait_for 120 "run $n to complete after the restart" has_type "$session" "$t" AIProcessingCompleted
+  state="$(run_state "$session" "$t")"
+  log "run $n: ${state%%|*}"
+  [[ "${state#*|}" == *Tom* ]] || fail "run $n's answer does not mention Tom: ${state#*|}"
+  local dup; dup="$(duplicates "$session" "$t")"
+  [ -z "$dup" ] || fail "run $n repeated steps after the restart: $dup"
+  local types=" ${state%%|*} " w c=0
+  for w in $types; do [ "$w" = MessageGenerated ] && c=$((c + 1)); done
+  [ $c = 1 ] || fail "run $n sent $c answers (expected one): $state"
+  [[ "$types" == *" MemoryRecalled "* ]] || fail "run $n recorded no MemoryRecalled: $state"
+}
+interrupted_run 2 docker-kill
+interrupted_run 3 crash
+wait_for 60 "the AI processor to be healthy again" bash -c "[ \"\$($DOCKER inspect -f '{{.State.Health.Status}}' $ai_id)\" = healthy ]"
+
+# --- down, and nothing left behind ---------------------------------------------------------------
+s=$(date +%s)
+compose down -v --remove-orphans -t 10 >>"$logs/compose.log" 2>&1 || fail "compose down failed"
+log "down -v in $(( $(date +%s) - s ))s"
+left="$($DOCKER ps -aq; $DOCKER network ls -q --filter "label=com.docker.compose.project=$project";
+        $DOCKER volume ls -q --filter "label=com.docker.compose.project=$project")"
+[ -z "$left" ] || fail "left after down -v: $left"
