@@ -1,58 +1,32 @@
 // The gateway in-process against the real event store binary: every ingress answers success only
 // after its event is committed; every bad input is refused with nothing stored.
-#include "app.h"
+#include "support.h"
 #include "signature.h"
 
 #include "engram/http/client.h"
 #include "engram/testing/testing.h"
 
 #include <catch2/catch.hpp>
-#include <pqxx/pqxx>
 
 using namespace engram;
 using nlohmann::json;
+using gateway::test::require_error;
 
 namespace {
 
 struct Fixture {
-    testing::Nats nats;
-    std::string db = testing::Postgres::shared().create_database();
-    int store_port = testing::free_port();
-    testing::Process store{{testing::build_dir() + "/event-store/engram-event-store"},
-                           {{"DATABASE_URL", db},
-                            {"NATS_URL", nats.url()},
-                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(store_port)},
-                            {"LOG_LEVEL", "warn"}},
-                           testing::make_temp_dir("gateway") + "/store.log"};
+    testing::Stack stack{"gateway"};
     std::int64_t now = 1'800'000'000;
-    std::unique_ptr<gateway::App> app;
-    std::unique_ptr<http::Client> client;
+    gateway::test::InProcess gw;
+    std::unique_ptr<gateway::App>& app = gw.app;
+    std::unique_ptr<http::Client>& client = gw.client;
 
-    explicit Fixture(std::map<std::string, std::string> extra = {}) {
-        std::string store_url = "http://127.0.0.1:" + std::to_string(store_port);
-        REQUIRE(testing::eventually([&] {
-            http::Client c(store_url);
-            auto r = c.get("/readyz");
-            return r.ok() && r->status == 200;
-        }, std::chrono::seconds(20)));
-        std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:0"}, {"EVENT_STORE_URL", store_url},
-                                                  {"WEBHOOK_SECRETS", "github=s3cret,other=x"}, {"LOG_LEVEL", "warn"}};
-        for (auto& [k, v] : extra) env[k] = v;
-        auto cfg = gateway::config_spec().load([&](const std::string& k) -> std::optional<std::string> {
-            auto it = env.find(k);
-            return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
-        });
-        REQUIRE(cfg.ok());
-        app = std::make_unique<gateway::App>(*cfg, [this] { return now; });
-        REQUIRE(app->start().ok());
-        client = std::make_unique<http::Client>(app->url());
+    explicit Fixture(std::map<std::string, std::string> extra = {}) : gw(stack, with_defaults(std::move(extra)), [this] { return now; }) {}
+    static std::map<std::string, std::string> with_defaults(std::map<std::string, std::string> extra) {
+        extra.emplace("WEBHOOK_SECRETS", "github=s3cret,other=x");
+        return extra;
     }
-    std::int64_t count(const std::string& type) {
-        pqxx::connection c(db);
-        pqxx::nontransaction tx(c);
-        if (!tx.exec("SELECT to_regclass('events') IS NOT NULL")[0][0].as<bool>()) return 0;
-        return tx.exec("SELECT count(*) FROM events WHERE type = " + tx.quote(type))[0][0].as<std::int64_t>();
-    }
+    std::int64_t count(const std::string& type) { return stack.count(type); }
     http::ClientResponse webhook(const std::string& source, const std::string& body, const std::string& secret,
                                  std::int64_t ts, const std::string& delivery = "d-1") {
         http::Headers h = {{"Content-Type", "application/json"}, {"X-Webhook-Timestamp", std::to_string(ts)}};
@@ -64,12 +38,6 @@ struct Fixture {
     }
 };
 
-void require_error(const http::ClientResponse& r, int status, const std::string& code, const std::string& part = "") {
-    INFO(r.body);
-    REQUIRE(r.status == status);
-    CHECK(r.json()["error"] == code);
-    if (!part.empty()) CHECK(r.json()["detail"].get<std::string>().find(part) != std::string::npos);
-}
 
 }  // namespace
 
@@ -154,7 +122,7 @@ TEST_CASE("signed webhooks: a valid delivery is stored once, every bad one is re
 
 TEST_CASE("the gateway answers 503 while the store is down, and nothing is half-stored", "[integration][gateway]") {
     Fixture f;
-    f.store.kill9();
+    f.stack.store().kill9();
     auto r = f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "u"}, {"message", "hi"}});
     require_error(*r, 503, "unavailable");
     CHECK(f.client->get("/readyz")->status == 503);

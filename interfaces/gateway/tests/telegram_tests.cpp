@@ -1,7 +1,7 @@
 // Telegram ingress against the real event store and a fake Bot API: an update is stored once, only
 // after commit; refused chats are recorded and answered once; a 409 is reported, not hammered; bad
 // webhook input changes nothing; kill -9 of the gateway mid-stream loses and doubles nothing.
-#include "app.h"
+#include "support.h"
 
 #include "engram/http/client.h"
 #include "engram/testing/testing.h"
@@ -14,6 +14,7 @@
 using namespace engram;
 using namespace std::chrono_literals;
 using nlohmann::json;
+using gateway::test::require_error;
 
 namespace {
 
@@ -31,30 +32,19 @@ json text_update(std::int64_t update_id, const std::string& chat, const std::str
 }
 
 struct Gateway {
-    testing::Stack& stack;
-    fakes::FakeTelegram& tg;
-    std::unique_ptr<gateway::App> app;
-    std::unique_ptr<http::Client> client;
+    gateway::test::InProcess gw;
+    std::unique_ptr<gateway::App>& app = gw.app;
+    std::unique_ptr<http::Client>& client = gw.client;
 
-    Gateway(testing::Stack& s, fakes::FakeTelegram& t, std::map<std::string, std::string> extra) : stack(s), tg(t) {
-        std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:0"},
-                                                  {"EVENT_STORE_URL", s.url()},
-                                                  {"TELEGRAM_BOT_TOKEN", t.token()},
+    Gateway(testing::Stack& s, fakes::FakeTelegram& t, std::map<std::string, std::string> extra)
+        : gw(s, with_telegram(t, std::move(extra))) {}
+    static std::map<std::string, std::string> with_telegram(fakes::FakeTelegram& t, std::map<std::string, std::string> extra) {
+        std::map<std::string, std::string> env = {{"TELEGRAM_BOT_TOKEN", t.token()},
                                                   {"TELEGRAM_API_BASE", t.base_url()},
                                                   {"TELEGRAM_ALLOWED_CHAT_IDS", kChat},
-                                                  {"TELEGRAM_POLL_TIMEOUT_S", "1"},
-                                                  {"LOG_LEVEL", "warn"}};
+                                                  {"TELEGRAM_POLL_TIMEOUT_S", "1"}};
         for (auto& [k, v] : extra) env[k] = v;
-        auto cfg = gateway::config_spec().load([&](const std::string& k) -> std::optional<std::string> {
-            auto it = env.find(k);
-            return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
-        });
-        REQUIRE(cfg.ok());
-        app = std::make_unique<gateway::App>(*cfg);
-        auto st = app->start();
-        INFO((st ? "" : st.error().detail));
-        REQUIRE(st.ok());
-        client = std::make_unique<http::Client>(app->url());
+        return env;
     }
     http::ClientResponse post_update(const std::string& body, const std::string& secret) {
         http::Headers h = {{"Content-Type", "application/json"}};
@@ -79,12 +69,6 @@ std::int64_t confirmed_offset(const fakes::FakeTelegram& tg) {
     return o;
 }
 
-void require_error(const http::ClientResponse& r, int status, const std::string& code, const std::string& part = "") {
-    INFO(r.body);
-    REQUIRE(r.status == status);
-    CHECK(r.json()["error"] == code);
-    if (!part.empty()) CHECK(r.json()["detail"].get<std::string>().find(part) != std::string::npos);
-}
 
 }  // namespace
 

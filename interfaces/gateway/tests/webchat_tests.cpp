@@ -1,63 +1,29 @@
 // The web chat's HTTP side against the real event store binary: the session comes only from the
 // signed cookie, every bad message is refused with nothing stored, a retried message is stored once,
 // and a browser's event stream carries its own session's events and nobody else's.
-#include "app.h"
+#include "support.h"
 
 #include "engram/http/client.h"
 #include "engram/testing/testing.h"
 
 #include <catch2/catch.hpp>
-#include <pqxx/pqxx>
 #include <thread>
 
 using namespace engram;
 using nlohmann::json;
+using gateway::test::require_error;
 
 namespace {
 
 struct Fixture {
-    testing::Nats nats;
-    std::string db = testing::Postgres::shared().create_database();
-    int store_port = testing::free_port();
-    std::string store_url = "http://127.0.0.1:" + std::to_string(store_port);
-    testing::Process store{{testing::build_dir() + "/event-store/engram-event-store"},
-                           {{"DATABASE_URL", db},
-                            {"NATS_URL", nats.url()},
-                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(store_port)},
-                            {"ENGRAM_API_TOKEN", "t0k"},
-                            {"LOG_LEVEL", "warn"}},
-                           testing::make_temp_dir("webchat") + "/store.log"};
-    std::unique_ptr<gateway::App> app;
-    std::unique_ptr<http::Client> client;
-
     // The store and the gateway both require the API token: the web chat works without it.
-    Fixture() {
-        REQUIRE(testing::eventually([&] {
-            http::Client c(store_url);
-            auto r = c.get("/readyz", {{"Authorization", "Bearer t0k"}});
-            return r.ok() && r->status == 200;
-        }, std::chrono::seconds(20)));
-        std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:0"},
-                                                  {"EVENT_STORE_URL", store_url},
-                                                  {"ENGRAM_API_TOKEN", "t0k"},
-                                                  {"WEBCHAT_SECRET", "a-test-secret-of-enough-length"},
-                                                  {"LOG_LEVEL", "warn"}};
-        auto cfg = gateway::config_spec().load([&](const std::string& k) -> std::optional<std::string> {
-            auto it = env.find(k);
-            return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
-        });
-        REQUIRE(cfg.ok());
-        app = std::make_unique<gateway::App>(*cfg);
-        REQUIRE(app->start().ok());
-        client = std::make_unique<http::Client>(app->url());
-    }
+    testing::Stack stack{"webchat", {{"ENGRAM_API_TOKEN", "t0k"}}};
+    std::string store_url = stack.url();
+    gateway::test::InProcess gw{stack, {{"ENGRAM_API_TOKEN", "t0k"}, {"WEBCHAT_SECRET", "a-test-secret-of-enough-length"}}};
+    std::unique_ptr<gateway::App>& app = gw.app;
+    std::unique_ptr<http::Client>& client = gw.client;
 
-    std::int64_t count(const std::string& type) {
-        pqxx::connection c(db);
-        pqxx::nontransaction tx(c);
-        if (!tx.exec("SELECT to_regclass('events') IS NOT NULL")[0][0].as<bool>()) return 0;
-        return tx.exec("SELECT count(*) FROM events WHERE type = " + tx.quote(type))[0][0].as<std::int64_t>();
-    }
+    std::int64_t count(const std::string& type) { return stack.count(type); }
 
     // A new browser: GET / and keep the cookie value it was given.
     std::string new_session() {
@@ -116,13 +82,6 @@ struct Fixture {
 
 std::string uuid_of(const std::string& cookie) { return cookie.substr(0, cookie.find('.')); }
 
-void require_error(const http::ClientResponse& r, int status, const std::string& code, const std::string& part = "") {
-    INFO(r.body);
-    REQUIRE(r.status == status);
-    CHECK(r.json()["error"] == code);
-    CHECK(r.json()["detail"].is_string());
-    if (!part.empty()) CHECK(r.json()["detail"].get<std::string>().find(part) != std::string::npos);
-}
 
 bool text_is(const json& e, const std::string& text) { return e["data"].value("text", "") == text; }
 
@@ -396,7 +355,7 @@ TEST_CASE("web chat: the store being down is 503 for messages and streams, and n
           "[integration][gateway][webchat]") {
     Fixture f;
     auto a = f.new_session();
-    f.store.kill9();
+    f.stack.kill_store();
     require_error(f.say(a, "a1", "hello"), 503, "unavailable");
     http::Client c(f.app->url());
     require_error(*c.get("/chat/events", {{"Cookie", "engram_chat=" + a}}), 503, "unavailable");
