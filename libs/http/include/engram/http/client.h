@@ -26,6 +26,9 @@ struct ClientResponse {
 };
 
 struct ClientOptions {
+    ClientOptions() = default;
+    ClientOptions(std::chrono::milliseconds t) : timeout(t) {}  // NOLINT: ClientOptions{5000ms} reads well
+
     std::chrono::milliseconds timeout{10000};  // whole request: connect, send and receive
     Headers default_headers;                    // sent with every request (e.g. Authorization)
     bool verify_tls = true;                     // verify the certificate chain and host name
