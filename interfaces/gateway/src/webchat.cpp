@@ -1,5 +1,7 @@
 #include "webchat.h"
 
+#include "ingress.h"
+
 #include "engram/core/uuid.h"
 #include "engram/http/url.h"
 #include "engram/log/log.h"
@@ -41,6 +43,8 @@ using boost::system::error_code;
 using nlohmann::json;
 
 void add_webchat_settings(config::Spec& s) {
+    s.add({"WEBCHAT_ENABLED", "serve the web chat at / (false: a gateway reachable by strangers offers no chat)", "true", false,
+           config::one_of({"true", "false"})});
     s.add({"WEBCHAT_SECRET",
            "key signing web chat session cookies (at least 16 characters); unset = a random key per process, "
            "so sessions end when the gateway restarts",
@@ -55,11 +59,6 @@ void add_webchat_settings(config::Spec& s) {
 namespace {
 
 constexpr const char* kCookie = "engram_chat";
-// Same namespace as the gateway's other ingress ids (app.cpp): v5(this, "web:<session>:<message id>").
-const Uuid& ingress_ns() {
-    static const Uuid ns = Uuid::v5(*Uuid::parse("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "https://engram/ingress");
-    return ns;
-}
 
 constexpr auto kConnectTimeout = std::chrono::seconds(10);
 // The store sends a comment every 15 s (by default); this much silence means the upstream is gone,
@@ -363,6 +362,7 @@ struct WebChat::Impl {
     Append append;
     std::shared_ptr<spdlog::logger> log = log::get("webchat");
     std::string secret;
+    bool enabled = true;
     std::unique_ptr<Core> core;
     metrics::Counter* accepted = nullptr;
     metrics::Counter* rejected = nullptr;
@@ -503,10 +503,12 @@ struct WebChat::Impl {
 WebChat::WebChat(const config::Values& cfg, metrics::Registry& metrics, Append append) : impl_(std::make_unique<Impl>()) {
     auto& im = *impl_;
     im.append = std::move(append);
+    im.enabled = cfg.get("WEBCHAT_ENABLED") != "false";
     im.secret = cfg.get("WEBCHAT_SECRET");
     if (im.secret.empty()) {
         im.secret = random_secret();
-        im.log->warn("WEBCHAT_SECRET is not set: web chat sessions are signed with a random key and end when the gateway restarts");
+        if (im.enabled)
+            im.log->warn("WEBCHAT_SECRET is not set: web chat sessions are signed with a random key and end when the gateway restarts");
     }
     auto up = parse_upstream(cfg.get("EVENT_STORE_URL"));
     if (!up) throw std::invalid_argument("EVENT_STORE_URL is not an http(s) URL");
@@ -529,6 +531,7 @@ std::size_t WebChat::open_streams() const { return impl_->core->active.load(); }
 
 bool WebChat::handle(http::Request& req, const std::shared_ptr<http::Responder>& res) {
     auto& im = *impl_;
+    if (!im.enabled) return false;
     const bool get = req.method == "GET" || req.method == "HEAD";
     auto only = [&](bool allowed, const char* what) {
         if (!allowed) res->respond(error(405, "method_not_allowed", std::string("use ") + what));

@@ -360,3 +360,19 @@ TEST_CASE("web chat: the store being down is 503 for messages and streams, and n
     http::Client c(f.app->url());
     require_error(*c.get("/chat/events", {{"Cookie", "engram_chat=" + a}}), 503, "unavailable");
 }
+
+TEST_CASE("web chat: WEBCHAT_ENABLED=false offers no page, no session and no stream", "[integration][gateway][webchat]") {
+    testing::Stack stack("webchat-off");
+    gateway::test::InProcess gw(stack, {{"WEBCHAT_ENABLED", "false"}});
+    for (const char* path : {"/", "/static/chat.js", "/chat/session", "/chat/events"}) {
+        auto r = gw.client->get(path);
+        REQUIRE(r.ok());
+        INFO(path);
+        require_error(*r, 404, "not_found");
+        CHECK(r->header("set-cookie").empty());
+    }
+    auto post = gw.client->request("POST", "/chat/messages", R"({"id":"m1","text":"hi"})", {{"Content-Type", "application/json"}});
+    REQUIRE(post.ok());
+    require_error(*post, 404, "not_found");
+    CHECK(stack.count_all() == 0);
+}
