@@ -18,7 +18,10 @@ if ! cmp -s "$web/package-lock.json" "$web/node_modules/.package-lock.json.insta
   cp "$web/package-lock.json" "$web/node_modules/.package-lock.json.installed"
 fi
 dir="$root/build"
-[ "$preset" = "asan" ] && dir="$root/build-asan"
+if [ "$preset" = "asan" ]; then
+  dir="$root/build-asan"
+  export LSAN_OPTIONS="suppressions=$root/cmake/lsan-suppressions.txt:print_suppressions=0"
+fi
 # The compose file must stay valid even where no container engine runs.
 (cd "$root/deploy" && docker-compose -f docker-compose.yml config -q)
 echo "docker-compose.yml: valid"
