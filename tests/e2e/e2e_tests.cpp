@@ -6,9 +6,9 @@
 #include "engram/testing/testing.h"
 #include "fake_openai.h"
 #include "fake_telegram.h"
+#include "signature.h"
 
 #include <catch2/catch.hpp>
-#include <openssl/hmac.h>
 #include <thread>
 
 using namespace engram;
@@ -101,17 +101,6 @@ struct WholeStack {
     void settle() { std::this_thread::sleep_for(1500ms); }  // room for a duplicate to show up, if any
 };
 
-std::string hmac_hex(const std::string& key, const std::string& body) {
-    unsigned char mac[32];
-    unsigned int len = 0;
-    HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(body.data()), body.size(),
-         mac, &len);
-    static const char* hex = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) out += {hex[mac[i] >> 4], hex[mac[i] & 15]};
-    return out;
-}
-
 }  // namespace
 
 TEST_CASE("e2e: a Telegram message (long polling) gets exactly one reply, a stranger one refusal", "[e2e]") {
@@ -163,7 +152,7 @@ TEST_CASE("e2e: a Telegram webhook delivered twice is stored once and answered o
     // A signed webhook from another system, delivered twice: stored once.
     const std::string gh = R"({"action":"opened","number":7})";
     auto now = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-    http::Headers sig = {{"Content-Type", "application/json"}, {"X-Signature-256", "sha256=" + hmac_hex("gh-secret", gh)},
+    http::Headers sig = {{"Content-Type", "application/json"}, {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("gh-secret", gh)},
                          {"X-Webhook-Timestamp", now}, {"X-Delivery-Id", "delivery-1"}};
     CHECK(c.request("POST", "/webhooks/github", gh, sig)->status == 201);
     CHECK(c.request("POST", "/webhooks/github", gh, sig)->status == 200);

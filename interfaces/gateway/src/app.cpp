@@ -74,7 +74,7 @@ struct App::Impl {
     // the caller asks its sender to retry (the derived id keeps the retry stored once) and never
     // acknowledges an input that was not stored. Details stay in the log, not in the answer.
     Result<std::pair<int, nlohmann::json>> append(const nlohmann::json& event) {
-        http::Client c(cfg.get("EVENT_STORE_URL"), with_timeout(std::chrono::milliseconds(10000)));
+        http::Client c(cfg.get("EVENT_STORE_URL"), http::ClientOptions(std::chrono::milliseconds(10000)));
         auto r = c.post_json("/events", event, store_headers());
         if (!r) {
             log->warn("appending to the event store failed: {}", r.error().detail);
@@ -128,7 +128,7 @@ struct App::Impl {
             return res->respond(std::move(r));
         }
         if (req.path == "/readyz") {
-            http::Client c(cfg.get("EVENT_STORE_URL"), with_timeout(std::chrono::milliseconds(2000)));
+            http::Client c(cfg.get("EVENT_STORE_URL"), http::ClientOptions(std::chrono::milliseconds(2000)));
             auto r = c.get("/healthz", store_headers());
             bool ok = r.ok() && r->status == 200;
             // Telegram's state is reported, not gating: /trigger and webhooks work without it.

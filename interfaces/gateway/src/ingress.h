@@ -3,7 +3,6 @@
 // function that appends one event to the store.
 #include "engram/core/result.h"
 #include "engram/core/uuid.h"
-#include "engram/http/client.h"
 
 #include <functional>
 #include <nlohmann/json_fwd.hpp>
@@ -20,11 +19,5 @@ const Uuid& ingress_ns();
 // sender to retry, never acknowledge), "id_conflict" (the id is taken by different content), "refused"
 // (400/413: the event itself is invalid).
 using AppendFn = std::function<Result<std::pair<int, nlohmann::json>>(const nlohmann::json& event)>;
-
-inline http::ClientOptions with_timeout(std::chrono::milliseconds t) {
-    http::ClientOptions o;
-    o.timeout = t;
-    return o;
-}
 
 }  // namespace engram::gateway

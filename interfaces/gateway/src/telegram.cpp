@@ -1,5 +1,6 @@
 #include "telegram.h"
 
+#include "engram/core/text.h"
 #include "engram/core/time.h"
 #include "engram/http/client.h"
 #include "engram/log/log.h"
@@ -23,13 +24,6 @@ std::shared_ptr<spdlog::logger> lg() {
     return l;
 }
 
-std::string trim(std::string s) {
-    auto b = s.find_first_not_of(" \t\r\n");
-    if (b == std::string::npos) return "";
-    auto e = s.find_last_not_of(" \t\r\n");
-    return s.substr(b, e - b + 1);
-}
-
 std::optional<std::set<std::string>> parse_chat_ids(const std::string& v) {
     std::set<std::string> out;
     std::size_t start = 0;
@@ -51,10 +45,6 @@ std::optional<std::set<std::string>> parse_chat_ids(const std::string& v) {
         start = comma + 1;
     }
     return out;
-}
-
-std::size_t utf8_chars(const std::string& s) {
-    return static_cast<std::size_t>(std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; }));
 }
 
 json from_of(const json& from) {
@@ -196,7 +186,7 @@ Mapped map_update(const json& u, const Settings& s) {
         m.kind = Mapped::Kind::refused;
         auto id = Uuid::v5(ingress_ns(), "telegram-refused:" + s.bot_id() + ":" + uid);
         json data = {{"channel", "telegram"}, {"chat_id", chat},           {"reason", "chat_not_allowed"},
-                     {"user_id", user_id},    {"update_id", update_id},    {"text_length", utf8_chars(text)}};
+                     {"user_id", user_id},    {"update_id", update_id},    {"text_length", utf8_length(text)}};
         if (msg.contains("message_id")) data["message_id"] = msg["message_id"];
         if (auto f = from_of(from); !f.empty()) data["from"] = f;
         m.event = {{"id", id.str()},
@@ -285,7 +275,7 @@ struct Ingress::Impl {
 
     // Every Telegram request carries the token in its path: keep it out of error details.
     http::ClientOptions client_options(std::chrono::milliseconds timeout) const {
-        auto o = with_timeout(timeout);
+        http::ClientOptions o(timeout);
         o.redact = {s.token};
         return o;
     }

@@ -2,6 +2,7 @@
 
 #include "ingress.h"
 
+#include "engram/core/text.h"
 #include "engram/core/uuid.h"
 #include "engram/http/url.h"
 #include "engram/log/log.h"
@@ -64,19 +65,6 @@ constexpr auto kConnectTimeout = std::chrono::seconds(10);
 // The store sends a comment every 15 s (by default); this much silence means the upstream is gone,
 // and closing the browser's stream makes its EventSource reconnect with Last-Event-ID.
 constexpr auto kUpstreamIdle = std::chrono::seconds(60);
-
-std::string trim(std::string_view s) {
-    auto b = s.find_first_not_of(" \t\r\n");
-    if (b == std::string_view::npos) return "";
-    auto e = s.find_last_not_of(" \t\r\n");
-    return std::string(s.substr(b, e - b + 1));
-}
-
-std::size_t code_points(std::string_view s) {
-    std::size_t n = 0;
-    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-    return n;
-}
 
 bool valid_message_id(const std::string& id) {
     if (id.empty() || id.size() > 64) return false;
@@ -359,7 +347,7 @@ private:
 // ---------------------------------------------------------------------------------------------------
 
 struct WebChat::Impl {
-    Append append;
+    AppendFn append;
     std::shared_ptr<spdlog::logger> log = log::get("webchat");
     std::string secret;
     bool enabled = true;
@@ -451,7 +439,7 @@ struct WebChat::Impl {
         if (!body.contains("text") || !body["text"].is_string() || trim(body["text"].get<std::string>()).empty())
             return reject(400, "invalid_request", "field 'text' must be a non-empty string");
         const auto text = body["text"].get<std::string>();
-        if (code_points(text) > kMaxTextChars)
+        if (utf8_length(text) > kMaxTextChars)
             return reject(400, "invalid_request", "field 'text' is longer than " + std::to_string(kMaxTextChars) + " characters");
 
         const std::string msg_id = body["id"].get<std::string>();
@@ -500,7 +488,7 @@ struct WebChat::Impl {
     }
 };
 
-WebChat::WebChat(const config::Values& cfg, metrics::Registry& metrics, Append append) : impl_(std::make_unique<Impl>()) {
+WebChat::WebChat(const config::Values& cfg, metrics::Registry& metrics, AppendFn append) : impl_(std::make_unique<Impl>()) {
     auto& im = *impl_;
     im.append = std::move(append);
     im.enabled = cfg.get("WEBCHAT_ENABLED") != "false";

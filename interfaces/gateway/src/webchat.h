@@ -12,6 +12,7 @@
 #include "engram/config/config.h"
 #include "engram/core/result.h"
 #include "engram/http/server.h"
+#include "ingress.h"
 
 #include <functional>
 #include <memory>
@@ -30,15 +31,11 @@ void add_webchat_settings(config::Spec& spec);
 
 class WebChat {
 public:
-    // Appends one event to the store: {status, store answer} or an Error with code
-    // "unavailable" | "id_conflict" | other (see App::Impl::append).
-    using Append = std::function<Result<std::pair<int, nlohmann::json>>(const nlohmann::json& event)>;
-
     static constexpr std::size_t kMaxStreams = 256;
     static constexpr std::size_t kMaxTextChars = 8000;     // Unicode code points of one message
     static constexpr std::size_t kMaxBodyBytes = 64 << 10;  // POST /chat/messages body
 
-    WebChat(const config::Values& cfg, metrics::Registry& metrics, Append append);
+    WebChat(const config::Values& cfg, metrics::Registry& metrics, AppendFn append);
     ~WebChat();
     WebChat(const WebChat&) = delete;
     WebChat& operator=(const WebChat&) = delete;

@@ -3,6 +3,7 @@
 #include "engram/core/glob.h"
 #include "engram/core/result.h"
 #include "engram/core/strong.h"
+#include "engram/core/text.h"
 #include "engram/core/time.h"
 #include "engram/core/uuid.h"
 
@@ -70,4 +71,15 @@ TEST_CASE("result carries a value or an error", "[unit][core]") {
     Result<int> e = Error::make("not_found", "no such event");
     CHECK_FALSE(e.ok());
     CHECK(e.error().code == "not_found");
+}
+
+TEST_CASE("trim and utf8_length", "[unit][core]") {
+    CHECK(trim("  a b \t\r\n") == "a b");
+    CHECK(trim(" \n ") == "");
+    CHECK(trim("") == "");
+    CHECK(utf8_length("") == 0);
+    CHECK(utf8_length("abc") == 3);
+    CHECK(utf8_length("héllo") == 5);
+    CHECK(utf8_length("日本") == 2);
+    CHECK(utf8_length("\xF0\x9F\x98\x80") == 1);  // one emoji, 4 bytes
 }

@@ -1,5 +1,7 @@
 #include "engram/events/schema.h"
 
+#include "engram/core/text.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -73,13 +75,6 @@ std::optional<std::uint64_t> count_arg(const json& schema, const char* key) {
     auto n = it->get<std::int64_t>();
     if (n < 0) return std::nullopt;
     return static_cast<std::uint64_t>(n);
-}
-
-std::size_t utf8_length(std::string_view s) {
-    std::size_t n = 0;
-    for (unsigned char c : s)
-        if ((c & 0xC0) != 0x80) ++n;
-    return n;
 }
 
 std::string plural(std::uint64_t n, std::string_view word) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "engram/core/text.h"
 #include "engram/llm/llm.h"
 
 namespace engram::llm {
@@ -14,13 +15,6 @@ namespace {
 std::string lower(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     return s;
-}
-
-std::string trim(const std::string& s) {
-    auto b = s.find_first_not_of(" \t\r\n");
-    if (b == std::string::npos) return "";
-    auto e = s.find_last_not_of(" \t\r\n");
-    return s.substr(b, e - b + 1);
 }
 
 enum class Flow { remember, recall, answer };

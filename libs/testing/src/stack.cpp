@@ -5,6 +5,7 @@
 #include "engram/testing/postgres.h"
 #include "engram/testing/util.h"
 
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 #include <stdexcept>
@@ -64,20 +65,28 @@ std::vector<nlohmann::json> Stack::aggregate(const std::string& aggregate_id) {
     return std::vector<nlohmann::json>(evs.begin(), evs.end());
 }
 
-std::int64_t Stack::count(const std::string& type, const std::string& aggregate_id) {
-    pqxx::connection c(db_);
+namespace {
+
+// count(*) of the events matching `where` ("" = all); 0 before the store has created the table.
+std::int64_t count_events(const std::string& db, const std::function<std::string(pqxx::nontransaction&)>& where) {
+    pqxx::connection c(db);
     pqxx::nontransaction tx(c);
     if (!tx.exec("SELECT to_regclass('events') IS NOT NULL")[0][0].as<bool>()) return 0;
-    std::string sql = "SELECT count(*) FROM events WHERE type = " + tx.quote(type);
-    if (!aggregate_id.empty()) sql += " AND aggregate_id = " + tx.quote(aggregate_id);
-    return tx.exec(sql)[0][0].as<std::int64_t>();
+    return tx.exec("SELECT count(*) FROM events" + where(tx))[0][0].as<std::int64_t>();
+}
+
+}  // namespace
+
+std::int64_t Stack::count(const std::string& type, const std::string& aggregate_id) {
+    return count_events(db_, [&](pqxx::nontransaction& tx) {
+        std::string w = " WHERE type = " + tx.quote(type);
+        if (!aggregate_id.empty()) w += " AND aggregate_id = " + tx.quote(aggregate_id);
+        return w;
+    });
 }
 
 std::int64_t Stack::count_all() {
-    pqxx::connection c(db_);
-    pqxx::nontransaction tx(c);
-    if (!tx.exec("SELECT to_regclass('events') IS NOT NULL")[0][0].as<bool>()) return 0;
-    return tx.exec("SELECT count(*) FROM events")[0][0].as<std::int64_t>();
+    return count_events(db_, [](pqxx::nontransaction&) { return std::string(); });
 }
 
 }  // namespace engram::testing
