@@ -84,8 +84,8 @@ const std::string kData = R"({"channel":"web","text":"hello from the benchmark",
 const std::string kMeta = R"({"source":"bench","correlation_id":"c1"})";
 
 std::string raw_row(int t, long v) {
-    return "('" + Uuid::v4().str() + "','MessageReceived','session:web:raw-" + std::to_string(t) + "'," +
-           std::to_string(v) + ",'" + kData + "','" + kMeta + "')";
+    return "('" + Uuid::v4().str() + "','MessageReceived','session:web:raw-" + std::to_string(t) + "'," + std::to_string(v) +
+           ",'" + kData + "','" + kMeta + "')";
 }
 
 nlohmann::json event_json(const std::string& agg) {
@@ -120,8 +120,8 @@ Latency percentiles(std::vector<double> v) {
 // Sends `n` messages one at a time through `send(id)` and measures until a durable pull consumer on
 // `stream`/`subject` receives each (matched by Nats-Msg-Id).
 template <class Send>
-Latency delivery(nats::Connection& nc, const std::string& stream, const std::string& subject, const std::string& durable,
-                 int n, Send send) {
+Latency delivery(nats::Connection& nc, const std::string& stream, const std::string& subject, const std::string& durable, int n,
+                 Send send) {
     nats::ConsumerOptions co;
     co.stream = stream;
     co.durable = durable;
@@ -195,11 +195,13 @@ int main(int argc, char** argv) {
                             {"EVENT_STORE_HTTP_THREADS", "32"},
                             {"LOG_LEVEL", "warn"}},
                            testing::make_temp_dir("bench") + "/store.log");
-    if (!testing::eventually([&] {
-            http::Client c(url);
-            auto r = c.get("/readyz");
-            return r.ok() && r->status == 200;
-        }, std::chrono::seconds(30))) {
+    if (!testing::eventually(
+            [&] {
+                http::Client c(url);
+                auto r = c.get("/readyz");
+                return r.ok() && r->status == 200;
+            },
+            std::chrono::seconds(30))) {
         std::fprintf(stderr, "event store did not become ready:\n%s\n", store.log().c_str());
         return 1;
     }
@@ -273,10 +275,11 @@ int main(int argc, char** argv) {
     std::printf("  %-44s p50 %7.2f ms   p99 %7.2f ms   (target p99 < 15 ms)\n", "engram: HTTP append -> consumer",
                 engram_delivery.p50_ms, engram_delivery.p99_ms);
 
-    std::printf("\nengram internals over the whole run: %.1f requests and %.1f events per group commit, "
-                "%.2f ms per commit transaction\n",
-                metric_mean(url, "engram_commit_batch_requests"), metric_mean(url, "engram_commit_batch_events"),
-                1000 * metric_mean(url, "engram_commit_seconds"));
+    std::printf(
+        "\nengram internals over the whole run: %.1f requests and %.1f events per group commit, "
+        "%.2f ms per commit transaction\n",
+        metric_mean(url, "engram_commit_batch_requests"), metric_mean(url, "engram_commit_batch_events"),
+        1000 * metric_mean(url, "engram_commit_seconds"));
     std::printf("\ntargets: single-event >= 3x raw 1-row rate; batches >= 0.70x raw batched rate; delivery p99 < 15 ms\n");
     return 0;
 }

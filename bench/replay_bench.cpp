@@ -29,11 +29,18 @@ int main(int argc, char** argv) {
     std::string url = "http://127.0.0.1:" + std::to_string(port);
     auto dir = testing::make_temp_dir("bench-replay");
     testing::Process store({testing::build_dir() + "/event-store/engram-event-store"},
-                           {{"DATABASE_URL", db}, {"NATS_URL", nats.url()},
-                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)}, {"LOG_LEVEL", "warn"}},
+                           {{"DATABASE_URL", db},
+                            {"NATS_URL", nats.url()},
+                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)},
+                            {"LOG_LEVEL", "warn"}},
                            dir + "/store.log");
     http::Client c(url);
-    if (!testing::eventually([&] { auto r = c.get("/readyz"); return r.ok() && r->status == 200; }, std::chrono::seconds(30))) {
+    if (!testing::eventually(
+            [&] {
+                auto r = c.get("/readyz");
+                return r.ok() && r->status == 200;
+            },
+            std::chrono::seconds(30))) {
         std::fprintf(stderr, "store did not start\n");
         return 1;
     }
@@ -44,7 +51,10 @@ int main(int argc, char** argv) {
             bool user = done % 2 == 0;
             body["events"].push_back(
                 {{"type", user ? "MessageReceived" : "MessageGenerated"},
-                 {"data", user ? nlohmann::json{{"channel", "web"}, {"text", "question " + std::to_string(done)}, {"user_id", "u"}, {"session_id", agg}}
+                 {"data", user ? nlohmann::json{{"channel", "web"},
+                                                {"text", "question " + std::to_string(done)},
+                                                {"user_id", "u"},
+                                                {"session_id", agg}}
                                : nlohmann::json{{"channel", "web"}, {"text", "answer " + std::to_string(done)}}}});
         }
         auto r = c.post_json("/events", body);
@@ -62,8 +72,10 @@ int main(int argc, char** argv) {
         long last = 0;
         for (;;) {
             pqxx::read_transaction tx(pc);
-            auto r = tx.exec("SELECT position, id, type, aggregate_id, aggregate_version, ts, data::text, metadata::text "
-                             "FROM events WHERE position > " + std::to_string(last) + " ORDER BY position LIMIT 1000");
+            auto r = tx.exec(
+                "SELECT position, id, type, aggregate_id, aggregate_version, ts, data::text, metadata::text "
+                "FROM events WHERE position > " +
+                std::to_string(last) + " ORDER BY position LIMIT 1000");
             if (r.empty()) break;
             rows += r.size();
             last = r[r.size() - 1][0].as<long>();
@@ -81,9 +93,10 @@ int main(int argc, char** argv) {
         return 1;
     }
     std::printf("engram replay benchmark: %d events in 500 sessions, PostgreSQL on disk\n\n", n);
-    std::printf("  %-52s %10.0f ev/s  (%ld rows, %.2f s)\n", "raw: keyset SELECT scan of the log (the limit)", rows / raw_s, rows, raw_s);
-    std::printf("  %-52s %10.0f ev/s  (%.2f s)   = %.2fx raw\n", "engram: projections rebuild conversation (CLI)",
-                n / rebuild_s, rebuild_s, (n / rebuild_s) / (rows / raw_s));
+    std::printf("  %-52s %10.0f ev/s  (%ld rows, %.2f s)\n", "raw: keyset SELECT scan of the log (the limit)", rows / raw_s, rows,
+                raw_s);
+    std::printf("  %-52s %10.0f ev/s  (%.2f s)   = %.2fx raw\n", "engram: projections rebuild conversation (CLI)", n / rebuild_s,
+                rebuild_s, (n / rebuild_s) / (rows / raw_s));
     std::printf("\ntarget: rebuild >= 0.65x the raw scan\n");
     return 0;
 }

@@ -47,11 +47,18 @@ int main(int argc, char** argv) {
     int port = testing::free_port();
     std::string url = "http://127.0.0.1:" + std::to_string(port);
     testing::Process store({testing::build_dir() + "/event-store/engram-event-store"},
-                           {{"DATABASE_URL", db}, {"NATS_URL", nats.url()},
-                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)}, {"LOG_LEVEL", "warn"}},
+                           {{"DATABASE_URL", db},
+                            {"NATS_URL", nats.url()},
+                            {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)},
+                            {"LOG_LEVEL", "warn"}},
                            testing::make_temp_dir("bench-sse") + "/store.log");
     http::Client c(url);
-    if (!testing::eventually([&] { auto r = c.get("/readyz"); return r.ok() && r->status == 200; }, std::chrono::seconds(30)))
+    if (!testing::eventually(
+            [&] {
+                auto r = c.get("/readyz");
+                return r.ok() && r->status == 200;
+            },
+            std::chrono::seconds(30)))
         return 1;
 
     // Send times by event number, shared by both measurements.
@@ -67,22 +74,25 @@ int main(int argc, char** argv) {
             http::Client rc(url);
             int got = 0;
             bool first = true;
-            rc.sse("/events/stream?aggregate_id=bench:sse", {}, [&](const std::string&, const std::string&, const std::string& data) {
-                if (first) {
-                    first = false;
-                }
-                auto n = nlohmann::json::parse(data)["data"]["n"].get<int>();
-                if (n < 0) {  // the warm-up event: this client is live
-                    connected++;
-                    return true;
-                }
-                double ms = std::chrono::duration<double, std::milli>(Clock::now() - sent[n]).count();
-                {
-                    std::lock_guard lk(sse.mu);
-                    sse.ms.push_back(ms);
-                }
-                return ++got < events;
-            }, std::chrono::seconds(20));
+            rc.sse(
+                "/events/stream?aggregate_id=bench:sse", {},
+                [&](const std::string&, const std::string&, const std::string& data) {
+                    if (first) {
+                        first = false;
+                    }
+                    auto n = nlohmann::json::parse(data)["data"]["n"].get<int>();
+                    if (n < 0) {  // the warm-up event: this client is live
+                        connected++;
+                        return true;
+                    }
+                    double ms = std::chrono::duration<double, std::milli>(Clock::now() - sent[n]).count();
+                    {
+                        std::lock_guard lk(sse.mu);
+                        sse.ms.push_back(ms);
+                    }
+                    return ++got < events;
+                },
+                std::chrono::seconds(20));
         });
     c.post_json("/events", {{"type", "BenchProbe"}, {"aggregate_id", "bench:sse"}, {"data", {{"n", -1}}}});
     testing::eventually([&] { return connected.load() == clients; }, std::chrono::seconds(30));
@@ -119,8 +129,12 @@ int main(int argc, char** argv) {
         (*pub)->publish("bench.fanout", std::to_string(n));
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    testing::eventually([&] { std::lock_guard lk(raw.mu); return raw.ms.size() >= std::size_t(clients) * events; },
-                        std::chrono::seconds(10));
+    testing::eventually(
+        [&] {
+            std::lock_guard lk(raw.mu);
+            return raw.ms.size() >= std::size_t(clients) * events;
+        },
+        std::chrono::seconds(10));
     subs.clear();
 
     std::printf("SSE fan-out: %d clients on one aggregate, %d events, one every 10 ms, %u cores\n\n", clients, events,

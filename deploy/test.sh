@@ -9,6 +9,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 preset="${1:-default}"
 shift || true
 "$root/deploy/install-deps.sh"
+"$root/deploy/format.sh" --check
 "$root/deploy/build.sh" "$preset"
 # The web chat's browser test (ctest label e2e) drives Chromium with playwright-core from npm.
 # `npm ci` only when the lock file changed since the last install.

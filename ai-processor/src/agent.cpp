@@ -38,8 +38,8 @@ public:
     Result<std::vector<events::Event>> session_events(const std::string& session, std::int64_t from) {
         std::vector<events::Event> out;
         for (;;) {
-            auto r = client_.get("/aggregates/" + http::url_encode(session) + "/events?from_version=" +
-                                 std::to_string(from) + "&limit=1000");
+            auto r = client_.get("/aggregates/" + http::url_encode(session) + "/events?from_version=" + std::to_string(from) +
+                                 "&limit=1000");
             if (!r) return r.error();
             if (r->status == 404) return out;
             if (r->status != 200)
@@ -91,8 +91,8 @@ public:
         auto j = r->json();
         std::string code = j.is_object() ? str_field(j, "error") : "";
         if (r->status == 409 && code == "id_conflict") {
-            logger()->warn("append of {} ({}): already recorded with other content; keeping the recorded one",
-                           evs[0].type, evs[0].id ? evs[0].id->str() : "");
+            logger()->warn("append of {} ({}): already recorded with other content; keeping the recorded one", evs[0].type,
+                           evs[0].id ? evs[0].id->str() : "");
             return ok();
         }
         Error e = Error::make("event_store", "append of " + evs[0].type + " to " + evs[0].aggregate_id + ": HTTP " +
@@ -186,8 +186,10 @@ Status Agent::run(const events::Event& t) {
     std::map<std::string, events::Event> recorded;  // id -> event
     std::vector<events::Event> before;              // the conversation before the trigger
     for (auto& e : *evs) {
-        if (str_field(e.metadata, "causation_id") == tid) recorded.emplace(e.id.str(), e);
-        else if (e.position.value() < t.position.value() && e.id != t.id) before.push_back(e);
+        if (str_field(e.metadata, "causation_id") == tid)
+            recorded.emplace(e.id.str(), e);
+        else if (e.position.value() < t.position.value() && e.id != t.id)
+            before.push_back(e);
     }
     auto find = [&](const std::string& step) -> const events::Event* {
         auto it = recorded.find(step_id(step).str());
@@ -200,8 +202,7 @@ Status Agent::run(const events::Event& t) {
 
     auto stamp = [&](events::NewEvent e, const std::string& step) {
         e.id = step_id(step);
-        e.metadata = {{"causation_id", tid}, {"correlation_id", correlation}, {"source", o_.source},
-                      {"session_id", session}};
+        e.metadata = {{"causation_id", tid}, {"correlation_id", correlation}, {"source", o_.source}, {"session_id", session}};
         if (!user_id.empty()) e.metadata["user_id"] = user_id;
         return e;
     };
@@ -243,10 +244,13 @@ Status Agent::run(const events::Event& t) {
         started_at = s->timestamp;
         log->info("resuming run {} for {} ({} events recorded)", run_id, tid, recorded.size());
     } else {
-        json data = {{"run_id", run_id}, {"trigger_event_id", tid}, {"trigger_type", t.type}, {"model", model},
-                     {"provider", o_.provider_kind}, {"max_iterations", o_.max_iterations}, {"session_id", session}};
+        json data = {{"run_id", run_id},     {"trigger_event_id", tid},      {"trigger_type", t.type},
+                     {"model", model},       {"provider", o_.provider_kind}, {"max_iterations", o_.max_iterations},
+                     {"session_id", session}};
         if (!user_id.empty()) data["user_id"] = user_id;
-        if (auto s = store.append({stamp({.id = {}, .type = "AIProcessingStarted", .aggregate_id = session, .data = data}, "started")}); !s)
+        if (auto s = store.append(
+                {stamp({.id = {}, .type = "AIProcessingStarted", .aggregate_id = session, .data = data}, "started")});
+            !s)
             return s.error();
     }
 
@@ -259,9 +263,10 @@ Status Agent::run(const events::Event& t) {
         return std::max<std::int64_t>(ms, 0);
     };
     auto completed = [&](const std::string& reason, int iterations, const std::string& summary) {
-        json data = {{"stop_reason", reason}, {"iterations", iterations}, {"usage", usage_json(usage)},
-                     {"messages_sent", messages_sent.size()}, {"duration_ms", duration_ms()},
-                     {"run_id", run_id}, {"trigger_event_id", tid}};
+        json data = {{"stop_reason", reason},        {"iterations", iterations},
+                     {"usage", usage_json(usage)},   {"messages_sent", messages_sent.size()},
+                     {"duration_ms", duration_ms()}, {"run_id", run_id},
+                     {"trigger_event_id", tid}};
         if (!summary.empty()) data["summary"] = summary;
         return stamp({.id = {}, .type = "AIProcessingCompleted", .aggregate_id = session, .data = data}, "completed");
     };
@@ -277,8 +282,7 @@ Status Agent::run(const events::Event& t) {
                 const auto* c = find(it + ":call:" + std::to_string(k));
                 if (!c) break;
                 assistant.tool_calls.push_back({str_field(c->data, "tool_call_id"), str_field(c->data, "tool"),
-                                                c->data.value("arguments", json::object()),
-                                                str_field(c->data, "raw_arguments")});
+                                                c->data.value("arguments", json::object()), str_field(c->data, "raw_arguments")});
             }
             add_usage(usage, call0->data.value("usage", json()));
             log->debug("run {}: iteration {} rebuilt from the log", run_id, n);
@@ -288,8 +292,12 @@ Status Agent::run(const events::Event& t) {
             if (!c) {
                 const Error& err = c.error();
                 log->warn("run {}: model call of iteration {} failed: {} ({})", run_id, n, err.code, err.detail);
-                json data = {{"reason", err.code}, {"detail", err.detail}, {"iteration", n}, {"usage", usage_json(usage)},
-                             {"run_id", run_id}, {"trigger_event_id", tid},
+                json data = {{"reason", err.code},
+                             {"detail", err.detail},
+                             {"iteration", n},
+                             {"usage", usage_json(usage)},
+                             {"run_id", run_id},
+                             {"trigger_event_id", tid},
                              {"retryable", err.code == "llm_unreachable" || err.code == "llm_rate_limited"}};
                 if (err.extra.is_object()) {
                     if (err.extra.contains("attempts") && err.extra["attempts"].is_number_integer() &&
@@ -302,7 +310,9 @@ Status Agent::run(const events::Event& t) {
                     for (const char* k : {"tool", "tool_call_id", "raw_arguments"})
                         if (err.extra.contains(k)) data[k] = err.extra[k];
                 }
-                if (auto s = store.append({stamp({.id = {}, .type = "AIProcessingFailed", .aggregate_id = session, .data = data}, "failed")}); !s)
+                if (auto s = store.append(
+                        {stamp({.id = {}, .type = "AIProcessingFailed", .aggregate_id = session, .data = data}, "failed")});
+                    !s)
                     return s.error();
                 return ok();  // recorded: no endless retries
             }
@@ -314,8 +324,11 @@ Status Agent::run(const events::Event& t) {
                 // A final answer: the message and the end of the run, together.
                 std::vector<events::NewEvent> batch;
                 if (assistant.content.find_first_not_of(" \t\r\n") != std::string::npos) {
-                    json data = {{"text", assistant.content}, {"channel", channel}, {"session_id", session},
-                                 {"run_id", run_id}, {"iteration", n}};
+                    json data = {{"text", assistant.content},
+                                 {"channel", channel},
+                                 {"session_id", session},
+                                 {"run_id", run_id},
+                                 {"iteration", n}};
                     if (!user_id.empty()) data["user_id"] = user_id;
                     if (!reply_to.is_null()) data["reply_to"] = reply_to;
                     auto e = stamp({.id = {}, .type = "MessageGenerated", .aggregate_id = session, .data = data}, it + ":final");
@@ -331,15 +344,19 @@ Status Agent::run(const events::Event& t) {
             // Record the answer (thinking + every call) before acting on it: one all-or-nothing batch.
             std::vector<events::NewEvent> batch;
             if (assistant.content.find_first_not_of(" \t\r\n") != std::string::npos)
-                batch.push_back(stamp({.id = {}, .type = "ThinkingGenerated", .aggregate_id = session,
+                batch.push_back(stamp({.id = {},
+                                       .type = "ThinkingGenerated",
+                                       .aggregate_id = session,
                                        .data = {{"text", assistant.content}, {"run_id", run_id}, {"iteration", n}}},
                                       it + ":thinking"));
             for (std::size_t k = 0; k < assistant.tool_calls.size(); ++k) {
                 auto& tc = assistant.tool_calls[k];
                 if (tc.id.empty()) tc.id = "call_" + std::to_string(n) + "_" + std::to_string(k);
-                json data = {{"tool", tc.name}, {"tool_call_id", tc.id},
+                json data = {{"tool", tc.name},
+                             {"tool_call_id", tc.id},
                              {"arguments", tc.arguments.is_object() ? tc.arguments : json::object()},
-                             {"iteration", n}, {"run_id", run_id}};
+                             {"iteration", n},
+                             {"run_id", run_id}};
                 if (!tc.raw_arguments.empty()) data["raw_arguments"] = tc.raw_arguments;
                 if (k == 0) {
                     data["usage"] = usage_json(c->usage);
@@ -408,10 +425,16 @@ Status Agent::run(const events::Event& t) {
                     summary = r.summary;
                 }
                 auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-                json data = {{"tool", tc.name}, {"tool_call_id", tc.id}, {"result", result}, {"is_error", is_error},
-                             {"duration_ms", std::max<std::int64_t>(took, 0)}, {"iteration", n}, {"run_id", run_id}};
+                json data = {{"tool", tc.name},
+                             {"tool_call_id", tc.id},
+                             {"result", result},
+                             {"is_error", is_error},
+                             {"duration_ms", std::max<std::int64_t>(took, 0)},
+                             {"iteration", n},
+                             {"run_id", run_id}};
                 if (auto s = store.append({stamp({.id = {}, .type = "ToolCompleted", .aggregate_id = session, .data = data},
-                                                 it + ":result:" + ks)}); !s)
+                                                 it + ":result:" + ks)});
+                    !s)
                     return s.error();
             }
             messages.push_back({"tool", tool_content(result, is_error), {}, tc.id});

@@ -15,8 +15,7 @@ std::chrono::milliseconds env_ms(const char* name, std::chrono::milliseconds def
     try {
         auto n = std::stoll(v);
         if (n >= 100 && n <= 3600000) return std::chrono::milliseconds(n);
-    } catch (...) {
-    }
+    } catch (...) {}
     return def;
 }
 
@@ -31,8 +30,9 @@ int main(int argc, char** argv) {
     defaults.ack_wait = env_ms("AI_PROCESSOR_ACK_WAIT_MS", std::chrono::milliseconds(30000));
 
     config::Spec extra;
-    extra.add({"LLM_BASE_URL", "OpenAI-compatible chat-completions base URL (e.g. https://api.openai.com/v1); "
-                               "unset = the offline provider (rule-based, no model)",
+    extra.add({"LLM_BASE_URL",
+               "OpenAI-compatible chat-completions base URL (e.g. https://api.openai.com/v1); "
+               "unset = the offline provider (rule-based, no model)",
                "", false, config::url({"http", "https"})});
     extra.add({"LLM_API_KEY", "API key for LLM_BASE_URL (sent as a bearer token)", "", false, nullptr, true});
     extra.add({"LLM_MODEL", "chat model", "gpt-4.1", false, nullptr});
@@ -83,8 +83,9 @@ int main(int argc, char** argv) {
                 s->p = offline;
                 return std::unique_ptr<llm::Provider>(std::move(s));
             };
-            log->warn("using the offline provider (rule-based, no model): set LLM_BASE_URL (and LLM_API_KEY, "
-                      "LLM_MODEL) to use an OpenAI-compatible model");
+            log->warn(
+                "using the offline provider (rule-based, no model): set LLM_BASE_URL (and LLM_API_KEY, "
+                "LLM_MODEL) to use an OpenAI-compatible model");
         }
         nats::ConnectOptions nc;
         nc.url = v.get("NATS_URL");

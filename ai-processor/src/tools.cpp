@@ -5,11 +5,7 @@ namespace engram::ai {
 const std::vector<Tool>& all_tools() {
     // The one place tools are registered.
     static const std::vector<Tool> tools = {
-        make_think_tool(),
-        make_send_message_tool(),
-        make_remember_tool(),
-        make_recall_tool(),
-        make_task_complete_tool(),
+        make_think_tool(), make_send_message_tool(), make_remember_tool(), make_recall_tool(), make_task_complete_tool(),
     };
     return tools;
 }

@@ -28,11 +28,11 @@ namespace engram::ai {
 struct ToolContext {
     std::string user_id;
     std::string session_id;
-    std::string channel;     // MessageGenerated channel (from the trigger / session id)
+    std::string channel;  // MessageGenerated channel (from the trigger / session id)
     std::string run_id;
     int iteration = 1;
     std::string tool_call_id;
-    nlohmann::json reply_to;  // the trigger's message id (null when none)
+    nlohmann::json reply_to;           // the trigger's message id (null when none)
     nats::Connection* nats = nullptr;  // recall; may be null (then recall fails as a tool error)
     std::chrono::milliseconds recall_timeout{5000};
     std::optional<events::Event> recorded_effect;  // the effect event already in the log, if any

@@ -42,7 +42,9 @@ struct Stack : testing::Stack {
 
     std::string trigger(const std::string& session, const std::string& user, const std::string& message) {
         auto id = Uuid::v4().str();
-        json e = {{"id", id}, {"type", "TriggerReceived"}, {"aggregate_id", session},
+        json e = {{"id", id},
+                  {"type", "TriggerReceived"},
+                  {"aggregate_id", session},
                   {"data", {{"source", "api"}, {"user_id", user}, {"session_id", session}, {"message", message}}}};
         auto r = client.post_json("/events", e);
         REQUIRE(r.ok());
@@ -108,9 +110,9 @@ TEST_CASE("a scripted multi-step run: events written and requests sent", "[integ
 
     auto evs = s.run_events(session, tid);
     INFO(testing::tail_file(ai->log_path()));
-    CHECK(types(evs) == std::vector<std::string>{"AIProcessingStarted", "ThinkingGenerated", "ToolCalled",
-                                                 "ThinkingGenerated", "ToolCompleted", "ToolCalled", "MessageGenerated",
-                                                 "ToolCompleted", "ToolCalled", "ToolCompleted", "AIProcessingCompleted"});
+    CHECK(types(evs) == std::vector<std::string>{"AIProcessingStarted", "ThinkingGenerated", "ToolCalled", "ThinkingGenerated",
+                                                 "ToolCompleted", "ToolCalled", "MessageGenerated", "ToolCompleted", "ToolCalled",
+                                                 "ToolCompleted", "AIProcessingCompleted"});
     for (auto& e : evs) {
         CHECK(e["metadata"]["correlation_id"] == tid);
         CHECK(e["metadata"]["causation_id"] == tid);
@@ -194,8 +196,10 @@ TEST_CASE("model failures are recorded with their reason", "[integration][ai]") 
         CHECK(fake.request_count() == 1);
     }
     SECTION("400 context_length_exceeded -> context_too_long") {
-        fake.push_status(400, {{"error", {{"message", "This model's maximum context length is 128000 tokens."},
-                                          {"type", "invalid_request_error"}, {"code", "context_length_exceeded"}}}});
+        fake.push_status(400, {{"error",
+                                {{"message", "This model's maximum context length is 128000 tokens."},
+                                 {"type", "invalid_request_error"},
+                                 {"code", "context_length_exceeded"}}}});
         auto tid = s.trigger("session:web:f3", "web:u", "hello");
         wait_finished(s, "session:web:f3", tid, *ai);
         auto f = s.last_of("session:web:f3", tid, "AIProcessingFailed");
@@ -292,7 +296,8 @@ TEST_CASE("offline provider: remember without any model server", "[integration][
     auto done = s.last_of(session, tid, "AIProcessingCompleted");
     REQUIRE(done.is_object());
     CHECK(done["data"]["stop_reason"] == "task_complete");
-    CHECK(s.last_of(session, tid, "MessageGenerated")["data"]["text"].get<std::string>().find("my cat is Tom") != std::string::npos);
+    CHECK(s.last_of(session, tid, "MessageGenerated")["data"]["text"].get<std::string>().find("my cat is Tom") !=
+          std::string::npos);
     auto user = s.aggregate("user:web:cat");
     REQUIRE(user.size() == 1);
     CHECK(user[0]["type"] == "MemoryStored");
@@ -312,8 +317,8 @@ TEST_CASE("resume from a partial log: a recorded iteration and effect are not re
     auto tid = s.trigger(session, user, "say hello");
     auto t = *Uuid::parse(tid);
     auto run_id = Uuid::v5(t, "run").str();
-    json meta = {{"causation_id", tid}, {"correlation_id", tid}, {"source", "ai-processor"}, {"session_id", session},
-                 {"user_id", user}};
+    json meta = {
+        {"causation_id", tid}, {"correlation_id", tid}, {"source", "ai-processor"}, {"session_id", session}, {"user_id", user}};
     auto put = [&](const std::string& step, const std::string& type, json data) {
         json e = {{"id", Uuid::v5(t, step).str()}, {"type", type}, {"aggregate_id", session}, {"data", data}, {"metadata", meta}};
         auto r = s.client.post_json("/events", e);
@@ -321,13 +326,30 @@ TEST_CASE("resume from a partial log: a recorded iteration and effect are not re
         INFO(r->body);
         REQUIRE(r->status == 201);
     };
-    put("started", "AIProcessingStarted", {{"run_id", run_id}, {"trigger_event_id", tid}, {"trigger_type", "TriggerReceived"},
-                                          {"model", "gpt-4.1"}, {"provider", "openai-compatible"}, {"max_iterations", 15},
-                                          {"session_id", session}, {"user_id", user}});
-    put("iter:1:call:0", "ToolCalled", {{"tool", "send_message"}, {"tool_call_id", "call_1"}, {"arguments", {{"text", "hello"}}},
-                                        {"iteration", 1}, {"run_id", run_id}, {"usage", {{"prompt_tokens", 10}, {"completion_tokens", 2}, {"total_tokens", 12}}}});
-    put("iter:1:effect:0", "MessageGenerated", {{"text", "hello"}, {"channel", "web"}, {"user_id", user}, {"session_id", session},
-                                                {"run_id", run_id}, {"iteration", 1}, {"tool_call_id", "call_1"}});
+    put("started", "AIProcessingStarted",
+        {{"run_id", run_id},
+         {"trigger_event_id", tid},
+         {"trigger_type", "TriggerReceived"},
+         {"model", "gpt-4.1"},
+         {"provider", "openai-compatible"},
+         {"max_iterations", 15},
+         {"session_id", session},
+         {"user_id", user}});
+    put("iter:1:call:0", "ToolCalled",
+        {{"tool", "send_message"},
+         {"tool_call_id", "call_1"},
+         {"arguments", {{"text", "hello"}}},
+         {"iteration", 1},
+         {"run_id", run_id},
+         {"usage", {{"prompt_tokens", 10}, {"completion_tokens", 2}, {"total_tokens", 12}}}});
+    put("iter:1:effect:0", "MessageGenerated",
+        {{"text", "hello"},
+         {"channel", "web"},
+         {"user_id", user},
+         {"session_id", session},
+         {"run_id", run_id},
+         {"iteration", 1},
+         {"tool_call_id", "call_1"}});
 
     auto ai = s.start_ai(fake.base_url());
     wait_finished(s, session, tid, *ai);
@@ -351,17 +373,22 @@ TEST_CASE("remember then recall across runs through the memory processor", "[int
     Stack s;
     auto ai = s.start_ai("");
     testing::Process memory({testing::build_dir() + "/memory-processor/engram-memory-processor"},
-                            {{"DATABASE_URL", s.db()}, {"NATS_URL", s.nats().url()}, {"EVENT_STORE_URL", s.url()},
-                             {"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"}, {"LOG_LEVEL", "warn"}},
+                            {{"DATABASE_URL", s.db()},
+                             {"NATS_URL", s.nats().url()},
+                             {"EVENT_STORE_URL", s.url()},
+                             {"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"},
+                             {"LOG_LEVEL", "warn"}},
                             s.dir() + "/memory.log");
     std::string session = "session:web:recall";
     auto t1 = s.trigger(session, "web:rita", "remember my favourite tea is jasmine");
     wait_finished(s, session, t1, *ai);
     // The memory is searchable once the memory processor has indexed it.
-    REQUIRE(testing::eventually([&] {
-        auto r = s.client.get("/projections/fast_memory/user:web:rita");
-        return r.ok() && r->status == 200 && r->body.find("jasmine") != std::string::npos;
-    }, std::chrono::seconds(20)));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto r = s.client.get("/projections/fast_memory/user:web:rita");
+            return r.ok() && r->status == 200 && r->body.find("jasmine") != std::string::npos;
+        },
+        std::chrono::seconds(20)));
     auto t2 = s.trigger(session, "web:rita", "what is my favourite tea?");
     wait_finished(s, session, t2, *ai);
     auto recalled = s.last_of(session, t2, "MemoryRecalled");
@@ -377,16 +404,23 @@ TEST_CASE("a long session: the prompt holds its latest messages, read from a win
     fakes::FakeOpenAI fake;
     // Every earlier message is a trigger too: each of those runs ends at once.
     fake.on([](const json&) { return true; },
-            [](const json&) { return fakes::FakeOpenAI::tool_calls_body({{"c1", "task_complete", {{"summary", "ok"}}}}); });
+            [](const json&) {
+                return fakes::FakeOpenAI::tool_calls_body({{"c1", "task_complete", {{"summary", "ok"}}}});
+            });
     const std::string session = "session:web:long";
     // 150 earlier exchanges, appended in batches: with the runs they cause, far more events than the window.
     for (int b = 0; b < 3; ++b) {
         json batch = {{"aggregate_id", session}, {"events", json::array()}};
         for (int i = b * 50; i < (b + 1) * 50; ++i) {
-            batch["events"].push_back({{"type", "MessageReceived"}, {"aggregate_id", session},
-                                       {"data", {{"channel", "web"}, {"text", "question " + std::to_string(i)}, {"user_id", "web:u"},
-                                                 {"session_id", session}}}});
-            batch["events"].push_back({{"type", "MessageGenerated"}, {"aggregate_id", session},
+            batch["events"].push_back({{"type", "MessageReceived"},
+                                       {"aggregate_id", session},
+                                       {"data",
+                                        {{"channel", "web"},
+                                         {"text", "question " + std::to_string(i)},
+                                         {"user_id", "web:u"},
+                                         {"session_id", session}}}});
+            batch["events"].push_back({{"type", "MessageGenerated"},
+                                       {"aggregate_id", session},
                                        {"data", {{"channel", "web"}, {"text", "answer " + std::to_string(i)}}}});
         }
         auto r = s.client.post_json("/events", batch);

@@ -19,17 +19,14 @@ namespace engram::event_store {
 
 config::Spec config_spec() {
     config::Spec s;
-    s.add({"DATABASE_URL", "PostgreSQL connection URL of the event log",
-           "postgresql://postgres@127.0.0.1:55432/engram", false, config::url({"postgresql", "postgres"})});
+    s.add({"DATABASE_URL", "PostgreSQL connection URL of the event log", "postgresql://postgres@127.0.0.1:55432/engram", false,
+           config::url({"postgresql", "postgres"})});
     s.add({"NATS_URL", "NATS server with JetStream (the outbox relay publishes there)", "nats://127.0.0.1:54222", false,
            config::url({"nats", "tls"})});
-    s.add({"EVENTS_STREAM", "JetStream stream the relay publishes to (subjects events.<type>)", "EVENTS", false,
-           nullptr});
-    s.add({"EVENT_STORE_LISTEN", "host:port the event store listens on", "127.0.0.1:8080", false,
-           config::listen_address()});
+    s.add({"EVENTS_STREAM", "JetStream stream the relay publishes to (subjects events.<type>)", "EVENTS", false, nullptr});
+    s.add({"EVENT_STORE_LISTEN", "host:port the event store listens on", "127.0.0.1:8080", false, config::listen_address()});
     s.add({"ENGRAM_API_TOKEN", "bearer token required on every request when set", "", false, nullptr, true});
-    s.add({"EVENT_STORE_MAX_BATCH", "most events written by one group commit", "5000", false,
-           config::int_range(1, 100000)});
+    s.add({"EVENT_STORE_MAX_BATCH", "most events written by one group commit", "5000", false, config::int_range(1, 100000)});
     s.add({"EVENT_STORE_HTTP_THREADS", "HTTP worker threads (read queries block one each)", "16", false,
            config::int_range(1, 512)});
     s.add({"EVENT_STORE_SSE_KEEPALIVE_MS", "interval of the keep-alive comment on event streams", "15000", false,
@@ -81,8 +78,7 @@ struct App::Impl {
     explicit Impl(config::Values c)
         : cfg(std::move(c)),
           pool(cfg.get("DATABASE_URL"), static_cast<std::size_t>(cfg.get_int("EVENT_STORE_DB_POOL"))),
-          writer(store::Writer::Options{cfg.get("DATABASE_URL"),
-                                        static_cast<std::size_t>(cfg.get_int("EVENT_STORE_MAX_BATCH"))},
+          writer(store::Writer::Options{cfg.get("DATABASE_URL"), static_cast<std::size_t>(cfg.get_int("EVENT_STORE_MAX_BATCH"))},
                  metrics),
           sse(reader, metrics, std::chrono::milliseconds(cfg.get_int("EVENT_STORE_SSE_KEEPALIVE_MS"))),
           token(cfg.get("ENGRAM_API_TOKEN")) {}
@@ -101,7 +97,8 @@ struct App::Impl {
         const auto& path = req.path;
         if (path == "/healthz" && req.method == "GET") return res->respond(http::Response::json(200, {{"status", "ok"}}));
         if (!authorized(req))
-            return res->respond(http::Response::error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required"));
+            return res->respond(
+                http::Response::error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required"));
         if (path == "/events") {
             if (req.method == "POST") return append(req, res);
             if (req.method == "GET") return res->respond(read_events(req));
@@ -121,8 +118,8 @@ struct App::Impl {
         const std::string agg_prefix = "/aggregates/", agg_suffix = "/events";
         if (path.rfind(agg_prefix, 0) == 0 && path.size() > agg_prefix.size() + agg_suffix.size() &&
             path.compare(path.size() - agg_suffix.size(), agg_suffix.size(), agg_suffix) == 0)
-            return res->respond(aggregate_events(
-                path.substr(agg_prefix.size(), path.size() - agg_prefix.size() - agg_suffix.size()), req));
+            return res->respond(
+                aggregate_events(path.substr(agg_prefix.size(), path.size() - agg_prefix.size() - agg_suffix.size()), req));
         res->respond(http::Response::error(404, "not_found", "no route for " + req.method + " " + path));
     }
 
@@ -137,7 +134,8 @@ struct App::Impl {
         try {
             body = nlohmann::json::parse(req.body);
         } catch (const nlohmann::json::parse_error& e) {
-            return res->respond(http::Response::error(400, "invalid_json", std::string("the body is not valid JSON: ") + e.what()));
+            return res->respond(
+                http::Response::error(400, "invalid_json", std::string("the body is not valid JSON: ") + e.what()));
         }
         auto parsed = store::parse_append(body);
         if (!parsed) return res->respond(error_response(parsed.error()));
@@ -187,10 +185,14 @@ struct App::Impl {
         nlohmann::json out = {{"name", name}, {"id", id}};
         if (auto as_of = req.param("as_of")) {
             store::ReadQuery q;
-            if (auto pos = store::parse_count(*as_of)) q.until_position = GlobalPosition(*pos);
-            else if (auto t = parse_rfc3339(*as_of)) q.until_time = *t;
-            else return http::Response::error(400, "invalid_parameter",
-                                              "query parameter 'as_of' must be a position or an RFC 3339 time (got '" + *as_of + "')");
+            if (auto pos = store::parse_count(*as_of))
+                q.until_position = GlobalPosition(*pos);
+            else if (auto t = parse_rfc3339(*as_of))
+                q.until_time = *t;
+            else
+                return http::Response::error(
+                    400, "invalid_parameter",
+                    "query parameter 'as_of' must be a position or an RFC 3339 time (got '" + *as_of + "')");
             q.aggregate_id = *agg;
             q.limit = store::kMaxReadLimit;
             std::vector<events::Event> evs;
@@ -217,8 +219,9 @@ struct App::Impl {
         });
         if (!row) return error_response(row.error());
         if (!*row)
-            return http::Response::error(404, "not_found", "no persisted " + name + " for '" + id +
-                                                               "' (nothing processed yet; ?as_of=<position> folds it from the log)");
+            return http::Response::error(
+                404, "not_found",
+                "no persisted " + name + " for '" + id + "' (nothing processed yet; ?as_of=<position> folds it from the log)");
         out["position"] = (*row)->second;
         out["state"] = nlohmann::json::parse((*row)->first);
         return http::Response::json(200, out);
@@ -234,11 +237,9 @@ struct App::Impl {
         bool nats_ok = nats && nats->connected();
         checks["nats"] = nats_ok ? "ok" : "disconnected";
         ok = ok && nats_ok;
-        nlohmann::json rel = {{"active", relay && relay->active()},
-                              {"published", relay ? relay->published().value() : 0},
-                              {"lag", relay_lag()}};
-        return http::Response::json(ok ? 200 : 503,
-                                    {{"status", ok ? "ready" : "not_ready"}, {"checks", checks}, {"relay", rel}});
+        nlohmann::json rel = {
+            {"active", relay && relay->active()}, {"published", relay ? relay->published().value() : 0}, {"lag", relay_lag()}};
+        return http::Response::json(ok ? 200 : 503, {{"status", ok ? "ready" : "not_ready"}, {"checks", checks}, {"relay", rel}});
     }
 
     // Events committed but not yet in the stream (0 when another store process relays).
@@ -258,9 +259,8 @@ Status App::start() {
     so.host = hp->host;
     so.port = hp->port;
     so.worker_threads = static_cast<int>(d.cfg.get_int("EVENT_STORE_HTTP_THREADS"));
-    d.server = std::make_unique<http::Server>(so, [this](http::Request& req, std::shared_ptr<http::Responder> res) {
-        impl_->handle(req, res);
-    });
+    d.server = std::make_unique<http::Server>(
+        so, [this](http::Request& req, std::shared_ptr<http::Responder> res) { impl_->handle(req, res); });
     try {
         d.server->start();
     } catch (const std::exception& e) {
@@ -283,9 +283,8 @@ Status App::start() {
     d.sse.start();
     d.writer.start();
     d.relay->start();
-    d.metrics.gauge_fn("engram_log_head_position", "last committed position", [this] {
-        return static_cast<double>(impl_->writer.head().value());
-    });
+    d.metrics.gauge_fn("engram_log_head_position", "last committed position",
+                       [this] { return static_cast<double>(impl_->writer.head().value()); });
     d.metrics.gauge_fn("engram_relay_lag_events", "committed events not yet published to JetStream",
                        [this] { return static_cast<double>(impl_->relay_lag()); });
     d.metrics.gauge_fn("engram_relay_published_position", "highest position known to be in the stream",

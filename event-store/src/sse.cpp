@@ -30,13 +30,14 @@ struct SseHub::Subscriber {
 
 SseHub::SseHub(store::Reader& reader, metrics::Registry& metrics, std::chrono::milliseconds keepalive)
     : reader_(reader), keepalive_(keepalive) {
-    metrics.gauge_fn("engram_sse_clients", "open Server-Sent Events streams",
-                     [this] { return static_cast<double>(clients()); });
+    metrics.gauge_fn("engram_sse_clients", "open Server-Sent Events streams", [this] { return static_cast<double>(clients()); });
 }
 
 SseHub::~SseHub() { stop(); }
 
-void SseHub::start() { thread_ = std::thread([this] { run(); }); }
+void SseHub::start() {
+    thread_ = std::thread([this] { run(); });
+}
 
 void SseHub::stop() {
     {
@@ -62,8 +63,7 @@ std::size_t SseHub::clients() const {
 }
 
 std::string SseHub::frame(const events::Event& e) {
-    return "id: " + std::to_string(e.position.value()) + "\nevent: " + e.type + "\ndata: " + e.to_json().dump() +
-           "\n\n";
+    return "id: " + std::to_string(e.position.value()) + "\nevent: " + e.type + "\ndata: " + e.to_json().dump() + "\n\n";
 }
 
 void SseHub::publish(const std::vector<events::Event>& evs) {
@@ -133,8 +133,10 @@ void SseHub::run() {
                     if (!f) f = std::make_shared<const std::pair<std::int64_t, std::string>>(ev.position.value(), frame(ev));
                     std::lock_guard lk(s->mu);
                     if (!s->live) {
-                        if (s->buffer.size() < kMaxCatchupBuffer) s->buffer.push_back(f);
-                        else s->overflowed = true;
+                        if (s->buffer.size() < kMaxCatchupBuffer)
+                            s->buffer.push_back(f);
+                        else
+                            s->overflowed = true;
                         continue;
                     }
                     if (f->first <= s->last_sent) continue;
@@ -177,13 +179,12 @@ void SseHub::serve(http::Request& req, const std::shared_ptr<http::Responder>& r
     if (!resume.empty()) {
         auto p = store::parse_count(resume);
         if (!p)
-            return res->respond(http::Response::error(400, "invalid_parameter",
-                                                      resume_name + " must be a non-negative integer position"));
+            return res->respond(
+                http::Response::error(400, "invalid_parameter", resume_name + " must be a non-negative integer position"));
         sub->last_sent = *p;
     }
     // Probe the database before committing to a 200 stream, so an outage is a clear 503.
-    if (auto ping = reader_.ping(); !ping)
-        return res->respond(http::Response::error(503, "unavailable", ping.error().detail));
+    if (auto ping = reader_.ping(); !ping) return res->respond(http::Response::error(503, "unavailable", ping.error().detail));
 
     sub->stream = res->start_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
     {

@@ -22,8 +22,7 @@ json custom(const std::string& agg, int n = 0) {
     return {{"type", "SomethingHappened"}, {"aggregate_id", agg}, {"data", {{"n", n}}}};
 }
 
-void require_error(const http::ClientResponse& r, int status, const std::string& code,
-                   const std::string& detail_part = "") {
+void require_error(const http::ClientResponse& r, int status, const std::string& code, const std::string& detail_part = "") {
     INFO(r.body);
     REQUIRE(r.status == status);
     auto j = r.json();
@@ -69,7 +68,8 @@ TEST_CASE("a single event is appended and read back", "[integration][store]") {
 TEST_CASE("a batch is stored whole with consecutive positions and versions", "[integration][store]") {
     StoreFixture f;
     REQUIRE(f.post(custom("x")).status == 201);
-    auto r = f.post({{"aggregate_id", "agg:1"}, {"expected_version", 0},
+    auto r = f.post({{"aggregate_id", "agg:1"},
+                     {"expected_version", 0},
                      {"events", {custom("agg:1", 1), custom("agg:1", 2), {{"type", "Other"}, {"data", json::object()}}}}});
     INFO(r.body);
     REQUIRE(r.status == 201);
@@ -159,14 +159,21 @@ TEST_CASE("bad input is rejected with a clear 400 and nothing is written", "[int
         {"data not an object", R"({"type":"X","aggregate_id":"a","data":"hi"})", "invalid_event", "data"},
         {"metadata not an object", R"({"type":"X","aggregate_id":"a","metadata":[1]})", "invalid_event", "metadata"},
         {"id not a uuid", R"({"type":"X","aggregate_id":"a","id":"123"})", "invalid_event", "id"},
-        {"expected_version negative", R"({"type":"X","aggregate_id":"a","expected_version":-1})", "invalid_event", "expected_version"},
-        {"expected_version not integer", R"({"type":"X","aggregate_id":"a","expected_version":"1"})", "invalid_event", "expected_version"},
-        {"schema violation", R"({"type":"MessageReceived","aggregate_id":"a","data":{"text":5}})", "schema_violation", "MessageReceived"},
+        {"expected_version negative", R"({"type":"X","aggregate_id":"a","expected_version":-1})", "invalid_event",
+         "expected_version"},
+        {"expected_version not integer", R"({"type":"X","aggregate_id":"a","expected_version":"1"})", "invalid_event",
+         "expected_version"},
+        {"schema violation", R"({"type":"MessageReceived","aggregate_id":"a","data":{"text":5}})", "schema_violation",
+         "MessageReceived"},
         {"batch without aggregate", R"({"events":[{"type":"X"}]})", "invalid_event", "aggregate_id"},
         {"batch empty", R"({"aggregate_id":"a","events":[]})", "invalid_event", "events"},
-        {"batch of two aggregates", R"({"aggregate_id":"a","events":[{"type":"X"},{"type":"X","aggregate_id":"b"}]})", "invalid_event", "events[1]"},
-        {"batch with a bad event", R"({"aggregate_id":"a","events":[{"type":"X"},{"type":"X","data":1}]})", "invalid_event", "events[1]"},
-        {"batch with a repeated id", R"({"aggregate_id":"a","events":[{"type":"X","id":"6f9619ff-8b86-d011-b42d-00cf4fc964ff"},{"type":"Y","id":"6f9619ff-8b86-d011-b42d-00cf4fc964ff"}]})", "invalid_event", "duplicates"},
+        {"batch of two aggregates", R"({"aggregate_id":"a","events":[{"type":"X"},{"type":"X","aggregate_id":"b"}]})",
+         "invalid_event", "events[1]"},
+        {"batch with a bad event", R"({"aggregate_id":"a","events":[{"type":"X"},{"type":"X","data":1}]})", "invalid_event",
+         "events[1]"},
+        {"batch with a repeated id",
+         R"({"aggregate_id":"a","events":[{"type":"X","id":"6f9619ff-8b86-d011-b42d-00cf4fc964ff"},{"type":"Y","id":"6f9619ff-8b86-d011-b42d-00cf4fc964ff"}]})",
+         "invalid_event", "duplicates"},
         {"NUL in a string", R"({"type":"X","aggregate_id":"a","data":{"t":"a\u0000b"}})", "invalid_event", ""},
     };
     for (const auto& c : cases) {
@@ -194,8 +201,9 @@ TEST_CASE("reads filter by position, type, aggregate and until", "[integration][
     StoreFixture f;
     for (int i = 0; i < 5; ++i) REQUIRE(f.post(msg("session:web:r1", "m" + std::to_string(i))).status == 201);
     for (int i = 0; i < 5; ++i) REQUIRE(f.post(custom("agg:r2", i)).status == 201);
-    REQUIRE(f.post({{"type", "MessageGenerated"}, {"aggregate_id", "session:web:r1"},
-                    {"data", {{"text", "hi"}, {"channel", "web"}}}}).status == 201);
+    REQUIRE(
+        f.post({{"type", "MessageGenerated"}, {"aggregate_id", "session:web:r1"}, {"data", {{"text", "hi"}, {"channel", "web"}}}})
+            .status == 201);
 
     auto all = f.get("/events").json();
     CHECK(all["events"].size() == 11);
@@ -296,8 +304,8 @@ TEST_CASE("concurrent appends leave positions and versions without gaps", "[inte
             http::Client c(f.app->url());
             for (int i = 0; i < per_thread; ++i) {
                 auto agg = "agg:" + std::to_string((t * per_thread + i) % aggregates);
-                json body = (i % 5 == 0) ? json{{"aggregate_id", agg}, {"events", {custom(agg, i), custom(agg, i + 1)}}}
-                                         : custom(agg, i);
+                json body =
+                    (i % 5 == 0) ? json{{"aggregate_id", agg}, {"events", {custom(agg, i), custom(agg, i + 1)}}} : custom(agg, i);
                 auto r = c.post_json("/events", body);
                 (r.ok() && r->status == 201 ? created : failed)++;
             }

@@ -32,11 +32,13 @@ struct StoreProcess {
                                                {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)},
                                                {"LOG_LEVEL", "info"}},
             dir + "/store-" + std::to_string(++starts) + ".log");
-        REQUIRE(testing::eventually([&] {
-            http::Client c(url());
-            auto r = c.get("/events?limit=1");
-            return r.ok() && r->status == 200;
-        }, std::chrono::seconds(20)));
+        REQUIRE(testing::eventually(
+            [&] {
+                http::Client c(url());
+                auto r = c.get("/events?limit=1");
+                return r.ok() && r->status == 200;
+            },
+            std::chrono::seconds(20)));
     }
 };
 
@@ -57,7 +59,9 @@ TEST_CASE("kill -9 during appends: every acknowledged event is stored once and p
             http::Client c(s.url(), http::ClientOptions{std::chrono::milliseconds(2000)});
             for (int i = 0; !stop; ++i) {
                 auto id = Uuid::v4().str();
-                json e = {{"id", id}, {"type", "SomethingHappened"}, {"aggregate_id", "agg:" + std::to_string(t % 3)},
+                json e = {{"id", id},
+                          {"type", "SomethingHappened"},
+                          {"aggregate_id", "agg:" + std::to_string(t % 3)},
                           {"data", {{"n", i}}}};
                 {
                     std::lock_guard lk(mu);
@@ -109,10 +113,12 @@ TEST_CASE("kill -9 during appends: every acknowledged event is stored once and p
     no.url = nats.url();
     auto nc = nats::Connection::connect(no);
     REQUIRE(nc.ok());
-    REQUIRE(testing::eventually([&] {
-        auto info = (*nc)->stream_info("EVENTS");
-        return info.ok() && info->messages >= ids_by_position.size();
-    }, std::chrono::seconds(20)));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto info = (*nc)->stream_info("EVENTS");
+            return info.ok() && info->messages >= ids_by_position.size();
+        },
+        std::chrono::seconds(20)));
     auto info = (*nc)->stream_info("EVENTS");
     REQUIRE(info->messages == ids_by_position.size());
     std::size_t i = 0;

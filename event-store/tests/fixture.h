@@ -13,10 +13,8 @@ namespace engram::test {
 
 inline config::Values store_config(const std::string& db_url, const std::string& nats_url,
                                    std::map<std::string, std::string> extra = {}) {
-    std::map<std::string, std::string> env = {{"DATABASE_URL", db_url},
-                                              {"EVENT_STORE_LISTEN", "127.0.0.1:0"},
-                                              {"NATS_URL", nats_url},
-                                              {"LOG_LEVEL", "warn"}};
+    std::map<std::string, std::string> env = {
+        {"DATABASE_URL", db_url}, {"EVENT_STORE_LISTEN", "127.0.0.1:0"}, {"NATS_URL", nats_url}, {"LOG_LEVEL", "warn"}};
     for (auto& [k, v] : extra) env[k] = v;
     auto v = event_store::config_spec().load([&](const std::string& k) -> std::optional<std::string> {
         auto it = env.find(k);

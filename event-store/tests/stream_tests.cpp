@@ -41,10 +41,12 @@ void check_stream_equals_log(StoreFixture& f, nats::Connection& nc) {
         log.insert(log.end(), more.begin(), more.end());
         after = log.back()["position"].get<int>();
     }
-    REQUIRE(testing::eventually([&] {
-        auto info = nc.stream_info("EVENTS");
-        return info.ok() && info->messages == log.size();
-    }, std::chrono::seconds(20)));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto info = nc.stream_info("EVENTS");
+            return info.ok() && info->messages == log.size();
+        },
+        std::chrono::seconds(20)));
     auto info = nc.stream_info("EVENTS");
     REQUIRE(info->messages == log.size());
     std::size_t i = 0;
@@ -75,8 +77,9 @@ TEST_CASE("every committed event is published to JetStream once, in position ord
             http::Client c(f.app->url());
             for (int i = 0; i < 100; ++i) {
                 auto agg = "agg:" + std::to_string(i % 7);
-                auto r = (i % 10 == 0) ? c.post_json("/events", {{"aggregate_id", agg}, {"events", {ev(agg, i), ev(agg, i, "OtherThing")}}})
-                                       : c.post_json("/events", ev(agg, i));
+                auto r = (i % 10 == 0)
+                             ? c.post_json("/events", {{"aggregate_id", agg}, {"events", {ev(agg, i), ev(agg, i, "OtherThing")}}})
+                             : c.post_json("/events", ev(agg, i));
                 REQUIRE(r.ok());
                 CHECK(r->status == 201);
             }
@@ -103,7 +106,10 @@ TEST_CASE("appends go on while NATS is down and the relay catches up", "[integra
     }
     for (int i = 0; i < 20; ++i) REQUIRE(f.post(ev("agg:n", i)).status == 201);
     auto nc = connect(f.nats.url());
-    REQUIRE(testing::eventually([&] { auto i = nc->stream_info("EVENTS"); return i.ok() && i->messages == 20; }));
+    REQUIRE(testing::eventually([&] {
+        auto i = nc->stream_info("EVENTS");
+        return i.ok() && i->messages == 20;
+    }));
     nc.reset();
     f.nats.stop();
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
@@ -167,14 +173,17 @@ struct Received {
 Received read_sse(const std::string& url, const std::string& path, std::size_t n, const http::Headers& h = {}) {
     http::Client c(url);
     Received out;
-    auto r = c.sse(path, h, [&](const std::string& id, const std::string& type, const std::string& data) {
-        auto j = json::parse(data);
-        CHECK(std::to_string(j["position"].get<std::int64_t>()) == id);
-        CHECK(j["type"] == type);
-        out.positions.push_back(std::stoll(id));
-        out.types.push_back(type);
-        return out.positions.size() < n;
-    }, std::chrono::seconds(5));
+    auto r = c.sse(
+        path, h,
+        [&](const std::string& id, const std::string& type, const std::string& data) {
+            auto j = json::parse(data);
+            CHECK(std::to_string(j["position"].get<std::int64_t>()) == id);
+            CHECK(j["type"] == type);
+            out.positions.push_back(std::stoll(id));
+            out.types.push_back(type);
+            return out.positions.size() < n;
+        },
+        std::chrono::seconds(5));
     return out;
 }
 
@@ -203,8 +212,9 @@ TEST_CASE("an SSE stream catches up from the log and goes live without gap or du
     for (std::size_t i = 0; i < got.positions.size(); ++i) CHECK(got.positions[i] == log[i]["position"].get<std::int64_t>());
 
     SECTION("type filter and after") {
-        auto only = read_sse(f.app->url(), "/events/stream?aggregate_id=session:web:s&type=Other*&after=" +
-                                                std::to_string(log[100]["position"].get<int>()), 50);
+        auto only = read_sse(
+            f.app->url(),
+            "/events/stream?aggregate_id=session:web:s&type=Other*&after=" + std::to_string(log[100]["position"].get<int>()), 50);
         CHECK(only.positions.size() == 50);
         for (auto& t : only.types) CHECK(t == "OtherThing");
         for (auto p : only.positions) CHECK(p > log[100]["position"].get<int>());
@@ -247,13 +257,14 @@ TEST_CASE("SSE clients resuming with Last-Event-ID at random moments miss nothin
         http::Headers h;
         if (!last.empty()) h.emplace_back("Last-Event-ID", last);
         std::size_t n = 0;
-        auto r = c.sse("/events/stream?aggregate_id=session:web:r", h,
-                       [&](const std::string& id, const std::string&, const std::string&) {
-                           got.push_back(std::stoll(id));
-                           last = id;
-                           return ++n < take;
-                       },
-                       std::chrono::seconds(5));
+        auto r = c.sse(
+            "/events/stream?aggregate_id=session:web:r", h,
+            [&](const std::string& id, const std::string&, const std::string&) {
+                got.push_back(std::stoll(id));
+                last = id;
+                return ++n < take;
+            },
+            std::chrono::seconds(5));
         if (!r.ok()) break;  // idle: the writer is done and everything was received, or a bug (checked below)
     }
     writer.join();
@@ -277,8 +288,9 @@ TEST_CASE("a stalled SSE client is cut off without slowing appends", "[integrati
     std::atomic<std::size_t> healthy{0};
     std::thread reader([&] {
         http::Client c(f.app->url());
-        c.sse("/events/stream?aggregate_id=session:web:slow", {}, [&](auto&, auto&, auto&) { return ++healthy < 150; },
-              std::chrono::seconds(10));
+        c.sse(
+            "/events/stream?aggregate_id=session:web:slow", {}, [&](auto&, auto&, auto&) { return ++healthy < 150; },
+            std::chrono::seconds(10));
     });
     json big = ev("session:web:slow", 0);
     big["data"]["blob"] = std::string(64 * 1024, 'x');

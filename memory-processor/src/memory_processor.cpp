@@ -28,8 +28,8 @@ namespace {
 
 // The events of `aggregate` with versions from..to, from the store (to fill a hole left by a
 // redelivery that arrives after later events of the same aggregate).
-Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, const std::string& aggregate,
-                                                  std::int64_t from, std::int64_t to) {
+Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, const std::string& aggregate, std::int64_t from,
+                                                  std::int64_t to) {
     http::Client c(store.url);
     http::Headers h;
     if (!store.token.empty()) h.emplace_back("Authorization", "Bearer " + store.token);
@@ -41,7 +41,8 @@ Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, cons
                            "&limit=" + std::to_string(n),
                        h);
         if (!r) return std::move(r).error();
-        if (r->status != 200) return Error::make("event_store", "reading " + aggregate + " answered " + std::to_string(r->status));
+        if (r->status != 200)
+            return Error::make("event_store", "reading " + aggregate + " answered " + std::to_string(r->status));
         auto evs = r->json()["events"];
         if (evs.empty()) break;
         for (auto& j : evs) {
@@ -168,7 +169,8 @@ Status SearchService::start() {
         auto req = nlohmann::json::parse(m.data, nullptr, false);
         if (req.is_discarded() || !req.is_object() || !req.contains("user_id") || !req["user_id"].is_string() ||
             !req.contains("query") || !req["query"].is_string()) {
-            out = {{"error", "invalid_request"}, {"detail", "expected {\"user_id\": string, \"query\": string, \"limit\"?: int}"}};
+            out = {{"error", "invalid_request"},
+                   {"detail", "expected {\"user_id\": string, \"query\": string, \"limit\"?: int}"}};
         } else {
             int limit = req.contains("limit") && req["limit"].is_number_integer() ? req["limit"].get<int>() : 5;
             limit = std::clamp(limit, 1, 50);
@@ -181,8 +183,11 @@ Status SearchService::start() {
             } else {
                 out["results"] = nlohmann::json::array();
                 for (auto& h : *hits)
-                    out["results"].push_back({{"memory_id", h.memory_id}, {"text", h.text}, {"score", h.score},
-                                              {"text_rank", h.text_rank}, {"similarity", h.similarity}});
+                    out["results"].push_back({{"memory_id", h.memory_id},
+                                              {"text", h.text},
+                                              {"score", h.score},
+                                              {"text_rank", h.text_rank},
+                                              {"similarity", h.similarity}});
             }
         }
         if (reply.can_reply()) reply.reply(out.dump());

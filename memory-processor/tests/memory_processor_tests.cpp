@@ -43,8 +43,9 @@ struct Stack : testing::Stack {
 std::unique_ptr<testing::Process> start_processor(Stack& s, int n) {
     auto env = s.env();
     env["MEMORY_PROCESSOR_LISTEN"] = "127.0.0.1:0";
-    return std::make_unique<testing::Process>(std::vector<std::string>{testing::build_dir() + "/memory-processor/engram-memory-processor"},
-                                              env, s.dir() + "/proc-" + std::to_string(n) + ".log");
+    return std::make_unique<testing::Process>(
+        std::vector<std::string>{testing::build_dir() + "/memory-processor/engram-memory-processor"}, env,
+        s.dir() + "/proc-" + std::to_string(n) + ".log");
 }
 
 json random_event(std::mt19937& rng, const std::vector<std::string>& sessions, const std::vector<std::string>& users, int i) {
@@ -52,12 +53,16 @@ json random_event(std::mt19937& rng, const std::vector<std::string>& sessions, c
     switch (rng() % 6) {
         case 0: {
             auto s = pick(sessions);
-            return {{"type", "MessageReceived"}, {"aggregate_id", s},
-                    {"data", {{"channel", "web"}, {"text", "hello " + std::to_string(i)}, {"user_id", "web:u"}, {"session_id", s}}}};
+            return {
+                {"type", "MessageReceived"},
+                {"aggregate_id", s},
+                {"data", {{"channel", "web"}, {"text", "hello " + std::to_string(i)}, {"user_id", "web:u"}, {"session_id", s}}}};
         }
         case 1: {
             auto s = pick(sessions);
-            return {{"type", "MessageGenerated"}, {"aggregate_id", s}, {"data", {{"channel", "web"}, {"text", "answer " + std::to_string(i)}}}};
+            return {{"type", "MessageGenerated"},
+                    {"aggregate_id", s},
+                    {"data", {{"channel", "web"}, {"text", "answer " + std::to_string(i)}}}};
         }
         case 2: {
             auto s = pick(sessions);
@@ -65,9 +70,12 @@ json random_event(std::mt19937& rng, const std::vector<std::string>& sessions, c
         }
         default: {
             auto u = pick(users);
-            return {{"type", "MemoryStored"}, {"aggregate_id", "user:" + u},
-                    {"data", {{"user_id", u}, {"text", "fact number " + std::to_string(i) + " about " + u},
-                              {"importance", double(rng() % 10) / 10.0}}}};
+            return {{"type", "MemoryStored"},
+                    {"aggregate_id", "user:" + u},
+                    {"data",
+                     {{"user_id", u},
+                      {"text", "fact number " + std::to_string(i) + " about " + u},
+                      {"importance", double(rng() % 10) / 10.0}}}};
         }
     }
 }
@@ -77,22 +85,27 @@ void check_projections(Stack& s, const std::vector<std::string>& sessions, const
     auto head = s.head();
     for (const auto& [name, ids] : std::vector<std::pair<std::string, std::vector<std::string>>>{
              {"conversation", sessions}, {"fast_memory", [&] {
-                  std::vector<std::string> v;
-                  for (auto& u : users) v.push_back("user:" + u);
-                  return v;
-              }()}}) {
+                                              std::vector<std::string> v;
+                                              for (auto& u : users) v.push_back("user:" + u);
+                                              return v;
+                                          }()}}) {
         for (const auto& id : ids) {
             INFO(name << "/" << id);
-            auto folded = s.client.get("/projections/" + name + "/" + http::url_encode(id) + "?as_of=" + std::to_string(head))->json();
+            auto folded =
+                s.client.get("/projections/" + name + "/" + http::url_encode(id) + "?as_of=" + std::to_string(head))->json();
             if (folded["position"] == 0) continue;  // no event for this instance
             // Caught up (the processor may have moved on: its own FastMemoryUpdated events come later).
-            REQUIRE(testing::eventually([&] {
-                auto p = s.persisted(name, id);
-                return p.contains("position") && p["position"].get<std::int64_t>() >= folded["position"].get<std::int64_t>();
-            }, std::chrono::seconds(20)));
+            REQUIRE(testing::eventually(
+                [&] {
+                    auto p = s.persisted(name, id);
+                    return p.contains("position") && p["position"].get<std::int64_t>() >= folded["position"].get<std::int64_t>();
+                },
+                std::chrono::seconds(20)));
             auto persisted = s.persisted(name, id);
-            auto at = s.client.get("/projections/" + name + "/" + http::url_encode(id) + "?as_of=" +
-                                   std::to_string(persisted["position"].get<std::int64_t>()))->json();
+            auto at = s.client
+                          .get("/projections/" + name + "/" + http::url_encode(id) +
+                               "?as_of=" + std::to_string(persisted["position"].get<std::int64_t>()))
+                          ->json();
             CHECK(persisted["state"] == at["state"]);
         }
     }
@@ -131,8 +144,9 @@ TEST_CASE("kill -9 mid-stream: projections equal a rebuild and FastMemoryUpdated
     // One FastMemoryUpdated per causing event at most.
     pqxx::connection c(s.db());
     pqxx::nontransaction tx(c);
-    auto dup = tx.exec("SELECT metadata->>'causation_id', count(*) FROM events WHERE type = 'FastMemoryUpdated' "
-                       "GROUP BY 1 HAVING count(*) > 1");
+    auto dup = tx.exec(
+        "SELECT metadata->>'causation_id', count(*) FROM events WHERE type = 'FastMemoryUpdated' "
+        "GROUP BY 1 HAVING count(*) > 1");
     CHECK(dup.empty());
     CHECK(tx.exec("SELECT count(*) FROM events WHERE type = 'FastMemoryUpdated'")[0][0].as<int>() > 0);
 }
@@ -142,18 +156,23 @@ TEST_CASE("memory.search finds stored memories over NATS request/reply", "[integ
     auto proc = start_processor(s, 1);
     for (auto text : {"My favourite colour is green", "I have a dog called Rex", "Dentist on Friday at 10"})
         s.append({{"type", "MemoryStored"}, {"aggregate_id", "user:frank"}, {"data", {{"user_id", "frank"}, {"text", text}}}});
-    s.append({{"type", "MemoryStored"}, {"aggregate_id", "user:gina"}, {"data", {{"user_id", "gina"}, {"text", "Gina's dog is called Bo"}}}});
+    s.append({{"type", "MemoryStored"},
+              {"aggregate_id", "user:gina"},
+              {"data", {{"user_id", "gina"}, {"text", "Gina's dog is called Bo"}}}});
     nats::ConnectOptions o;
     o.url = s.nats().url();
     auto nc = nats::Connection::connect(o);
     REQUIRE(nc.ok());
     json res;
-    REQUIRE(testing::eventually([&] {
-        auto r = (*nc)->request("memory.search", json{{"user_id", "frank"}, {"query", "dog"}}.dump(), std::chrono::seconds(2));
-        if (!r.ok()) return false;
-        res = json::parse(r->data);
-        return res.contains("results") && res["results"].size() >= 1;
-    }, std::chrono::seconds(20)));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto r =
+                (*nc)->request("memory.search", json{{"user_id", "frank"}, {"query", "dog"}}.dump(), std::chrono::seconds(2));
+            if (!r.ok()) return false;
+            res = json::parse(r->data);
+            return res.contains("results") && res["results"].size() >= 1;
+        },
+        std::chrono::seconds(20)));
     CHECK(res["results"][0]["text"] == "I have a dog called Rex");
     for (auto& h : res["results"]) CHECK(h["text"].get<std::string>().find("Gina") == std::string::npos);
     auto like = (*nc)->request("memory.search", json{{"user_id", "user:frank"}, {"query", "which colours do I like"}}.dump(),
@@ -197,8 +216,11 @@ TEST_CASE("an event arriving after a hole in its aggregate's versions is folded 
     const std::string sess = "session:web:hole";
     std::vector<std::int64_t> positions;
     for (int i = 0; i < 10; ++i) {
-        auto r = s.client.post_json("/events", {{"type", "MessageReceived"}, {"aggregate_id", sess},
-                                                {"data", {{"channel", "web"}, {"text", "m" + std::to_string(i)}, {"user_id", "u"}, {"session_id", sess}}}});
+        auto r = s.client.post_json(
+            "/events",
+            {{"type", "MessageReceived"},
+             {"aggregate_id", sess},
+             {"data", {{"channel", "web"}, {"text", "m" + std::to_string(i)}, {"user_id", "u"}, {"session_id", sess}}}});
         REQUIRE(r->status == 201);
         positions.push_back(r->json()["events"][0]["position"].get<std::int64_t>());
     }
@@ -214,11 +236,12 @@ TEST_CASE("an event arriving after a hole in its aggregate's versions is folded 
         tx.commit();
     }
     proc = start_processor(s, 2);
-    auto r = s.client.post_json("/events", {{"type", "MessageGenerated"}, {"aggregate_id", sess},
-                                            {"data", {{"channel", "web"}, {"text", "answer"}}}});
+    auto r = s.client.post_json(
+        "/events", {{"type", "MessageGenerated"}, {"aggregate_id", sess}, {"data", {{"channel", "web"}, {"text", "answer"}}}});
     auto last = r->json()["events"][0]["position"].get<std::int64_t>();
     REQUIRE(testing::eventually([&] { return s.persisted("conversation", sess)["position"] == last; }));
     auto persisted = s.persisted("conversation", sess);
     CHECK(persisted["state"]["messages"].size() == 11);
-    CHECK(persisted["state"] == s.client.get("/projections/conversation/" + sess + "?as_of=" + std::to_string(last))->json()["state"]);
+    CHECK(persisted["state"] ==
+          s.client.get("/projections/conversation/" + sess + "?as_of=" + std::to_string(last))->json()["state"]);
 }

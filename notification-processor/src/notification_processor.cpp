@@ -99,9 +99,9 @@ struct Outcome {
     std::string reason;           // NotificationFailed reason when it ends the delivery
     std::string detail;
     int http_status = 0;
-    bool rate_limited = false;    // not_sent because of a 429
-    nanoseconds wait{0};          // not_sent: wait at least this long before the next attempt
-    std::string info;             // e.g. SMTP reply
+    bool rate_limited = false;  // not_sent because of a 429
+    nanoseconds wait{0};        // not_sent: wait at least this long before the next attempt
+    std::string info;           // e.g. SMTP reply
 };
 
 struct PartResult {
@@ -130,8 +130,7 @@ Error stopping_error() { return Error::make("stopping", "the processor is stoppi
 // The delivery state machine of one part (README: "Delivery state machine").
 Result<PartResult> deliver_part(processor::Context& ctx, const Settings& s, const std::string& source, int part,
                                 const std::string& channel, std::optional<Row> row,
-                                const std::function<nanoseconds()>& before_attempt,
-                                const std::function<Outcome()>& send) {
+                                const std::function<nanoseconds()>& before_attempt, const std::function<Outcome()>& send) {
     auto& db = ctx.db();
     PartResult pr;
     if (row) {
@@ -230,7 +229,8 @@ std::string session_part(const std::string& session, std::size_t index) {
 std::string session_of(const events::Event& e) {
     if (e.aggregate_id.rfind("session:", 0) == 0) return e.aggregate_id;
     if (e.data.contains("session_id") && e.data["session_id"].is_string()) return e.data["session_id"].get<std::string>();
-    if (e.metadata.contains("session_id") && e.metadata["session_id"].is_string()) return e.metadata["session_id"].get<std::string>();
+    if (e.metadata.contains("session_id") && e.metadata["session_id"].is_string())
+        return e.metadata["session_id"].get<std::string>();
     return "";
 }
 
@@ -278,8 +278,8 @@ Outcome telegram_send(http::Client& client, const Settings& s, const json& chat_
     std::string desc = j.is_object() && j.contains("description") && j["description"].is_string()
                            ? j["description"].get<std::string>()
                            : r->body.substr(0, 200);
-    if (r->status == 200 && j.is_object() && j.value("ok", false) && j.contains("result") &&
-        j["result"].contains("message_id") && j["result"]["message_id"].is_number_integer()) {
+    if (r->status == 200 && j.is_object() && j.value("ok", false) && j.contains("result") && j["result"].contains("message_id") &&
+        j["result"]["message_id"].is_number_integer()) {
         o.kind = Outcome::sent;
         o.message_id = j["result"]["message_id"].get<std::int64_t>();
         return o;
@@ -333,8 +333,7 @@ Outcome slack_send(const Settings& s, const std::string& text) {
         try {
             auto h = r->header("retry-after");
             if (!h.empty()) after = std::stoi(h);
-        } catch (...) {
-        }
+        } catch (...) {}
         o.wait = seconds(std::max(after, 0));
     } else if (r->status >= 500) {
         o.kind = Outcome::not_sent;
@@ -392,15 +391,17 @@ std::string mail_payload(const Mail& m) {
     std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
     std::string to;
     for (std::size_t i = 0; i < m.to.size(); ++i) to += (i ? ", " : "") + m.to[i];
-    std::string p = "Date: " + std::string(date) + "\r\nFrom: " + m.from + "\r\nTo: " + to + "\r\nSubject: " +
-                    encode_header(m.subject) + "\r\nMessage-ID: " + m.message_id +
+    std::string p = "Date: " + std::string(date) + "\r\nFrom: " + m.from + "\r\nTo: " + to +
+                    "\r\nSubject: " + encode_header(m.subject) + "\r\nMessage-ID: " + m.message_id +
                     "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n";
     // Normalise line ends to CRLF (libcurl dot-stuffs lines starting with '.').
     for (std::size_t i = 0; i < m.body.size(); ++i) {
         char c = m.body[i];
         if (c == '\r') continue;
-        if (c == '\n') p += "\r\n";
-        else p += c;
+        if (c == '\n')
+            p += "\r\n";
+        else
+            p += c;
     }
     p += "\r\n";
     return p;
@@ -478,7 +479,8 @@ Outcome smtp_send(const Settings& s, const Mail& m) {
 std::vector<std::string> email_recipients(const events::Event& e) {
     std::vector<std::string> to;
     auto take = [&](const json& v) {
-        if (v.is_string()) to.push_back(v.get<std::string>());
+        if (v.is_string())
+            to.push_back(v.get<std::string>());
         else if (v.is_array())
             for (auto& x : v)
                 if (x.is_string()) to.push_back(x.get<std::string>());
@@ -522,11 +524,13 @@ private:
         if (!pr.detail.empty()) data["detail"] = pr.detail;
         if (pr.http_status >= 100 && pr.http_status <= 599) data["http_status"] = pr.http_status;
         for (auto& [k, v] : extra.items()) data[k] = v;
-        auto r = ctx.append("failed:" + channel, {.type = "NotificationFailed", .aggregate_id = ctx.event().aggregate_id, .data = data});
+        auto r = ctx.append("failed:" + channel,
+                            {.type = "NotificationFailed", .aggregate_id = ctx.event().aggregate_id, .data = data});
         if (!r) return r.error();
         return ok();
     }
-    Status not_possible(processor::Context& ctx, const std::string& channel, const std::string& reason, const std::string& detail) {
+    Status not_possible(processor::Context& ctx, const std::string& channel, const std::string& reason,
+                        const std::string& detail) {
         PartResult pr;
         pr.reason = reason;
         pr.detail = detail;
@@ -538,14 +542,15 @@ private:
         const auto& e = ctx.event();
         if (s_.telegram_token.empty()) return not_possible(ctx, "telegram", "not_configured", "TELEGRAM_BOT_TOKEN is not set");
         std::string chat = telegram_chat_id(e);
-        if (chat.empty()) return not_possible(ctx, "telegram", "invalid_recipient", "no chat_id and no session:telegram:<id> session");
+        if (chat.empty())
+            return not_possible(ctx, "telegram", "invalid_recipient", "no chat_id and no session:telegram:<id> session");
         json chat_json = chat;
-        if (e.data.contains("chat_id") && e.data["chat_id"].is_number_integer()) chat_json = e.data["chat_id"];
+        if (e.data.contains("chat_id") && e.data["chat_id"].is_number_integer())
+            chat_json = e.data["chat_id"];
         else if (std::regex_match(chat, std::regex("-?[0-9]{1,19}"))) {
             try {
                 chat_json = std::stoll(chat);
-            } catch (...) {
-            }
+            } catch (...) {}
         }
         json reply_to = e.data.contains("reply_to") ? e.data["reply_to"] : json();
         auto parts = split_message(text);
@@ -572,8 +577,9 @@ private:
             if (!pr) return pr.error();
             attempts += pr->attempts;
             if (!pr->delivered)
-                return failed(ctx, "telegram", *pr, {{"chat_id", chat_json}, {"parts", parts.size()}, {"parts_sent", ids.size()},
-                                                     {"message_ids", ids}});
+                return failed(
+                    ctx, "telegram", *pr,
+                    {{"chat_id", chat_json}, {"parts", parts.size()}, {"parts_sent", ids.size()}, {"message_ids", ids}});
             ids.push_back(pr->message_id);
         }
         json data = {{"chat_id", chat_json},
@@ -594,7 +600,8 @@ private:
         if (!st) return st;
         std::optional<Row> row;
         if (auto it = rows.find(0); it != rows.end()) row = it->second;
-        auto pr = deliver_part(ctx, s_, ctx.event().id.str(), 0, channel, row, [] { return nanoseconds{0}; }, send);
+        auto pr = deliver_part(
+            ctx, s_, ctx.event().id.str(), 0, channel, row, [] { return nanoseconds{0}; }, send);
         if (!pr) return pr.error();
         out = *pr;
         return ok();
@@ -603,9 +610,14 @@ private:
     Status slack(processor::Context& ctx, const std::string& text) {
         if (s_.slack_webhook_url.empty()) return not_possible(ctx, "slack", "not_configured", "SLACK_WEBHOOK_URL is not set");
         PartResult pr;
-        if (auto st = single(ctx, "slack", [&] { return slack_send(s_, text); }, pr); !st) return st;
+        if (auto st = single(
+                ctx, "slack", [&] { return slack_send(s_, text); }, pr);
+            !st)
+            return st;
         if (!pr.delivered) return failed(ctx, "slack", pr);
-        json data = {{"source_event_id", ctx.event().id.str()}, {"parts", 1}, {"webhook_host", host_of(s_.slack_webhook_url)},
+        json data = {{"source_event_id", ctx.event().id.str()},
+                     {"parts", 1},
+                     {"webhook_host", host_of(s_.slack_webhook_url)},
                      {"attempts", std::max(pr.attempts, 1)}};
         auto r = ctx.append("slack", {.type = "SlackMessageSent", .aggregate_id = ctx.event().aggregate_id, .data = data});
         if (!r) return r.error();
@@ -621,16 +633,22 @@ private:
         m.to = email_recipients(e);
         if (m.to.empty()) return not_possible(ctx, "email", "invalid_recipient", "no recipient (data.to, metadata.to)");
         for (auto& t : m.to)
-            if (!valid_email(t)) return not_possible(ctx, "email", "invalid_recipient", "not an email address: " + t.substr(0, 100));
+            if (!valid_email(t))
+                return not_possible(ctx, "email", "invalid_recipient", "not an email address: " + t.substr(0, 100));
         m.subject = e.data.value("subject", std::string("Message from engram"));
-        if (!header_safe(m.subject)) m.subject.erase(std::remove_if(m.subject.begin(), m.subject.end(), [](char c) { return c == '\r' || c == '\n'; }), m.subject.end());
+        if (!header_safe(m.subject))
+            m.subject.erase(std::remove_if(m.subject.begin(), m.subject.end(), [](char c) { return c == '\r' || c == '\n'; }),
+                            m.subject.end());
         m.body = text;
         m.message_id = "<" + e.id.str() + "@engram>";
         PartResult pr;
-        if (auto st = single(ctx, "email", [&] { return smtp_send(s_, m); }, pr); !st) return st;
+        if (auto st = single(
+                ctx, "email", [&] { return smtp_send(s_, m); }, pr);
+            !st)
+            return st;
         if (!pr.delivered) return failed(ctx, "email", pr);
-        json data = {{"to", m.to}, {"subject", m.subject}, {"source_event_id", e.id.str()}, {"from", m.from},
-                     {"message_id", m.message_id}, {"attempts", std::max(pr.attempts, 1)}};
+        json data = {{"to", m.to},     {"subject", m.subject},       {"source_event_id", e.id.str()},
+                     {"from", m.from}, {"message_id", m.message_id}, {"attempts", std::max(pr.attempts, 1)}};
         if (!pr.info.empty()) data["smtp_response"] = pr.info;
         auto r = ctx.append("email", {.type = "EmailSent", .aggregate_id = e.aggregate_id, .data = data});
         if (!r) return r.error();
@@ -680,22 +698,23 @@ void migrate(pqxx::connection& c) {
 
 config::Spec settings_spec() {
     config::Spec spec;
-    spec.add({"TELEGRAM_BOT_TOKEN", "Telegram bot token (<digits>:<secret>); unset = Telegram delivery fails with not_configured", "",
-              false,
+    spec.add({"TELEGRAM_BOT_TOKEN", "Telegram bot token (<digits>:<secret>); unset = Telegram delivery fails with not_configured",
+              "", false,
               [](const std::string& v) -> std::optional<std::string> {
                   static const std::regex re("^[0-9]+:[A-Za-z0-9_-]+$");
                   if (std::regex_match(v, re)) return std::nullopt;
                   return "must look like <bot id>:<secret> (digits, ':', letters, digits, '_' or '-')";
               },
               true});
-    spec.add({"TELEGRAM_API_BASE", "Telegram Bot API base URL", "https://api.telegram.org", false, config::url({"http", "https"})});
+    spec.add(
+        {"TELEGRAM_API_BASE", "Telegram Bot API base URL", "https://api.telegram.org", false, config::url({"http", "https"})});
     spec.add({"SMTP_URL", "SMTP server for email delivery, e.g. smtp://127.0.0.1:2525 or smtps://user:pass@host:465", "", false,
               config::url({"smtp", "smtps"}), true});
-    spec.add({"EMAIL_FROM", "sender address of delivered email", "", false,
-              [](const std::string& v) -> std::optional<std::string> {
-                  if (valid_email(v)) return std::nullopt;
-                  return "must be an email address (got '" + v.substr(0, 100) + "')";
-              }});
+    spec.add(
+        {"EMAIL_FROM", "sender address of delivered email", "", false, [](const std::string& v) -> std::optional<std::string> {
+             if (valid_email(v)) return std::nullopt;
+             return "must be an email address (got '" + v.substr(0, 100) + "')";
+         }});
     spec.add({"SLACK_WEBHOOK_URL", "Slack incoming webhook URL", "", false, config::url({"http", "https"}), true});
     return spec;
 }

@@ -15,17 +15,17 @@
 namespace engram::notification {
 
 struct Settings {
-    std::string telegram_token;                              // TELEGRAM_BOT_TOKEN
+    std::string telegram_token;                                  // TELEGRAM_BOT_TOKEN
     std::string telegram_api_base = "https://api.telegram.org";  // TELEGRAM_API_BASE
-    std::string smtp_url;                                    // SMTP_URL (smtp:// or smtps://)
-    std::string email_from;                                  // EMAIL_FROM
-    std::string slack_webhook_url;                           // SLACK_WEBHOOK_URL
+    std::string smtp_url;                                        // SMTP_URL (smtp:// or smtps://)
+    std::string email_from;                                      // EMAIL_FROM
+    std::string slack_webhook_url;                               // SLACK_WEBHOOK_URL
     RateLimits limits;
-    int max_send_attempts = 5;       // attempts of one part on transient errors (5xx, refused connection)
-    int max_rate_limited = 10;       // 429 answers tolerated for one part
-    std::chrono::milliseconds backoff{500};       // doubles per transient error
+    int max_send_attempts = 5;               // attempts of one part on transient errors (5xx, refused connection)
+    int max_rate_limited = 10;               // 429 answers tolerated for one part
+    std::chrono::milliseconds backoff{500};  // doubles per transient error
     std::chrono::milliseconds max_backoff{10000};
-    std::chrono::seconds max_retry_after{300};    // a longer Telegram retry_after = NotificationFailed rate_limited
+    std::chrono::seconds max_retry_after{300};  // a longer Telegram retry_after = NotificationFailed rate_limited
     std::chrono::milliseconds http_timeout{15000};
     Clock clock = steady_clock();
 };

@@ -32,9 +32,9 @@ private:
 };
 
 struct RateLimits {
-    double per_chat_rate = 1.0;   // messages per second per chat
+    double per_chat_rate = 1.0;  // messages per second per chat
     double per_chat_burst = 1.0;
-    double global_rate = 30.0;    // messages per second overall
+    double global_rate = 30.0;  // messages per second overall
     double global_burst = 30.0;
 };
 

@@ -45,15 +45,17 @@ struct Stack : testing::Stack {
             std::vector<std::string>{testing::build_dir() + "/notification-processor/engram-notification-processor"}, env,
             dir() + "/proc-" + std::to_string(++starts) + ".log");
         // ready when the table exists (migrated before the runtime starts)
-        REQUIRE(testing::eventually([&] {
-            try {
-                pqxx::connection c(db());
-                pqxx::nontransaction tx(c);
-                return !tx.exec("SELECT 1 FROM pg_tables WHERE tablename = 'notification_deliveries'").empty();
-            } catch (...) {
-                return false;
-            }
-        }, std::chrono::seconds(20)));
+        REQUIRE(testing::eventually(
+            [&] {
+                try {
+                    pqxx::connection c(db());
+                    pqxx::nontransaction tx(c);
+                    return !tx.exec("SELECT 1 FROM pg_tables WHERE tablename = 'notification_deliveries'").empty();
+                } catch (...) {
+                    return false;
+                }
+            },
+            std::chrono::seconds(20)));
     }
 
     // Appends a MessageGenerated; returns its id.
@@ -62,7 +64,8 @@ struct Stack : testing::Stack {
         if (id.empty()) id = Uuid::v4().str();
         json data = {{"text", text}, {"channel", channel}};
         for (auto& [k, v] : extra.items()) data[k] = v;
-        auto r = client.post_json("/events", {{"id", id}, {"type", "MessageGenerated"}, {"aggregate_id", session}, {"data", data}});
+        auto r =
+            client.post_json("/events", {{"id", id}, {"type", "MessageGenerated"}, {"aggregate_id", session}, {"data", data}});
         REQUIRE(r.ok());
         INFO(r->body);
         REQUIRE(r->status == 201);
@@ -74,17 +77,20 @@ struct Stack : testing::Stack {
         pqxx::connection c(db());
         pqxx::nontransaction tx(c);
         std::vector<json> out;
-        for (const auto& row : tx.exec_params("SELECT data::text FROM events WHERE type = $1 AND metadata->>'causation_id' = $2 ORDER BY position",
-                                              type, source))
+        for (const auto& row :
+             tx.exec_params("SELECT data::text FROM events WHERE type = $1 AND metadata->>'causation_id' = $2 ORDER BY position",
+                            type, source))
             out.push_back(json::parse(row[0].as<std::string>()));
         return out;
     }
     std::vector<json> wait_for(const std::string& source, const std::string& type, std::chrono::milliseconds t = 20s) {
         std::vector<json> v;
-        testing::eventually([&] {
-            v = caused(source, type);
-            return !v.empty();
-        }, t);
+        testing::eventually(
+            [&] {
+                v = caused(source, type);
+                return !v.empty();
+            },
+            t);
         INFO("processor log:\n" << (proc ? testing::tail_file(proc->log_path()) : ""));
         REQUIRE(!v.empty());
         return v;
@@ -92,7 +98,8 @@ struct Stack : testing::Stack {
     std::string delivery_status(const std::string& source, int part) {
         pqxx::connection c(db());
         pqxx::nontransaction tx(c);
-        auto r = tx.exec_params("SELECT status FROM notification_deliveries WHERE source_event_id = $1 AND part = $2", source, part);
+        auto r =
+            tx.exec_params("SELECT status FROM notification_deliveries WHERE source_event_id = $1 AND part = $2", source, part);
         return r.empty() ? "" : r[0][0].as<std::string>();
     }
 };
@@ -216,7 +223,9 @@ TEST_CASE("kill -9 during a send: the message is delivered at most once and no T
     CHECK(s.telegram.message_count() == 2);
     pqxx::connection c(s.db());
     pqxx::nontransaction tx(c);
-    CHECK(tx.exec("SELECT metadata->>'causation_id' FROM events WHERE type = 'TelegramMessageSent' GROUP BY 1 HAVING count(*) > 1").empty());
+    CHECK(
+        tx.exec("SELECT metadata->>'causation_id' FROM events WHERE type = 'TelegramMessageSent' GROUP BY 1 HAVING count(*) > 1")
+            .empty());
 }
 
 TEST_CASE("redelivery after parts were recorded sent resends only the missing parts", "[integration][notification]") {
@@ -227,9 +236,10 @@ TEST_CASE("redelivery after parts were recorded sent resends only the missing pa
         // as if a previous run sent part 0 (message 31337) and crashed before part 1
         pqxx::connection c(s.db());
         pqxx::work tx(c);
-        tx.exec_params("INSERT INTO notification_deliveries (source_event_id, part, channel, status, telegram_message_id, attempts) "
-                       "VALUES ($1, 0, 'telegram', 'sent', 31337, 1)",
-                       id);
+        tx.exec_params(
+            "INSERT INTO notification_deliveries (source_event_id, part, channel, status, telegram_message_id, attempts) "
+            "VALUES ($1, 0, 'telegram', 'sent', 31337, 1)",
+            id);
         tx.commit();
     }
     std::string text = paragraphs(6000, 'r');
@@ -274,7 +284,8 @@ TEST_CASE("email over SMTP to a local aiosmtpd", "[integration][notification][em
     REQUIRE(testing::eventually([&] { return std::system(probe.c_str()) == 0; }, 10s));
     s.extra_env = {{"SMTP_URL", "smtp://127.0.0.1:" + std::to_string(smtp_port)}, {"EMAIL_FROM", "engram@example.org"}};
     s.start_processor();
-    auto id = s.say("session:email:alice@example.org", "email", "Dear Alice,\n.\nYour reminder. Grüße", {{"subject", "Reminder ✓"}});
+    auto id =
+        s.say("session:email:alice@example.org", "email", "Dear Alice,\n.\nYour reminder. Grüße", {{"subject", "Reminder ✓"}});
     auto sent = s.wait_for(id, "EmailSent");
     CHECK(sent[0]["to"] == json::array({"alice@example.org"}));
     CHECK(sent[0]["subject"] == "Reminder ✓");

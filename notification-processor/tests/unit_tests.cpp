@@ -107,7 +107,8 @@ TEST_CASE("the splitter never cuts inside a UTF-8 sequence and counts UTF-16 uni
 
 TEST_CASE("the 4096 limit holds for random mixed text and nothing but whitespace is lost", "[unit][notification][split]") {
     std::mt19937 rng(42);
-    const std::vector<std::string> tokens = {"a", "bb", "ccc", " ", " ", "\n", "\n\n", ". ", "! ", "é", "€", "\xF0\x9F\x98\x80", "word"};
+    const std::vector<std::string> tokens = {"a",   "bb", "ccc", " ", " ", "\n", "\n\n", ". ", "! ", "é", "€", "\xF0\x9F\x98\x80",
+                                             "word"};
     for (int round = 0; round < 50; ++round) {
         std::string text;
         std::size_t target = 100 + rng() % 20000;
@@ -142,7 +143,7 @@ TEST_CASE("the rate limiter: one per second per chat, thirty per second overall,
     auto now = steady_clock::time_point{} + hours(1);
     RateLimiter rl({}, [&] { return now; });
     CHECK(rl.reserve("a") == nanoseconds{0});
-    CHECK(rl.reserve("a") == seconds(1));  // second message to the same chat waits a second
+    CHECK(rl.reserve("a") == seconds(1));      // second message to the same chat waits a second
     CHECK(rl.reserve("b") == nanoseconds{0});  // another chat does not
     now += seconds(2);
     CHECK(rl.reserve("a") == nanoseconds{0});
@@ -181,7 +182,8 @@ TEST_CASE("channel and chat id from the event", "[unit][notification]") {
 
 TEST_CASE("settings: a bad value is one line", "[unit][notification]") {
     auto spec = settings_spec();
-    std::map<std::string, std::string> env = {{"TELEGRAM_BOT_TOKEN", "nope"}, {"EMAIL_FROM", "not-an-address"}, {"SMTP_URL", "http://x"}};
+    std::map<std::string, std::string> env = {
+        {"TELEGRAM_BOT_TOKEN", "nope"}, {"EMAIL_FROM", "not-an-address"}, {"SMTP_URL", "http://x"}};
     auto r = spec.load([&](const std::string& k) -> std::optional<std::string> {
         if (auto it = env.find(k); it != env.end()) return it->second;
         return std::nullopt;

@@ -50,7 +50,9 @@ struct WholeStack {
     explicit WholeStack(std::map<std::string, std::string> gateway_env = {}) {
         // The model: answers a user's message with send_message, then ends the run with task_complete.
         llm.on([](const json& req) { return req["messages"].back()["role"] == "tool"; },
-               [](const json&) { return fakes::FakeOpenAI::tool_calls_body({{"call_done", "task_complete", {{"summary", "answered"}}}}); });
+               [](const json&) {
+                   return fakes::FakeOpenAI::tool_calls_body({{"call_done", "task_complete", {{"summary", "answered"}}}});
+               });
         llm.on([](const json&) { return true; },
                [](const json& req) {
                    auto text = fakes::FakeOpenAI::last_user_message(req);
@@ -60,10 +62,10 @@ struct WholeStack {
         memory = s.start("memory-processor/engram-memory-processor", {{"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"}});
         ai = s.start("ai-processor/engram-ai-processor",
                      {{"AI_PROCESSOR_LISTEN", "127.0.0.1:0"}, {"LLM_BASE_URL", llm.base_url()}, {"LLM_MAX_RETRIES", "2"}});
-        notify = s.start("notification-processor/engram-notification-processor",
-                         {{"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
-                          {"TELEGRAM_BOT_TOKEN", tg.token()},
-                          {"TELEGRAM_API_BASE", tg.base_url()}});
+        notify =
+            s.start("notification-processor/engram-notification-processor", {{"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
+                                                                             {"TELEGRAM_BOT_TOKEN", tg.token()},
+                                                                             {"TELEGRAM_API_BASE", tg.base_url()}});
         std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:" + std::to_string(gw_port)},
                                                   {"TELEGRAM_BOT_TOKEN", tg.token()},
                                                   {"TELEGRAM_API_BASE", tg.base_url()},
@@ -72,11 +74,13 @@ struct WholeStack {
                                                   {"WEBHOOK_SECRETS", "github=gh-secret"}};
         for (auto& [k, v] : gateway_env) env[k] = v;
         gw = s.start("interfaces/gateway/engram-gateway", env);
-        REQUIRE(testing::eventually([&] {
-            http::Client c(gateway_url());
-            auto r = c.get("/readyz");
-            return r.ok() && r->status == 200;
-        }, 20s));
+        REQUIRE(testing::eventually(
+            [&] {
+                http::Client c(gateway_url());
+                auto r = c.get("/readyz");
+                return r.ok() && r->status == 200;
+            },
+            20s));
     }
     std::string gateway_url() const { return "http://127.0.0.1:" + std::to_string(gw_port); }
 
@@ -88,7 +92,8 @@ struct WholeStack {
     }
     std::string logs() {
         std::string out;
-        for (auto* p : {ai.get(), notify.get(), gw.get()}) out += "--- " + p->log_path() + "\n" + testing::tail_file(p->log_path(), 3000);
+        for (auto* p : {ai.get(), notify.get(), gw.get()})
+            out += "--- " + p->log_path() + "\n" + testing::tail_file(p->log_path(), 3000);
         return out;
     }
     // The session's events of the given type.
@@ -151,9 +156,12 @@ TEST_CASE("e2e: a Telegram webhook delivered twice is stored once and answered o
 
     // A signed webhook from another system, delivered twice: stored once.
     const std::string gh = R"({"action":"opened","number":7})";
-    auto now = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-    http::Headers sig = {{"Content-Type", "application/json"}, {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("gh-secret", gh)},
-                         {"X-Webhook-Timestamp", now}, {"X-Delivery-Id", "delivery-1"}};
+    auto now = std::to_string(
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+    http::Headers sig = {{"Content-Type", "application/json"},
+                         {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("gh-secret", gh)},
+                         {"X-Webhook-Timestamp", now},
+                         {"X-Delivery-Id", "delivery-1"}};
     CHECK(c.request("POST", "/webhooks/github", gh, sig)->status == 201);
     CHECK(c.request("POST", "/webhooks/github", gh, sig)->status == 200);
     CHECK(w.s.count("WebhookReceived") == 1);
@@ -171,7 +179,7 @@ TEST_CASE("e2e: a 6000-character answer arrives as two messages in order", "[e2e
     const std::string expected = long_answer(6000);
     CHECK(replies[0].text.size() <= 4096);
     CHECK(replies[1].text.size() <= 4096);
-    CHECK(expected.rfind(replies[0].text, 0) == 0);  // the first part first
+    CHECK(expected.rfind(replies[0].text, 0) == 0);                 // the first part first
     CHECK(replies[0].text + "\n\n" + replies[1].text == expected);  // split at a paragraph, nothing lost
     auto sent = w.of_type("session:telegram:" + kChat, "TelegramMessageSent");
     REQUIRE(sent.size() == 1);

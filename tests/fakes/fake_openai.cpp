@@ -61,7 +61,8 @@ struct FakeOpenAI::Impl {
     void handle(http::Request& req, std::shared_ptr<http::Responder> res) {
         std::string path = req.path;
         if (req.method == "GET" && (path == "/v1/models" || path == "/models")) {
-            res->respond(http::Response::json(200, {{"object", "list"}, {"data", json::array({{{"id", "fake-model"}, {"object", "model"}}})}}));
+            res->respond(http::Response::json(
+                200, {{"object", "list"}, {"data", json::array({{{"id", "fake-model"}, {"object", "model"}}})}}));
             return;
         }
         if (req.method != "POST") {
@@ -75,7 +76,8 @@ struct FakeOpenAI::Impl {
             return;
         }
         if (body.is_discarded()) {
-            res->respond(http::Response::json(400, {{"error", {{"message", "body is not JSON"}, {"type", "invalid_request_error"}}}}));
+            res->respond(
+                http::Response::json(400, {{"error", {{"message", "body is not JSON"}, {"type", "invalid_request_error"}}}}));
             return;
         }
         Entry e;
@@ -131,7 +133,8 @@ struct FakeOpenAI::Impl {
         int dims = body.contains("dimensions") && body["dimensions"].is_number_integer() ? body["dimensions"].get<int>() : 64;
         if (dims <= 0 || dims > 4096) dims = 64;
         std::vector<std::string> inputs;
-        if (body["input"].is_string()) inputs.push_back(body["input"].get<std::string>());
+        if (body["input"].is_string())
+            inputs.push_back(body["input"].get<std::string>());
         else if (body["input"].is_array())
             for (auto& i : body["input"]) inputs.push_back(i.is_string() ? i.get<std::string>() : i.dump());
         json data = json::array();
@@ -160,9 +163,8 @@ FakeOpenAI::FakeOpenAI() : impl_(std::make_unique<Impl>()) {
     so.worker_threads = 8;
     so.body_limit = 16 << 20;
     Impl* impl = impl_.get();
-    impl_->server = std::make_unique<http::Server>(so, [impl](http::Request& req, std::shared_ptr<http::Responder> res) {
-        impl->handle(req, std::move(res));
-    });
+    impl_->server = std::make_unique<http::Server>(
+        so, [impl](http::Request& req, std::shared_ptr<http::Responder> res) { impl->handle(req, std::move(res)); });
     impl_->server->start();
 }
 
@@ -244,14 +246,18 @@ std::vector<float> FakeOpenAI::embedding(const std::string& text, int dimensions
         word.clear();
     };
     for (unsigned char c : text) {
-        if (std::isalnum(c)) word.push_back(static_cast<char>(std::tolower(c)));
-        else flush();
+        if (std::isalnum(c))
+            word.push_back(static_cast<char>(std::tolower(c)));
+        else
+            flush();
     }
     flush();
     double norm = 0;
     for (float x : v) norm += double(x) * x;
-    if (norm == 0) v[0] = 1.0f;
-    else for (float& x : v) x = static_cast<float>(x / std::sqrt(norm));
+    if (norm == 0)
+        v[0] = 1.0f;
+    else
+        for (float& x : v) x = static_cast<float>(x / std::sqrt(norm));
     return v;
 }
 

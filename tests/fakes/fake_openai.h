@@ -31,7 +31,7 @@ public:
     void push_json(nlohmann::json completion_body);  // 200 with this body
     void push_text(std::string content);             // 200, assistant content, finish_reason stop
     void push_tool_calls(std::vector<std::tuple<std::string, std::string, nlohmann::json>> calls);  // (id, name, args)
-    void push_raw_tool_call(std::string id, std::string name, std::string raw_arguments);          // malformed args
+    void push_raw_tool_call(std::string id, std::string name, std::string raw_arguments);           // malformed args
     // Any status; body {} -> {"error":{"message":"fake status N","type":"fake_error","code":null}}.
     void push_status(int status, nlohmann::json body = {}, std::map<std::string, std::string> headers = {});
     // The next answer taken from the script is delayed by d (delays add up until an answer is taken).
@@ -40,8 +40,7 @@ public:
     // A responder chosen per request by a predicate, checked before the script (first match wins);
     // answer returns a 200 completion body.
     void on(std::function<bool(const nlohmann::json& request)> match,
-            std::function<nlohmann::json(const nlohmann::json& request)> answer,
-            std::chrono::milliseconds delay = {});
+            std::function<nlohmann::json(const nlohmann::json& request)> answer, std::chrono::milliseconds delay = {});
 
     std::vector<nlohmann::json> requests() const;  // every chat-completions request body, in order
     std::size_t request_count() const;

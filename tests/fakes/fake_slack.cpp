@@ -46,9 +46,8 @@ FakeSlack::FakeSlack() : impl_(std::make_unique<Impl>()) {
     so.io_threads = 1;
     so.worker_threads = 4;
     Impl* impl = impl_.get();
-    impl_->server = std::make_unique<http::Server>(so, [impl](http::Request& req, std::shared_ptr<http::Responder> res) {
-        impl->handle(req, std::move(res));
-    });
+    impl_->server = std::make_unique<http::Server>(
+        so, [impl](http::Request& req, std::shared_ptr<http::Responder> res) { impl->handle(req, std::move(res)); });
     impl_->server->start();
 }
 FakeSlack::~FakeSlack() { impl_->server->stop(); }

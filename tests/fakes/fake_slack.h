@@ -22,9 +22,9 @@ public:
     // The next `count` POSTs answer `status` with `body` (Slack answers e.g. 400 "invalid_payload",
     // 403 "action_prohibited", 404 "no_service", 500). Failed posts are recorded in attempts() only.
     void push_status(int status, std::string body = "error", int count = 1);
-    std::vector<nlohmann::json> posts() const;     // accepted bodies (parsed JSON; raw string when not JSON)
+    std::vector<nlohmann::json> posts() const;  // accepted bodies (parsed JSON; raw string when not JSON)
     std::size_t post_count() const;
-    std::vector<std::string> attempts() const;     // every raw body received
+    std::vector<std::string> attempts() const;  // every raw body received
 
 private:
     struct Impl;

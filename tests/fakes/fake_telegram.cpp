@@ -91,8 +91,10 @@ struct FakeTelegram::Impl {
                 c["method"] = method;
                 webhook_calls.push_back(c);
             }
-            res->respond(http::Response::json(200, {{"ok", true}, {"result", true},
-                                                    {"description", method == "setWebhook" ? "Webhook was set" : "Webhook was deleted"}}));
+            res->respond(
+                http::Response::json(200, {{"ok", true},
+                                           {"result", true},
+                                           {"description", method == "setWebhook" ? "Webhook was set" : "Webhook was deleted"}}));
             return;
         }
         if (method == "getWebhookInfo") {
@@ -100,7 +102,9 @@ struct FakeTelegram::Impl {
             return;
         }
         if (method == "getMe") {
-            res->respond(http::Response::json(200, {{"ok", true}, {"result", {{"id", 123456}, {"is_bot", true}, {"first_name", "Fake"}, {"username", "fake_bot"}}}}));
+            res->respond(http::Response::json(
+                200, {{"ok", true},
+                      {"result", {{"id", 123456}, {"is_bot", true}, {"first_name", "Fake"}, {"username", "fake_bot"}}}}));
             return;
         }
         res->respond(err(404, "Not Found: method not found"));
@@ -133,14 +137,14 @@ struct FakeTelegram::Impl {
                 if (chat_id.is_string()) {
                     try {
                         chat_id = std::stoll(chat_id.get<std::string>());
-                    } catch (...) {
-                    }
+                    } catch (...) {}
                 }
                 answer = http::Response::json(200, {{"ok", true},
-                                                    {"result", {{"message_id", m.message_id},
-                                                                {"chat", {{"id", chat_id}, {"type", "private"}}},
-                                                                {"date", 1700000000},
-                                                                {"text", m.text}}}});
+                                                    {"result",
+                                                     {{"message_id", m.message_id},
+                                                      {"chat", {{"id", chat_id}, {"type", "private"}}},
+                                                      {"date", 1700000000},
+                                                      {"text", m.text}}}});
                 delay = send_delay + next_delay;
                 next_delay = milliseconds{0};
             }
@@ -154,9 +158,12 @@ struct FakeTelegram::Impl {
         int timeout = 0;
         std::size_t limit = 100;
         try {
-            if (p.contains("offset")) offset = p["offset"].is_string() ? std::stoll(p["offset"].get<std::string>()) : p["offset"].get<std::int64_t>();
-            if (p.contains("timeout")) timeout = p["timeout"].is_string() ? std::stoi(p["timeout"].get<std::string>()) : p["timeout"].get<int>();
-            if (p.contains("limit")) limit = p["limit"].is_string() ? std::stoul(p["limit"].get<std::string>()) : p["limit"].get<std::size_t>();
+            if (p.contains("offset"))
+                offset = p["offset"].is_string() ? std::stoll(p["offset"].get<std::string>()) : p["offset"].get<std::int64_t>();
+            if (p.contains("timeout"))
+                timeout = p["timeout"].is_string() ? std::stoi(p["timeout"].get<std::string>()) : p["timeout"].get<int>();
+            if (p.contains("limit"))
+                limit = p["limit"].is_string() ? std::stoul(p["limit"].get<std::string>()) : p["limit"].get<std::size_t>();
         } catch (...) {
             res->respond(err(400, "Bad Request: wrong parameter"));
             return;
@@ -165,7 +172,8 @@ struct FakeTelegram::Impl {
         get_updates_calls.push_back(p);
         if (conflict) {
             lk.unlock();
-            res->respond(err(409, "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"));
+            res->respond(
+                err(409, "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"));
             return;
         }
         auto confirm = [&] {
@@ -173,7 +181,10 @@ struct FakeTelegram::Impl {
         };
         confirm();
         if (updates.empty() && timeout > 0)
-            cv.wait_for(lk, std::chrono::seconds(timeout), [&] { confirm(); return stopping || !updates.empty() || conflict; });
+            cv.wait_for(lk, std::chrono::seconds(timeout), [&] {
+                confirm();
+                return stopping || !updates.empty() || conflict;
+            });
         json result = json::array();
         for (auto& u : updates) {
             if (result.size() >= limit) break;
@@ -192,9 +203,8 @@ FakeTelegram::FakeTelegram(std::string token) : impl_(std::make_unique<Impl>()) 
     so.io_threads = 1;
     so.worker_threads = 8;
     Impl* impl = impl_.get();
-    impl_->server = std::make_unique<http::Server>(so, [impl](http::Request& req, std::shared_ptr<http::Responder> res) {
-        impl->handle(req, std::move(res));
-    });
+    impl_->server = std::make_unique<http::Server>(
+        so, [impl](http::Request& req, std::shared_ptr<http::Responder> res) { impl->handle(req, std::move(res)); });
     impl_->server->start();
 }
 
@@ -226,9 +236,11 @@ std::size_t FakeTelegram::send_calls() const {
 void FakeTelegram::push_429(int retry_after, int count) {
     std::lock_guard lk(impl_->mu);
     for (int i = 0; i < count; ++i)
-        impl_->script.push_back({429, {{"ok", false}, {"error_code", 429},
-                                       {"description", "Too Many Requests: retry after " + std::to_string(retry_after)},
-                                       {"parameters", {{"retry_after", retry_after}}}}});
+        impl_->script.push_back({429,
+                                 {{"ok", false},
+                                  {"error_code", 429},
+                                  {"description", "Too Many Requests: retry after " + std::to_string(retry_after)},
+                                  {"parameters", {{"retry_after", retry_after}}}}});
 }
 void FakeTelegram::push_error(int status, std::string description, int count) {
     std::lock_guard lk(impl_->mu);

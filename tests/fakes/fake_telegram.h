@@ -25,7 +25,7 @@ namespace engram::fakes {
 class FakeTelegram {
 public:
     explicit FakeTelegram(std::string token = "123456:fake-token");  // starts listening
-    ~FakeTelegram();  // stops (delayed answers still sleeping are cut short)
+    ~FakeTelegram();                                                 // stops (delayed answers still sleeping are cut short)
     FakeTelegram(const FakeTelegram&) = delete;
     FakeTelegram& operator=(const FakeTelegram&) = delete;
 
@@ -41,7 +41,7 @@ public:
     };
     std::vector<Message> messages() const;  // accepted sendMessage calls, in order of arrival
     std::size_t message_count() const;
-    std::size_t send_calls() const;         // every sendMessage call, errors included
+    std::size_t send_calls() const;  // every sendMessage call, errors included
 
     // Script for the next sendMessage calls (in order; each entry answers one call).
     void push_429(int retry_after = 1, int count = 1);
@@ -55,9 +55,9 @@ public:
     void push_update(nlohmann::json update);
     // true: getUpdates answers 409 Conflict (another poller / a webhook is set).
     void set_conflict(bool on);
-    std::vector<nlohmann::json> get_updates_calls() const;   // parameters of each call
-    std::vector<nlohmann::json> webhook_calls() const;       // setWebhook/deleteWebhook parameters
-    std::vector<std::string> methods() const;                // every method called, in order
+    std::vector<nlohmann::json> get_updates_calls() const;  // parameters of each call
+    std::vector<nlohmann::json> webhook_calls() const;      // setWebhook/deleteWebhook parameters
+    std::vector<std::string> methods() const;               // every method called, in order
 
 private:
     struct Impl;

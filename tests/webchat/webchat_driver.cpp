@@ -44,13 +44,15 @@ int fail(const std::string& why) {
 }
 
 bool wait_healthy(const std::string& url, testing::Process& p, const std::string& name) {
-    bool ok = testing::eventually([&] {
-        http::ClientOptions o;
-        o.timeout = std::chrono::milliseconds(1000);
-        http::Client c(url, o);
-        auto r = c.get("/healthz");
-        return r.ok() && r->status == 200;
-    }, std::chrono::seconds(30));
+    bool ok = testing::eventually(
+        [&] {
+            http::ClientOptions o;
+            o.timeout = std::chrono::milliseconds(1000);
+            http::Client c(url, o);
+            auto r = c.get("/healthz");
+            return r.ok() && r->status == 200;
+        },
+        std::chrono::seconds(30));
     if (!ok) std::cerr << name << " did not become healthy; its log:\n" << testing::tail_file(p.log_path()) << "\n";
     return ok;
 }
@@ -68,8 +70,7 @@ int run(const std::vector<std::string>& argv, const std::vector<std::string>& ex
     pid_t pid = 0;
     if (int rc = posix_spawn(&pid, argv[0].c_str(), nullptr, nullptr, a.data(), e.data()); rc != 0) return 127;
     int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     if (WIFEXITED(status)) return WEXITSTATUS(status);
     return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
@@ -98,8 +99,11 @@ int main(int argc, char** argv) {
     std::string db = testing::Postgres::shared().create_database();
     int store_port = testing::free_port();
     std::string store_url = "http://127.0.0.1:" + std::to_string(store_port);
-    std::map<std::string, std::string> common = {{"DATABASE_URL", db}, {"NATS_URL", nats.url()}, {"EVENT_STORE_URL", store_url},
-                                                 {"ENGRAM_API_TOKEN", token}, {"LOG_LEVEL", "info"}};
+    std::map<std::string, std::string> common = {{"DATABASE_URL", db},
+                                                 {"NATS_URL", nats.url()},
+                                                 {"EVENT_STORE_URL", store_url},
+                                                 {"ENGRAM_API_TOKEN", token},
+                                                 {"LOG_LEVEL", "info"}};
     auto env = [&](std::map<std::string, std::string> more) {
         for (auto& [k, v] : common) more.emplace(k, v);
         return more;
@@ -108,11 +112,13 @@ int main(int argc, char** argv) {
 
     testing::Process store({bin("event-store/engram-event-store")},
                            env({{"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(store_port)}}), logs + "/store.log");
-    if (!testing::eventually([&] {
-            http::Client c(store_url);
-            auto r = c.get("/readyz", {{"Authorization", "Bearer " + token}});
-            return r.ok() && r->status == 200;
-        }, std::chrono::seconds(30)))
+    if (!testing::eventually(
+            [&] {
+                http::Client c(store_url);
+                auto r = c.get("/readyz", {{"Authorization", "Bearer " + token}});
+                return r.ok() && r->status == 200;
+            },
+            std::chrono::seconds(30)))
         return fail("the event store did not become ready:\n" + testing::tail_file(store.log_path()));
     int memory_port = testing::free_port();
     testing::Process memory({bin("memory-processor/engram-memory-processor")},
@@ -124,17 +130,18 @@ int main(int argc, char** argv) {
                         logs + "/ai.log");
     int gw_port = testing::free_port();
     std::string gw_url = "http://127.0.0.1:" + std::to_string(gw_port);
-    testing::Process gateway({bin("interfaces/gateway/engram-gateway")},
-                             env({{"GATEWAY_LISTEN", "127.0.0.1:" + std::to_string(gw_port)},
-                                  {"WEBCHAT_SECRET", "webchat-e2e-secret-0123456789"}}),
-                             logs + "/gateway.log");
+    testing::Process gateway(
+        {bin("interfaces/gateway/engram-gateway")},
+        env({{"GATEWAY_LISTEN", "127.0.0.1:" + std::to_string(gw_port)}, {"WEBCHAT_SECRET", "webchat-e2e-secret-0123456789"}}),
+        logs + "/gateway.log");
     if (!wait_healthy("http://127.0.0.1:" + std::to_string(memory_port), memory, "the memory processor") ||
         !wait_healthy("http://127.0.0.1:" + std::to_string(ai_port), ai, "the AI processor") ||
         !wait_healthy(gw_url, gateway, "the gateway"))
         return fail("the stack did not start");
 
     std::cout << "stack up: gateway " << gw_url << ", store " << store_url << ", logs in " << logs << std::endl;
-    int rc = run({*node, dir + "/webchat.test.mjs", gw_url, screenshot}, {"CHROMIUM=" + chromium, "STORE_URL=" + store_url, "STORE_TOKEN=" + token});
+    int rc = run({*node, dir + "/webchat.test.mjs", gw_url, screenshot},
+                 {"CHROMIUM=" + chromium, "STORE_URL=" + store_url, "STORE_TOKEN=" + token});
     if (rc != 0) {
         for (auto* p : {&gateway, &ai, &memory, &store})
             std::cerr << "---- " << p->log_path() << "\n" << testing::tail_file(p->log_path(), 3000) << "\n";

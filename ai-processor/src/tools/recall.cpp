@@ -32,8 +32,7 @@ Tool make_recall_tool() {
             auto query = string_arg(args, "query");
             if (!query) return ToolResult::error("recall needs a non-empty string argument 'query'");
             int limit = 5;
-            if (args.contains("limit") && args["limit"].is_number_integer())
-                limit = std::clamp(args["limit"].get<int>(), 1, 20);
+            if (args.contains("limit") && args["limit"].is_number_integer()) limit = std::clamp(args["limit"].get<int>(), 1, 20);
             if (!ctx.nats) return ToolResult::error("recall: no NATS connection (memory search unavailable)");
             nlohmann::json req = {{"user_id", ctx.user_id}, {"query", *query}, {"limit", limit}};
             auto t0 = std::chrono::steady_clock::now();
@@ -52,10 +51,17 @@ Tool make_recall_tool() {
                 results.push_back(r);
             }
             auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-            events::NewEvent e{.id = {}, .type = "MemoryRecalled", .aggregate_id = ctx.session_id,
-                               .data = {{"query", *query}, {"results", results}, {"user_id", ctx.user_id},
-                                        {"limit", limit}, {"took_ms", took}, {"run_id", ctx.run_id},
-                                        {"iteration", ctx.iteration}, {"tool_call_id", ctx.tool_call_id}}};
+            events::NewEvent e{.id = {},
+                               .type = "MemoryRecalled",
+                               .aggregate_id = ctx.session_id,
+                               .data = {{"query", *query},
+                                        {"results", results},
+                                        {"user_id", ctx.user_id},
+                                        {"limit", limit},
+                                        {"took_ms", took},
+                                        {"run_id", ctx.run_id},
+                                        {"iteration", ctx.iteration},
+                                        {"tool_call_id", ctx.tool_call_id}}};
             if (ctx.user_id.empty()) e.data.erase("user_id");
             if (auto s = ctx.record_effect(std::move(e)); !s) return ToolResult::store_error(s.error());
             return ToolResult::ok(for_model(results));

@@ -11,15 +11,19 @@ Tool make_remember_tool() {
          {"properties",
           {{"text", {{"type", "string"}, {"description", "The memory, as a self-contained sentence."}}},
            {"kind", {{"type", "string"}, {"enum", {"fact", "preference", "profile", "instruction", "event", "note"}}}},
-           {"importance", {{"type", "number"}, {"minimum", 0}, {"maximum", 1}, {"description", "0 (trivia) to 1 (essential)."}}}}},
+           {"importance",
+            {{"type", "number"}, {"minimum", 0}, {"maximum", 1}, {"description", "0 (trivia) to 1 (essential)."}}}}},
          {"required", {"text"}}},
         [](ToolContext& ctx, const nlohmann::json& args) -> ToolResult {
             auto text = string_arg(args, "text");
             if (!text) return ToolResult::error("remember needs a non-empty string argument 'text'");
             if (text->size() > 8000) return ToolResult::error("remember: text is longer than 8000 characters");
             if (ctx.user_id.empty()) return ToolResult::error("remember: the trigger names no user");
-            nlohmann::json data = {{"user_id", ctx.user_id}, {"text", *text}, {"session_id", ctx.session_id},
-                                   {"run_id", ctx.run_id}, {"tool_call_id", ctx.tool_call_id}};
+            nlohmann::json data = {{"user_id", ctx.user_id},
+                                   {"text", *text},
+                                   {"session_id", ctx.session_id},
+                                   {"run_id", ctx.run_id},
+                                   {"tool_call_id", ctx.tool_call_id}};
             static const std::vector<std::string> kinds = {"fact", "preference", "profile", "instruction", "event", "note"};
             if (args.contains("kind") && args["kind"].is_string() &&
                 std::find(kinds.begin(), kinds.end(), args["kind"].get<std::string>()) != kinds.end())

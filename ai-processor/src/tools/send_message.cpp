@@ -12,14 +12,19 @@ Tool make_send_message_tool() {
         {{"type", "object"},
          {"properties",
           {{"text", {{"type", "string"}, {"description", "The message to send."}}},
-           {"format", {{"type", "string"}, {"enum", {"plain", "markdown", "html"}}, {"description", "Markup of text (default plain)."}}}}},
+           {"format",
+            {{"type", "string"}, {"enum", {"plain", "markdown", "html"}}, {"description", "Markup of text (default plain)."}}}}},
          {"required", {"text"}}},
         [](ToolContext& ctx, const nlohmann::json& args) -> ToolResult {
             auto text = string_arg(args, "text");
             if (!text) return ToolResult::error("send_message needs a non-empty string argument 'text'");
-            nlohmann::json data = {{"text", *text}, {"channel", ctx.channel}, {"user_id", ctx.user_id},
-                                   {"session_id", ctx.session_id}, {"run_id", ctx.run_id},
-                                   {"iteration", ctx.iteration}, {"tool_call_id", ctx.tool_call_id}};
+            nlohmann::json data = {{"text", *text},
+                                   {"channel", ctx.channel},
+                                   {"user_id", ctx.user_id},
+                                   {"session_id", ctx.session_id},
+                                   {"run_id", ctx.run_id},
+                                   {"iteration", ctx.iteration},
+                                   {"tool_call_id", ctx.tool_call_id}};
             if (args.contains("format") && args["format"].is_string()) {
                 auto f = args["format"].get<std::string>();
                 if (f == "plain" || f == "markdown" || f == "html") data["format"] = f;

@@ -28,11 +28,12 @@ std::string one_line(std::string_view s) {
     return out;
 }
 
-Store::Store(const Globals& g) : url_(g.url), client_(g.url, [&] {
-    http::ClientOptions o;
-    if (!g.token.empty()) o.default_headers.emplace_back("Authorization", "Bearer " + g.token);
-    return o;
-}()) {}
+Store::Store(const Globals& g)
+    : url_(g.url), client_(g.url, [&] {
+          http::ClientOptions o;
+          if (!g.token.empty()) o.default_headers.emplace_back("Authorization", "Bearer " + g.token);
+          return o;
+      }()) {}
 
 void Store::transport_failure(const Error& e) {
     if (e.code == "bad_url") usage("bad --url '" + url_ + "': " + one_line(e.detail));
@@ -134,9 +135,7 @@ void Table::print(std::FILE* out) const {
 bool stderr_is_tty() { return ::isatty(2) == 1; }
 
 static std::int64_t now_ms_steady() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 Progress::Progress(std::string label, std::int64_t total, bool enabled)
@@ -161,8 +160,8 @@ void Progress::draw() {
     int filled = static_cast<int>(frac * kWidth);
     std::string bar(static_cast<std::size_t>(filled), '#');
     bar += std::string(static_cast<std::size_t>(kWidth - filled), '.');
-    std::fprintf(stderr, "\r%s [%s] %lld/%lld events %3d%%", label_.c_str(), bar.c_str(),
-                 static_cast<long long>(done_), static_cast<long long>(total_), static_cast<int>(frac * 100));
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld events %3d%%", label_.c_str(), bar.c_str(), static_cast<long long>(done_),
+                 static_cast<long long>(total_), static_cast<int>(frac * 100));
     std::fflush(stderr);
 }
 

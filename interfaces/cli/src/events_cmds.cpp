@@ -28,8 +28,8 @@ void install_sigint() {
 
 void print_event_row(const events::Event& e, const nlohmann::json& raw) {
     std::printf("%8lld  %-24s  %-22s  %-28s  %s\n", static_cast<long long>(e.position.value()),
-                format_rfc3339(e.timestamp).c_str(), truncate(e.type, 22).c_str(),
-                truncate(e.aggregate_id, 28).c_str(), short_json(raw.value("data", nlohmann::json::object()), 60).c_str());
+                format_rfc3339(e.timestamp).c_str(), truncate(e.type, 22).c_str(), truncate(e.aggregate_id, 28).c_str(),
+                short_json(raw.value("data", nlohmann::json::object()), 60).c_str());
 }
 
 struct TailOpts {

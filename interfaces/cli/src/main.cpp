@@ -25,8 +25,7 @@ Environment: EVENT_STORE_URL, ENGRAM_API_TOKEN, DATABASE_URL.)";
 
 int run(int argc, char** argv) {
     Globals g;
-    CLI::App app{"engram: inspect and operate the engram event log (events, time travel, projections, parked events)",
-                 "engram"};
+    CLI::App app{"engram: inspect and operate the engram event log (events, time travel, projections, parked events)", "engram"};
     app.fallthrough();  // global options are accepted after the subcommand too
     app.require_subcommand(1);
     app.footer(kFooter);

@@ -44,9 +44,9 @@ int list_parked(const Globals& g, const std::string& processor) {
                                       {"attempts", r[7].as<int>()},
                                       {"parked_at", r[8].is_null() ? "" : r[8].c_str()},
                                       {"retry_requested", r[9].as<bool>()}};
-                t.row({row["processor"], row["event_id"], r[2].is_null() ? "" : r[2].c_str(), row["aggregate_id"],
-                       row["type"], std::to_string(r[7].as<int>()), row["parked_at"],
-                       r[9].as<bool>() ? "requested" : "", truncate(one_line(r[6].c_str()), 60)});
+                t.row({row["processor"], row["event_id"], r[2].is_null() ? "" : r[2].c_str(), row["aggregate_id"], row["type"],
+                       std::to_string(r[7].as<int>()), row["parked_at"], r[9].as<bool>() ? "requested" : "",
+                       truncate(one_line(r[6].c_str()), 60)});
                 out.push_back(std::move(row));
             }
         }
@@ -78,20 +78,21 @@ int retry_parked(const Globals& g, const RetryOpts& o) {
     try {
         pqxx::work tx(*conn);
         if (parked_table_exists(tx)) {
-            auto r = o.all ? tx.exec_params("UPDATE processor_parked SET retry_requested = true "
-                                            "WHERE ($1 = '' OR processor = $1)",
-                                            o.processor)
-                           : tx.exec_params("UPDATE processor_parked SET retry_requested = true "
-                                            "WHERE event_id = $2::uuid AND ($1 = '' OR processor = $1)",
-                                            o.processor, Uuid::parse(o.event_id)->str());
+            auto r = o.all ? tx.exec_params(
+                                 "UPDATE processor_parked SET retry_requested = true "
+                                 "WHERE ($1 = '' OR processor = $1)",
+                                 o.processor)
+                           : tx.exec_params(
+                                 "UPDATE processor_parked SET retry_requested = true "
+                                 "WHERE event_id = $2::uuid AND ($1 = '' OR processor = $1)",
+                                 o.processor, Uuid::parse(o.event_id)->str());
             n = static_cast<std::int64_t>(r.affected_rows());
         }
         tx.commit();
     } catch (const std::exception& e) {
         fail("cannot request the retry: " + one_line(e.what()));
     }
-    if (!o.all && n == 0)
-        fail("no parked event " + o.event_id + (o.processor.empty() ? "" : " for processor " + o.processor));
+    if (!o.all && n == 0) fail("no parked event " + o.event_id + (o.processor.empty() ? "" : " for processor " + o.processor));
     if (g.json)
         std::printf("%s\n", nlohmann::json{{"retry_requested", n}}.dump().c_str());
     else

@@ -107,20 +107,15 @@ int replay(const Globals& g, const ReplayOpts& o) {
     }
 
     if (g.json) {
-        nlohmann::json out = {{"name", p.name()},
-                              {"id", o.id},
-                              {"aggregate_id", *agg},
-                              {"position", position},
-                              {"events", evs.size()},
-                              {"state", state}};
+        nlohmann::json out = {{"name", p.name()},     {"id", o.id},           {"aggregate_id", *agg},
+                              {"position", position}, {"events", evs.size()}, {"state", state}};
         if (!o.as_of.empty()) out["as_of"] = o.as_of;
         if (o.steps) out["steps"] = steps;
         std::printf("%s\n", out.dump(2).c_str());
         return 0;
     }
     std::printf("%s %s as of %s: position %lld (%zu events of %s)\n", std::string(p.name()).c_str(), o.id.c_str(),
-                o.as_of.empty() ? "now" : o.as_of.c_str(), static_cast<long long>(position), evs.size(),
-                agg->c_str());
+                o.as_of.empty() ? "now" : o.as_of.c_str(), static_cast<long long>(position), evs.size(), agg->c_str());
     std::printf("%s\n", state.dump(2).c_str());
     return 0;
 }
@@ -144,8 +139,6 @@ int list_projections(const Globals& g) {
         t.print(stdout);
     return 0;
 }
-
-
 
 std::unique_ptr<pqxx::connection> connect_db(const Globals& g, const char* what) {
     if (g.database_url.empty()) usage(std::string(what) + " needs the database: pass --database-url or set DATABASE_URL");
@@ -192,10 +185,11 @@ int rebuild(const Globals& g, const std::string& name) {
         // transaction, so exactly up to the head): no HTTP/JSON round trip per event, and `data`
         // is parsed only for the events the projection folds.
         for (std::int64_t last = 0; last < head;) {
-            auto r = tx.exec("SELECT position, aggregate_id, aggregate_version, type, id, "
-                             "(extract(epoch FROM ts) * 1000)::bigint, data::text, metadata::text FROM events "
-                             "WHERE position > " + std::to_string(last) + " AND position <= " + std::to_string(head) +
-                             " ORDER BY position LIMIT 5000");
+            auto r = tx.exec(
+                "SELECT position, aggregate_id, aggregate_version, type, id, "
+                "(extract(epoch FROM ts) * 1000)::bigint, data::text, metadata::text FROM events "
+                "WHERE position > " +
+                std::to_string(last) + " AND position <= " + std::to_string(head) + " ORDER BY position LIMIT 5000");
             if (r.empty()) break;
             for (const auto& row : r) {
                 ++read;
@@ -231,9 +225,10 @@ int rebuild(const Globals& g, const std::string& name) {
         bar.finish();
         for (const auto& [id, state] : states) {
             const auto& [position, version] = checkpoint[id];
-            tx.exec_params("INSERT INTO projection_state (name, id, state, position, version, updated_at) "
-                           "VALUES ($1, $2, $3::jsonb, $4, $5, now())",
-                           name, id, state.dump(), position, version);
+            tx.exec_params(
+                "INSERT INTO projection_state (name, id, state, position, version, updated_at) "
+                "VALUES ($1, $2, $3::jsonb, $4, $5, now())",
+                name, id, state.dump(), position, version);
         }
         tx.commit();
         double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -265,8 +260,7 @@ std::unique_ptr<pqxx::connection> connect_database(const Globals& g, const char*
 
 void add_projection_commands(CLI::App& app, Globals& g, Action& action) {
     auto ro = std::make_shared<ReplayOpts>();
-    auto* r = app.add_subcommand("replay",
-                                 "time travel: fold an instance's events up to --as-of locally and print the state");
+    auto* r = app.add_subcommand("replay", "time travel: fold an instance's events up to --as-of locally and print the state");
     r->add_option("projection", ro->projection, "projection name (see `engram projections list`)")->required();
     r->add_option("id", ro->id, "instance id (= its aggregate: session:<channel>:<id>, user:<id>)")->required();
     r->add_option("--as-of", ro->as_of, "a position, or an RFC 3339 time (default: now)");
@@ -279,8 +273,7 @@ void add_projection_commands(CLI::App& app, Globals& g, Action& action) {
     l->callback([&g, &action] { action = [&g] { return list_projections(g); }; });
 
     auto name = std::make_shared<std::string>();
-    auto* rb = pr->add_subcommand("rebuild",
-                                  "empty a persisted projection and replay it from the store (needs --database-url)");
+    auto* rb = pr->add_subcommand("rebuild", "empty a persisted projection and replay it from the store (needs --database-url)");
     rb->add_option("name", *name, "projection name")->required();
     rb->callback([&g, &action, name] { action = [&g, name] { return rebuild(g, *name); }; });
 }

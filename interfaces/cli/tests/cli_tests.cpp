@@ -137,8 +137,8 @@ void require_one_line_failure(const Run& r, int code, const std::string& starts_
 
 TEST_CASE("append then events get and events tail --json show what was written", "[integration][cli]") {
     Fixture f;
-    auto a = f.run({"append", "--type", "MessageReceived", "--aggregate", "session:web:s1", "--data",
-                    msg("s1", "hello").dump(), "--metadata", R"({"source":"cli-test"})", "--json"});
+    auto a = f.run({"append", "--type", "MessageReceived", "--aggregate", "session:web:s1", "--data", msg("s1", "hello").dump(),
+                    "--metadata", R"({"source":"cli-test"})", "--json"});
     INFO(a.out);
     REQUIRE(a.code == 0);
     auto appended = json::parse(lines_of(a.out).at(0));
@@ -306,10 +306,12 @@ TEST_CASE("projections rebuild writes the fold from scratch and twice the same",
     {  // a stale row that a rebuild must drop, and another projection's row it must keep
         pqxx::connection c(f.db);
         pqxx::work tx(c);
-        tx.exec("CREATE TABLE IF NOT EXISTS projection_state (name text, id text, state jsonb NOT NULL, "
-                "position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (name, id))");
-        tx.exec("INSERT INTO projection_state (name, id, state, position) VALUES "
-                "('conversation', 'session:web:ghost', '{}', 99), ('other', 'x', '{}', 1)");
+        tx.exec(
+            "CREATE TABLE IF NOT EXISTS projection_state (name text, id text, state jsonb NOT NULL, "
+            "position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (name, id))");
+        tx.exec(
+            "INSERT INTO projection_state (name, id, state, position) VALUES "
+            "('conversation', 'session:web:ghost', '{}', 99), ('other', 'x', '{}', 1)");
         tx.commit();
     }
     auto r = f.run({"projections", "rebuild", "conversation", "--json"}, true);
@@ -362,13 +364,15 @@ TEST_CASE("parked list and retry", "[integration][cli]") {
     {
         pqxx::connection c(f.db);
         pqxx::work tx(c);
-        tx.exec("CREATE TABLE processor_parked (processor text, event_id uuid, position bigint, aggregate_id text, "
-                "type text, envelope jsonb, error text, attempts int, parked_at timestamptz default now(), "
-                "retry_requested boolean default false, PRIMARY KEY (processor, event_id))");
-        tx.exec_params("INSERT INTO processor_parked (processor, event_id, position, aggregate_id, type, envelope, error, attempts) "
-                       "VALUES ('ai', $1, 5, 'session:web:x', 'MessageReceived', '{\"a\":1}', 'LLM said no', 5), "
-                       "('notification', $2, 7, 'session:web:y', 'MessageGenerated', '{}', 'boom', 3)",
-                       e1, e2);
+        tx.exec(
+            "CREATE TABLE processor_parked (processor text, event_id uuid, position bigint, aggregate_id text, "
+            "type text, envelope jsonb, error text, attempts int, parked_at timestamptz default now(), "
+            "retry_requested boolean default false, PRIMARY KEY (processor, event_id))");
+        tx.exec_params(
+            "INSERT INTO processor_parked (processor, event_id, position, aggregate_id, type, envelope, error, attempts) "
+            "VALUES ('ai', $1, 5, 'session:web:x', 'MessageReceived', '{\"a\":1}', 'LLM said no', 5), "
+            "('notification', $2, 7, 'session:web:y', 'MessageGenerated', '{}', 'boom', 3)",
+            e1, e2);
         tx.commit();
     }
     auto list = f.run({"parked", "list", "--json"}, true);
@@ -418,8 +422,8 @@ TEST_CASE("failures give one line on stderr and exit 1 and bad arguments exit 2"
     // Store unreachable: a port nobody listens on.
     {
         auto log = f.dir + "/unreachable.log";
-        t::Process p({t::build_dir() + "/interfaces/cli/engram", "--url",
-                      "http://127.0.0.1:" + std::to_string(t::free_port()), "events", "tail"},
+        t::Process p({t::build_dir() + "/interfaces/cli/engram", "--url", "http://127.0.0.1:" + std::to_string(t::free_port()),
+                      "events", "tail"},
                      {}, log);
         Run r{p.wait(), p.log()};
         require_one_line_failure(r, 1, "engram: cannot reach the event store");
@@ -429,8 +433,7 @@ TEST_CASE("failures give one line on stderr and exit 1 and bad arguments exit 2"
     require_one_line_failure(f.run({"events", "tail", "--type", "a*b*"}), 2, "engram: bad --type");
     require_one_line_failure(f.run({"events", "get", "not-a-uuid"}), 2, "engram: bad event id");
     require_one_line_failure(f.run({"append", "--aggregate", "user:x"}), 2, "engram: --type is required");
-    require_one_line_failure(f.run({"append", "--type", "X", "--aggregate", "user:x", "--data", "[1]"}), 2,
-                             "engram: bad --data");
+    require_one_line_failure(f.run({"append", "--type", "X", "--aggregate", "user:x", "--data", "[1]"}), 2, "engram: bad --data");
     require_one_line_failure(f.run({"replay", "conversation", "session:web:x", "--as-of", "yesterday"}), 2,
                              "engram: bad --as-of");
     require_one_line_failure(f.run({"replay", "conversation", "user:x"}), 2, "engram: bad id");
@@ -440,8 +443,7 @@ TEST_CASE("failures give one line on stderr and exit 1 and bad arguments exit 2"
 
     auto help = f.run({"--help"});
     REQUIRE(help.code == 0);
-    for (const char* c : {"events tail", "events get", "append", "replay", "projections rebuild", "parked list",
-                          "parked retry"})
+    for (const char* c : {"events tail", "events get", "append", "replay", "projections rebuild", "parked list", "parked retry"})
         REQUIRE(help.out.find(c) != std::string::npos);
     auto sub = f.run({"replay", "--help"});
     REQUIRE(sub.code == 0);

@@ -26,8 +26,8 @@ config::Spec config_spec() {
                return "must be a list source=secret,source2=secret2";
            },
            true});
-    s.add({"WEBHOOK_MAX_SKEW_S", "how far a webhook's X-Webhook-Timestamp may be from now (replays are refused)",
-           "300", false, config::int_range(1, 86400)});
+    s.add({"WEBHOOK_MAX_SKEW_S", "how far a webhook's X-Webhook-Timestamp may be from now (replays are refused)", "300", false,
+           config::int_range(1, 86400)});
     telegram::add_settings(s);
     add_webchat_settings(s);
     config::add_logging(s);
@@ -54,8 +54,10 @@ struct App::Impl {
     std::unique_ptr<WebChat> webchat;  // declared before `server`: destroyed after it has stopped
     std::unique_ptr<http::Server> server;
     std::unique_ptr<telegram::Ingress> telegram;
-    metrics::Counter& accepted = metrics.counter("engram_gateway_requests_total", "ingress requests by result", "result=\"accepted\"");
-    metrics::Counter& rejected = metrics.counter("engram_gateway_requests_total", "ingress requests by result", "result=\"rejected\"");
+    metrics::Counter& accepted =
+        metrics.counter("engram_gateway_requests_total", "ingress requests by result", "result=\"accepted\"");
+    metrics::Counter& rejected =
+        metrics.counter("engram_gateway_requests_total", "ingress requests by result", "result=\"rejected\"");
 
     http::Headers store_headers() const {
         http::Headers h;
@@ -132,9 +134,9 @@ struct App::Impl {
             auto r = c.get("/healthz", store_headers());
             bool ok = r.ok() && r->status == 200;
             // Telegram's state is reported, not gating: /trigger and webhooks work without it.
-            return res->respond(http::Response::json(ok ? 200 : 503, {{"status", ok ? "ready" : "not_ready"},
-                                                                     {"checks", {{"event_store", ok ? "ok" : "unreachable"},
-                                                                                 {"telegram", telegram->status()}}}}));
+            return res->respond(http::Response::json(
+                ok ? 200 : 503, {{"status", ok ? "ready" : "not_ready"},
+                                 {"checks", {{"event_store", ok ? "ok" : "unreachable"}, {"telegram", telegram->status()}}}}));
         }
         res->respond(http::Response::error(404, "not_found", "no route for " + req.method + " " + req.path));
     }
@@ -156,22 +158,28 @@ struct App::Impl {
         if (!session.empty() && session.rfind("session:", 0) != 0) session = "session:api:" + session;
         auto key = req.header("idempotency-key");
         if (key.size() > 256) return reject(400, "invalid_request", "the Idempotency-Key header is longer than 256 characters");
-        Uuid id = key.empty() ? Uuid::v4() : Uuid::v5(ingress_ns(), "trigger:" + *str("source") + ":" + *str("user_id") + ":" + key);
+        Uuid id =
+            key.empty() ? Uuid::v4() : Uuid::v5(ingress_ns(), "trigger:" + *str("source") + ":" + *str("user_id") + ":" + key);
         // A new session without a key gets a random id; with a key, a stable one (the retry lands in
         // the same session).
-        if (session.empty()) session = "session:api:" + (key.empty() ? Uuid::v4() : Uuid::v5(ingress_ns(), "session:" + id.str())).str();
-        nlohmann::json ev = {{"id", id.str()},
-                             {"type", "TriggerReceived"},
-                             {"aggregate_id", session},
-                             {"data", {{"source", *str("source")}, {"user_id", *str("user_id")}, {"session_id", session},
-                                       {"message", *str("message")}}},
-                             {"metadata", {{"source", "gateway:trigger"}, {"correlation_id", id.str()},
-                                           {"user_id", *str("user_id")}, {"session_id", session}}}};
+        if (session.empty())
+            session = "session:api:" + (key.empty() ? Uuid::v4() : Uuid::v5(ingress_ns(), "session:" + id.str())).str();
+        nlohmann::json ev = {
+            {"id", id.str()},
+            {"type", "TriggerReceived"},
+            {"aggregate_id", session},
+            {"data",
+             {{"source", *str("source")}, {"user_id", *str("user_id")}, {"session_id", session}, {"message", *str("message")}}},
+            {"metadata",
+             {{"source", "gateway:trigger"},
+              {"correlation_id", id.str()},
+              {"user_id", *str("user_id")},
+              {"session_id", session}}}};
         auto r = append(ev);
         if (!r) return from_error(r.error());
         accepted.inc();
-        return http::Response::json(r->first, {{"session_id", session}, {"event_id", id.str()},
-                                               {"position", r->second["events"][0]["position"]}});
+        return http::Response::json(
+            r->first, {{"session_id", session}, {"event_id", id.str()}, {"position", r->second["events"][0]["position"]}});
     }
 
     http::Response webhook(const std::string& source, http::Request& req) {
@@ -194,8 +202,9 @@ struct App::Impl {
         }
         auto skew = cfg.get_int("WEBHOOK_MAX_SKEW_S");
         if (std::llabs(now_s() - ts) > skew)
-            return reject(401, "unauthorized", "X-Webhook-Timestamp is more than " + std::to_string(skew) +
-                                                   " s away from now (a replay, or a clock problem)");
+            return reject(
+                401, "unauthorized",
+                "X-Webhook-Timestamp is more than " + std::to_string(skew) + " s away from now (a replay, or a clock problem)");
         auto payload = nlohmann::json::parse(req.body, nullptr, false);
         if (payload.is_discarded()) return reject(400, "invalid_json", "the body is not valid JSON");
         std::string delivery = req.header("x-delivery-id");
@@ -211,8 +220,8 @@ struct App::Impl {
         auto r = append(ev);
         if (!r) return from_error(r.error());
         accepted.inc();
-        return http::Response::json(r->first, {{"event_id", id.str()}, {"delivery_id", delivery},
-                                               {"position", r->second["events"][0]["position"]}});
+        return http::Response::json(
+            r->first, {{"event_id", id.str()}, {"delivery_id", delivery}, {"position", r->second["events"][0]["position"]}});
     }
 };
 
@@ -239,9 +248,8 @@ Status App::start() {
     so.host = hp->host;
     so.port = hp->port;
     so.body_limit = kBodyLimit;
-    impl_->server = std::make_unique<http::Server>(so, [this](http::Request& req, std::shared_ptr<http::Responder> res) {
-        impl_->handle(req, res);
-    });
+    impl_->server = std::make_unique<http::Server>(
+        so, [this](http::Request& req, std::shared_ptr<http::Responder> res) { impl_->handle(req, res); });
     try {
         impl_->server->start();
     } catch (const std::exception& e) {

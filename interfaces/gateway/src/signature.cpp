@@ -23,8 +23,8 @@ std::string hex(const unsigned char* p, unsigned int n) {
 std::string hmac_sha256_hex(std::string_view key, std::string_view data) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
-    HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(data.data()),
-         data.size(), md, &n);
+    HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+         md, &n);
     return hex(md, n);
 }
 

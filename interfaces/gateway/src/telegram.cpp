@@ -130,8 +130,10 @@ Result<Settings> settings_from(const config::Values& v) {
     s.webhook_secret = v.get("TELEGRAM_WEBHOOK_SECRET");
     s.webhook_url = v.get("TELEGRAM_WEBHOOK_URL");
     auto allowed = trim(v.get("TELEGRAM_ALLOWED_CHAT_IDS"));
-    if (allowed == "*") s.allow_all = true;
-    else s.allowed = parse_chat_ids(allowed).value_or(std::set<std::string>{});
+    if (allowed == "*")
+        s.allow_all = true;
+    else
+        s.allowed = parse_chat_ids(allowed).value_or(std::set<std::string>{});
     if (v.has("TELEGRAM_POLL_TIMEOUT_S")) s.poll_timeout_s = static_cast<int>(v.get_int("TELEGRAM_POLL_TIMEOUT_S"));
     std::string mode = v.has("TELEGRAM_MODE") ? v.get("TELEGRAM_MODE") : "auto";
     if (mode == "auto") mode = s.token.empty() ? "off" : s.webhook_secret.empty() ? "polling" : "webhook";
@@ -139,8 +141,9 @@ Result<Settings> settings_from(const config::Values& v) {
     if (mode != "off" && s.token.empty())
         return Error::make("config", "invalid configuration: TELEGRAM_MODE=" + mode + " needs TELEGRAM_BOT_TOKEN");
     if (mode == "webhook" && s.webhook_secret.empty())
-        return Error::make("config",
-                           "invalid configuration: TELEGRAM_MODE=webhook needs TELEGRAM_WEBHOOK_SECRET (requests are checked against it)");
+        return Error::make(
+            "config",
+            "invalid configuration: TELEGRAM_MODE=webhook needs TELEGRAM_WEBHOOK_SECRET (requests are checked against it)");
     return s;
 }
 
@@ -159,7 +162,8 @@ Mapped map_update(const json& u, const Settings& s) {
         return m;
     }
     const json& msg = u[kind];
-    if (!msg.contains("chat") || !msg["chat"].is_object() || !msg["chat"].contains("id") || !msg["chat"]["id"].is_number_integer()) {
+    if (!msg.contains("chat") || !msg["chat"].is_object() || !msg["chat"].contains("id") ||
+        !msg["chat"]["id"].is_number_integer()) {
         m.why = "a message without an integer chat.id";
         return m;
     }
@@ -167,8 +171,7 @@ Mapped map_update(const json& u, const Settings& s) {
     const json chat = msg["chat"]["id"];
     m.chat_id = chat.dump();
     const json from = msg.contains("from") && msg["from"].is_object() ? msg["from"] : json::object();
-    std::string user_id =
-        "telegram:" + (from.contains("id") && from["id"].is_number_integer() ? from["id"].dump() : m.chat_id);
+    std::string user_id = "telegram:" + (from.contains("id") && from["id"].is_number_integer() ? from["id"].dump() : m.chat_id);
     std::string text;
     for (const char* k : {"text", "caption"})
         if (text.empty() && msg.contains(k) && msg[k].is_string()) text = msg[k].get<std::string>();
@@ -185,8 +188,8 @@ Mapped map_update(const json& u, const Settings& s) {
     if (!s.allowed_chat(m.chat_id)) {
         m.kind = Mapped::Kind::refused;
         auto id = Uuid::v5(ingress_ns(), "telegram-refused:" + s.bot_id() + ":" + uid);
-        json data = {{"channel", "telegram"}, {"chat_id", chat},           {"reason", "chat_not_allowed"},
-                     {"user_id", user_id},    {"update_id", update_id},    {"text_length", utf8_length(text)}};
+        json data = {{"channel", "telegram"}, {"chat_id", chat},        {"reason", "chat_not_allowed"},
+                     {"user_id", user_id},    {"update_id", update_id}, {"text_length", utf8_length(text)}};
         if (msg.contains("message_id")) data["message_id"] = msg["message_id"];
         if (auto f = from_of(from); !f.empty()) data["from"] = f;
         m.event = {{"id", id.str()},
@@ -200,7 +203,7 @@ Mapped map_update(const json& u, const Settings& s) {
     m.kind = Mapped::Kind::message;
     const std::string session = "session:telegram:" + m.chat_id;
     auto id = Uuid::v5(ingress_ns(), "telegram:" + s.bot_id() + ":" + uid);
-    json data = {{"channel", "telegram"}, {"text", text},       {"user_id", user_id}, {"session_id", session},
+    json data = {{"channel", "telegram"}, {"text", text},           {"user_id", user_id}, {"session_id", session},
                  {"chat_id", chat},       {"update_id", update_id}, {"edited", edited}};
     if (msg.contains("message_id")) data["message_id"] = msg["message_id"];
     if (msg.contains("reply_to_message") && msg["reply_to_message"].is_object() && msg["reply_to_message"].contains("message_id"))
@@ -285,9 +288,12 @@ struct Ingress::Impl {
     void send_refusal(const std::string& chat_id) {
         http::Client c(s.api_base, client_options(std::chrono::milliseconds(10000)));
         auto r = c.post_json("/bot" + s.token + "/sendMessage", {{"chat_id", json::parse(chat_id)}, {"text", kRefusalText}});
-        if (!r) lg()->warn("could not send the refusal to chat {}: {}", chat_id, r.error().detail);
-        else if (r->status != 200) lg()->warn("could not send the refusal to chat {}: HTTP {} {}", chat_id, r->status, r->body.substr(0, 200));
-        else lg()->info("chat {} is not allowed: refused once", chat_id);
+        if (!r)
+            lg()->warn("could not send the refusal to chat {}: {}", chat_id, r.error().detail);
+        else if (r->status != 200)
+            lg()->warn("could not send the refusal to chat {}: HTTP {} {}", chat_id, r->status, r->body.substr(0, 200));
+        else
+            lg()->info("chat {} is not allowed: refused once", chat_id);
     }
 
     // Handles one update. ok: stored, refused, ignored, or dropped after a permanent refusal by the
@@ -325,9 +331,9 @@ struct Ingress::Impl {
     void register_webhook() {
         int backoff_ms = 1000;
         while (!is_stopping()) {
-            auto r = poll_client->post_json("/bot" + s.token + "/setWebhook", {{"url", s.webhook_url},
-                                                                               {"secret_token", s.webhook_secret},
-                                                                               {"allowed_updates", allowed_updates()}});
+            auto r = poll_client->post_json(
+                "/bot" + s.token + "/setWebhook",
+                {{"url", s.webhook_url}, {"secret_token", s.webhook_secret}, {"allowed_updates", allowed_updates()}});
             if (is_stopping()) return;
             if (r && r->status == 200) {
                 set_state("ok");
@@ -369,7 +375,8 @@ struct Ingress::Impl {
         if (is_stopping()) return false;
         if (!r || r->status >= 500) {
             if (!reported_unreachable)
-                lg()->warn("getUpdates failed: {}; retrying with back-off", r ? "HTTP " + std::to_string(r->status) : r.error().detail);
+                lg()->warn("getUpdates failed: {}; retrying with back-off",
+                           r ? "HTTP " + std::to_string(r->status) : r.error().detail);
             reported_unreachable = true;
             set_state("unreachable");
             pause(std::chrono::milliseconds(backoff_ms));
@@ -382,9 +389,10 @@ struct Ingress::Impl {
             // fight it: report it and look again much later.
             conflicts.inc();
             set_state("conflict");
-            lg()->error("getUpdates: 409 Conflict ({}); another poller or a webhook is using this bot token. "
-                        "Stop the other consumer (or deleteWebhook, or use TELEGRAM_MODE=webhook); retrying in {} s",
-                        j.is_object() ? j.value("description", "") : "", s.conflict_retry_s);
+            lg()->error(
+                "getUpdates: 409 Conflict ({}); another poller or a webhook is using this bot token. "
+                "Stop the other consumer (or deleteWebhook, or use TELEGRAM_MODE=webhook); retrying in {} s",
+                j.is_object() ? j.value("description", "") : "", s.conflict_retry_s);
             pause(std::chrono::seconds(s.conflict_retry_s));
             return true;
         }
@@ -398,8 +406,8 @@ struct Ingress::Impl {
         }
         if (r->status == 401 || r->status == 404) {
             set_state("unauthorized");
-            lg()->error("getUpdates: HTTP {}: TELEGRAM_BOT_TOKEN is not accepted by {}; retrying in {} s", r->status,
-                        s.api_base, s.conflict_retry_s);
+            lg()->error("getUpdates: HTTP {}: TELEGRAM_BOT_TOKEN is not accepted by {}; retrying in {} s", r->status, s.api_base,
+                        s.conflict_retry_s);
             pause(std::chrono::seconds(s.conflict_retry_s));
             return true;
         }
@@ -450,13 +458,15 @@ void Ingress::start() {
         lg()->warn("TELEGRAM_ALLOWED_CHAT_IDS is empty: every chat will be refused (set chat ids, or * for every chat)");
     if (s.mode == "webhook" && s.webhook_url.empty()) {
         im.set_state("ok");
-        lg()->info("telegram: webhook mode on POST /telegram/webhook (register it with setWebhook yourself, or set TELEGRAM_WEBHOOK_URL)");
+        lg()->info(
+            "telegram: webhook mode on POST /telegram/webhook (register it with setWebhook yourself, or set "
+            "TELEGRAM_WEBHOOK_URL)");
         return;
     }
     // The poller thread's client; in webhook mode the same thread registers the webhook (retrying
     // until Telegram accepts it) and ends.
-    im.poll_client = std::make_unique<http::Client>(
-        s.api_base, im.client_options(std::chrono::milliseconds((s.poll_timeout_s + 15) * 1000)));
+    im.poll_client =
+        std::make_unique<http::Client>(s.api_base, im.client_options(std::chrono::milliseconds((s.poll_timeout_s + 15) * 1000)));
     if (s.mode == "webhook") {
         im.poller = std::thread([&im] { im.register_webhook(); });
         return;
@@ -487,7 +497,8 @@ http::Response Ingress::webhook(const http::Request& req) {
     if (update.is_discarded()) return http::Response::error(400, "invalid_json", "the body is not valid JSON");
     if (!update.is_object() || !update.contains("update_id") || !update["update_id"].is_number_integer() ||
         update["update_id"].get<std::int64_t>() < 0)
-        return http::Response::error(400, "invalid_request", "the body must be a Telegram Update object with an integer update_id");
+        return http::Response::error(400, "invalid_request",
+                                     "the body must be a Telegram Update object with an integer update_id");
     auto st = im.handle(update);
     if (!st) return http::Response::error(503, st.error().code, st.error().detail);
     // Telegram only looks at the status; 200 after commit is the acknowledgement.

@@ -33,8 +33,8 @@ struct Settings {
     std::string token;
     std::string api_base = "https://api.telegram.org";
     std::string webhook_secret;
-    std::string webhook_url;  // when set (webhook mode), registered with setWebhook at start
-    bool allow_all = false;   // TELEGRAM_ALLOWED_CHAT_IDS=*
+    std::string webhook_url;        // when set (webhook mode), registered with setWebhook at start
+    bool allow_all = false;         // TELEGRAM_ALLOWED_CHAT_IDS=*
     std::set<std::string> allowed;  // chat ids, decimal
     int poll_timeout_s = 25;
     int conflict_retry_s = 60;

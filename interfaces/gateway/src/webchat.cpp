@@ -101,9 +101,12 @@ struct Upstream {
 std::optional<Upstream> parse_upstream(const std::string& url) {
     Upstream u;
     std::string rest;
-    if (url.rfind("http://", 0) == 0) rest = url.substr(7);
-    else if (url.rfind("https://", 0) == 0) rest = url.substr(8), u.tls = true;
-    else return std::nullopt;
+    if (url.rfind("http://", 0) == 0)
+        rest = url.substr(7);
+    else if (url.rfind("https://", 0) == 0)
+        rest = url.substr(8), u.tls = true;
+    else
+        return std::nullopt;
     auto slash = rest.find('/');
     std::string authority = rest.substr(0, slash);
     if (slash != std::string::npos) u.prefix = rest.substr(slash);
@@ -171,8 +174,10 @@ public:
     Proxy(Core& core, std::shared_ptr<http::Responder> res, std::string target, std::string session)
         : core_(core), res_(std::move(res)), target_(std::move(target)), session_(std::move(session)) {}
     ~Proxy() {
-        if (out_) out_->close();
-        else if (res_) res_->respond(error(503, "unavailable", "the event stream ended before it started"));
+        if (out_)
+            out_->close();
+        else if (res_)
+            res_->respond(error(503, "unavailable", "the event stream ended before it started"));
         core_.active.fetch_sub(1);
     }
 
@@ -188,8 +193,10 @@ public:
 private:
     template <class F>
     void with_stream(F&& f) {
-        if (tls_) f(*tls_);
-        else f(*plain_);
+        if (tls_)
+            f(*tls_);
+        else
+            f(*plain_);
     }
     beast::tcp_stream& lowest() { return tls_ ? beast::get_lowest_layer(*tls_) : *plain_; }
 
@@ -226,7 +233,8 @@ private:
         auto self = shared_from_this();
         resolver_.async_resolve(core_.upstream.host, core_.upstream.port,
                                 [self](error_code ec, tcp::resolver::results_type results) {
-                                    if (ec) return self->fail(503, "unavailable", "cannot resolve the event store: " + ec.message());
+                                    if (ec)
+                                        return self->fail(503, "unavailable", "cannot resolve the event store: " + ec.message());
                                     self->connect(results);
                                 });
     }
@@ -295,8 +303,9 @@ private:
             if (status == 503) return fail(503, "unavailable", "the event store is unavailable; retry later");
             return fail(502, "bad_gateway", "the event store answered the event stream with HTTP " + std::to_string(status));
         }
-        out_ = res_->start_stream(200, "text/event-stream",
-                                  {{"Cache-Control", "no-store"}, {"X-Accel-Buffering", "no"}, {"X-Content-Type-Options", "nosniff"}});
+        out_ = res_->start_stream(
+            200, "text/event-stream",
+            {{"Cache-Control", "no-store"}, {"X-Accel-Buffering", "no"}, {"X-Content-Type-Options", "nosniff"}});
         res_.reset();
         std::weak_ptr<Proxy> weak = shared_from_this();
         out_->on_close([weak] {
@@ -312,9 +321,8 @@ private:
         parser_->get().body().size = chunk_.size();
         lowest().expires_after(kUpstreamIdle);
         with_stream([&](auto& s) {
-            bhttp::async_read_some(s, buffer_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) {
-                self->on_body(ec);
-            });
+            bhttp::async_read_some(s, buffer_, *parser_,
+                                   [self = shared_from_this()](error_code ec, std::size_t) { self->on_body(ec); });
         });
     }
 
@@ -402,18 +410,19 @@ struct WebChat::Impl {
         r.headers = {{"X-Content-Type-Options", "nosniff"}, {"Referrer-Policy", "no-referrer"}};
         if (a.path != "/") {
             r.headers.insert(r.headers.end(), {{"ETag", etag}, {"Cache-Control", "no-cache"}});
-            if (req.header("if-none-match") == etag) r.status = 304;
-            else r.body = std::string(a.body);
+            if (req.header("if-none-match") == etag)
+                r.status = 304;
+            else
+                r.body = std::string(a.body);
             return r;
         }
         // The page: never cached (it may carry a Set-Cookie), never framed, scripts only from here.
         r.body = std::string(a.body);
-        r.headers.insert(r.headers.end(),
-                         {{"Cache-Control", "no-store"},
-                          {"Content-Security-Policy",
-                           "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                           "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"},
-                          {"X-Frame-Options", "DENY"}});
+        r.headers.insert(r.headers.end(), {{"Cache-Control", "no-store"},
+                                           {"Content-Security-Policy",
+                                            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                                            "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"},
+                                           {"X-Frame-Options", "DENY"}});
         // A browser without a (valid) session gets a fresh one.
         if (!session_of(req)) r.headers.emplace_back("Set-Cookie", cookie_header(sign(Uuid::v4().str()), req));
         return r;
@@ -429,7 +438,8 @@ struct WebChat::Impl {
         if (ct.rfind("application/json", 0) != 0)
             return reject(415, "unsupported_media_type", "send the message as Content-Type: application/json");
         if (req.body.size() > kMaxBodyBytes)
-            return reject(413, "payload_too_large", "a chat message body is limited to " + std::to_string(kMaxBodyBytes) + " bytes");
+            return reject(413, "payload_too_large",
+                          "a chat message body is limited to " + std::to_string(kMaxBodyBytes) + " bytes");
         auto body = json::parse(req.body, nullptr, false);
         if (body.is_discarded()) return reject(400, "invalid_json", "the body is not valid JSON (UTF-8)");
         if (!body.is_object()) return reject(400, "invalid_request", "the body must be a JSON object {\"id\", \"text\"}");
@@ -446,16 +456,18 @@ struct WebChat::Impl {
         const std::string session = "session:web:" + *uuid;
         const std::string user = "web:" + *uuid;
         auto id = Uuid::v5(ingress_ns(), "web:" + *uuid + ":" + msg_id).str();
-        json ev = {{"id", id},
-                   {"type", "MessageReceived"},
-                   {"aggregate_id", session},
-                   {"data", {{"channel", "web"}, {"text", text}, {"user_id", user}, {"session_id", session}, {"message_id", msg_id}}},
-                   {"metadata", {{"source", "gateway:web"}, {"correlation_id", id}, {"user_id", user}, {"session_id", session}}}};
+        json ev = {
+            {"id", id},
+            {"type", "MessageReceived"},
+            {"aggregate_id", session},
+            {"data", {{"channel", "web"}, {"text", text}, {"user_id", user}, {"session_id", session}, {"message_id", msg_id}}},
+            {"metadata", {{"source", "gateway:web"}, {"correlation_id", id}, {"user_id", user}, {"session_id", session}}}};
         auto r = append(ev);
         if (!r) {
             const auto& e = r.error();
             if (e.code == "unavailable") return reject(503, "unavailable", e.detail);
-            if (e.code == "id_conflict") return reject(409, "id_conflict", "this message id was already used for a different text");
+            if (e.code == "id_conflict")
+                return reject(409, "id_conflict", "this message id was already used for a different text");
             return reject(500, e.code, e.detail);
         }
         accepted->inc();
@@ -476,11 +488,12 @@ struct WebChat::Impl {
         std::string after = req.header("last-event-id");
         if (after.empty()) after = req.param("after").value_or("");
         if (!after.empty() && !is_position(after))
-            return res->respond(reject(400, "invalid_parameter", "Last-Event-ID / after must be a non-negative integer position"));
+            return res->respond(
+                reject(400, "invalid_parameter", "Last-Event-ID / after must be a non-negative integer position"));
         if (core->active.fetch_add(1) >= kMaxStreams) {
             core->active.fetch_sub(1);
-            return res->respond(
-                with_headers(reject(503, "too_many_streams", "too many open web chat streams; retry later"), {{"Retry-After", "5"}}));
+            return res->respond(with_headers(reject(503, "too_many_streams", "too many open web chat streams; retry later"),
+                                             {{"Retry-After", "5"}}));
         }
         std::string target = "/events/stream?aggregate_id=" + http::url_encode("session:web:" + *uuid);
         if (!after.empty()) target += "&after=" + after;
@@ -496,7 +509,8 @@ WebChat::WebChat(const config::Values& cfg, metrics::Registry& metrics, AppendFn
     if (im.secret.empty()) {
         im.secret = random_secret();
         if (im.enabled)
-            im.log->warn("WEBCHAT_SECRET is not set: web chat sessions are signed with a random key and end when the gateway restarts");
+            im.log->warn(
+                "WEBCHAT_SECRET is not set: web chat sessions are signed with a random key and end when the gateway restarts");
     }
     auto up = parse_upstream(cfg.get("EVENT_STORE_URL"));
     if (!up) throw std::invalid_argument("EVENT_STORE_URL is not an http(s) URL");
@@ -542,9 +556,12 @@ bool WebChat::handle(http::Request& req, const std::shared_ptr<http::Responder>&
     if (req.path == "/chat/session") {
         if (!only(get, "GET")) return true;
         auto uuid = im.session_of(req);
-        if (!uuid) res->respond(im.unauthorized());
-        else res->respond(with_headers(http::Response::json(200, {{"session_id", "session:web:" + *uuid}, {"user_id", "web:" + *uuid}}),
-                                  {{"Cache-Control", "no-store"}}));
+        if (!uuid)
+            res->respond(im.unauthorized());
+        else
+            res->respond(
+                with_headers(http::Response::json(200, {{"session_id", "session:web:" + *uuid}, {"user_id", "web:" + *uuid}}),
+                             {{"Cache-Control", "no-store"}}));
         return true;
     }
     if (req.path.rfind("/chat/", 0) == 0 || req.path.rfind("/static/", 0) == 0) {

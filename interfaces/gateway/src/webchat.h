@@ -32,7 +32,7 @@ void add_webchat_settings(config::Spec& spec);
 class WebChat {
 public:
     static constexpr std::size_t kMaxStreams = 256;
-    static constexpr std::size_t kMaxTextChars = 8000;     // Unicode code points of one message
+    static constexpr std::size_t kMaxTextChars = 8000;      // Unicode code points of one message
     static constexpr std::size_t kMaxBodyBytes = 64 << 10;  // POST /chat/messages body
 
     WebChat(const config::Values& cfg, metrics::Registry& metrics, AppendFn append);

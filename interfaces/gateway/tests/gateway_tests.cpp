@@ -9,8 +9,8 @@
 #include <catch2/catch.hpp>
 
 using namespace engram;
-using nlohmann::json;
 using gateway::test::require_error;
+using nlohmann::json;
 
 namespace {
 
@@ -21,14 +21,15 @@ struct Fixture {
     std::unique_ptr<gateway::App>& app = gw.app;
     std::unique_ptr<http::Client>& client = gw.client;
 
-    explicit Fixture(std::map<std::string, std::string> extra = {}) : gw(stack, with_defaults(std::move(extra)), [this] { return now; }) {}
+    explicit Fixture(std::map<std::string, std::string> extra = {})
+        : gw(stack, with_defaults(std::move(extra)), [this] { return now; }) {}
     static std::map<std::string, std::string> with_defaults(std::map<std::string, std::string> extra) {
         extra.emplace("WEBHOOK_SECRETS", "github=s3cret,other=x");
         return extra;
     }
     std::int64_t count(const std::string& type) { return stack.count(type); }
-    http::ClientResponse webhook(const std::string& source, const std::string& body, const std::string& secret,
-                                 std::int64_t ts, const std::string& delivery = "d-1") {
+    http::ClientResponse webhook(const std::string& source, const std::string& body, const std::string& secret, std::int64_t ts,
+                                 const std::string& delivery = "d-1") {
         http::Headers h = {{"Content-Type", "application/json"}, {"X-Webhook-Timestamp", std::to_string(ts)}};
         if (!secret.empty()) h.emplace_back("X-Signature-256", "sha256=" + gateway::hmac_sha256_hex(secret, body));
         if (!delivery.empty()) h.emplace_back("X-Delivery-Id", delivery);
@@ -37,7 +38,6 @@ struct Fixture {
         return *r;
     }
 };
-
 
 }  // namespace
 
@@ -77,7 +77,8 @@ TEST_CASE("bad trigger input is refused with nothing stored", "[integration][gat
     require_error(post(R"({"source":"api","message":"hi"})", auth), 400, "invalid_request", "user_id");
     require_error(post(R"({"source":"api","user_id":"u","message":""})", auth), 400, "invalid_request", "message");
     require_error(post(R"({"source":"api","user_id":"u","message":5})", auth), 400, "invalid_request", "message");
-    require_error(post(R"({"source":"api","user_id":"u","message":"hi","session_id":7})", auth), 400, "invalid_request", "session_id");
+    require_error(post(R"({"source":"api","user_id":"u","message":"hi","session_id":7})", auth), 400, "invalid_request",
+                  "session_id");
     require_error(post(std::string(R"({"source":"api","user_id":"u","message":")") + std::string(1 << 20, 'x') + "\"}", auth),
                   413, "payload_too_large");
     CHECK(f.count("TriggerReceived") == 0);
@@ -106,7 +107,8 @@ TEST_CASE("signed webhooks: a valid delivery is stored once, every bad one is re
     require_error(f.webhook("github", body, "x", f.now, "d-8"), 401, "unauthorized");
     // A timestamp header that is not a number.
     {
-        http::Headers h = {{"X-Webhook-Timestamp", "soon"}, {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("s3cret", body)}};
+        http::Headers h = {{"X-Webhook-Timestamp", "soon"},
+                           {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("s3cret", body)}};
         auto r = f.client->request("POST", "/webhooks/github", body, h);
         require_error(*r, 401, "unauthorized", "Timestamp");
     }

@@ -13,8 +13,8 @@
 
 using namespace engram;
 using namespace std::chrono_literals;
-using nlohmann::json;
 using gateway::test::require_error;
+using nlohmann::json;
 
 namespace {
 
@@ -65,10 +65,11 @@ std::size_t messages_to(const fakes::FakeTelegram& tg, const std::string& chat) 
 std::int64_t confirmed_offset(const fakes::FakeTelegram& tg) {
     std::int64_t o = 0;
     for (auto& c : tg.get_updates_calls())
-        if (c.contains("offset")) o = std::max<std::int64_t>(o, c["offset"].is_string() ? std::stoll(c["offset"].get<std::string>()) : c["offset"].get<std::int64_t>());
+        if (c.contains("offset"))
+            o = std::max<std::int64_t>(
+                o, c["offset"].is_string() ? std::stoll(c["offset"].get<std::string>()) : c["offset"].get<std::int64_t>());
     return o;
 }
-
 
 }  // namespace
 
@@ -173,11 +174,13 @@ TEST_CASE("telegram polling: the offset moves only after the update is committed
     s.kill_store();
     tg.push_update(text_update(21, kChat, "while the store is down"));
     // The gateway got update 21 but could not commit it: it keeps retrying and never confirms it.
-    REQUIRE(testing::eventually([&] {
-        for (auto& c : tg.get_updates_calls())
-            if (c.value("offset", json(0)) == 21) return true;
-        return false;
-    }, 10s));
+    REQUIRE(testing::eventually(
+        [&] {
+            for (auto& c : tg.get_updates_calls())
+                if (c.value("offset", json(0)) == 21) return true;
+            return false;
+        },
+        10s));
     std::this_thread::sleep_for(2s);
     CHECK(confirmed_offset(tg) == 21);
     auto calls_while_down = tg.get_updates_calls().size();
@@ -197,10 +200,12 @@ TEST_CASE("telegram polling: a 409 conflict is reported, not looped on", "[integ
     tg.set_conflict(true);
     Gateway g(s, tg, {});
     REQUIRE(testing::eventually([&] { return tg.get_updates_calls().size() >= 1; }, 5s));
-    REQUIRE(testing::eventually([&] {
-        auto r = g.client->get("/readyz");
-        return r.ok() && r->json()["checks"]["telegram"]["state"] == "conflict";
-    }, 5s));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto r = g.client->get("/readyz");
+            return r.ok() && r->json()["checks"]["telegram"]["state"] == "conflict";
+        },
+        5s));
     std::this_thread::sleep_for(2s);
     CHECK(tg.get_updates_calls().size() == 1);  // the next try is a minute away
     auto m = g.client->get("/metrics");
@@ -214,7 +219,8 @@ TEST_CASE("telegram polling: a 409 conflict is reported, not looped on", "[integ
 TEST_CASE("telegram webhook: checked, committed before 200, stored once, strangers refused once", "[integration][telegram]") {
     testing::Stack s("tg-hook");
     fakes::FakeTelegram tg;
-    Gateway g(s, tg, {{"TELEGRAM_WEBHOOK_SECRET", "hook-s3cret"}, {"TELEGRAM_WEBHOOK_URL", "https://bot.example.org/telegram/webhook"}});
+    Gateway g(s, tg,
+              {{"TELEGRAM_WEBHOOK_SECRET", "hook-s3cret"}, {"TELEGRAM_WEBHOOK_URL", "https://bot.example.org/telegram/webhook"}});
     // Registered with the secret at start; no polling in webhook mode.
     REQUIRE(testing::eventually([&] { return tg.webhook_calls().size() == 1; }, 5s));
     CHECK(tg.webhook_calls()[0]["allowed_updates"] == json::array({"message", "edited_message"}));

@@ -26,8 +26,13 @@ json text_update(std::int64_t update_id, std::int64_t chat, const std::string& t
              {{"message_id", 7},
               {"date", 1800000000},
               {"chat", {{"id", chat}, {"type", "private"}}},
-              {"from", {{"id", 555}, {"is_bot", false}, {"first_name", "Ada"}, {"last_name", "L"}, {"username", "ada"},
-                        {"language_code", "en"}}},
+              {"from",
+               {{"id", 555},
+                {"is_bot", false},
+                {"first_name", "Ada"},
+                {"last_name", "L"},
+                {"username", "ada"},
+                {"language_code", "en"}}},
               {"text", text}}}};
 }
 
@@ -107,7 +112,8 @@ TEST_CASE("telegram: edits, replies, commands and captions are mapped", "[unit][
     json photo = text_update(906, 111, "");
     photo["message"].erase("text");
     photo["message"]["caption"] = "my cat";
-    photo["message"]["photo"] = json::array({{{"file_id", "small"}, {"file_size", 10}}, {{"file_id", "big"}, {"file_size", 900}}});
+    photo["message"]["photo"] =
+        json::array({{{"file_id", "small"}, {"file_size", 10}}, {{"file_id", "big"}, {"file_size", 900}}});
     auto p = telegram::map_update(photo, s);
     REQUIRE(p.kind == telegram::Mapped::Kind::message);
     CHECK(p.event["data"]["text"] == "my cat");
@@ -158,7 +164,7 @@ TEST_CASE("telegram settings: mode, token and secret are checked together, in on
     CHECK(polling->mode == "polling");
     CHECK(polling->allowed == std::set<std::string>{"1", "-2"});
     auto padded = telegram::settings_from(*load({{"TELEGRAM_BOT_TOKEN", "1:a"}, {"TELEGRAM_ALLOWED_CHAT_IDS", "007,-0042"}}));
-    CHECK(padded->allowed == std::set<std::string>{"7", "-42"});  // as Telegram writes chat ids
+    CHECK(padded->allowed == std::set<std::string>{"7", "-42"});                               // as Telegram writes chat ids
     CHECK_FALSE(load({{"TELEGRAM_WEBHOOK_URL", "http://bot.example.org/telegram/webhook"}}));  // Telegram wants https
     CHECK(polling->bot_id() == "1");
     auto hook = telegram::settings_from(*load({{"TELEGRAM_BOT_TOKEN", "1:a"}, {"TELEGRAM_WEBHOOK_SECRET", "s-1"}}));

@@ -10,8 +10,8 @@
 #include <thread>
 
 using namespace engram;
-using nlohmann::json;
 using gateway::test::require_error;
+using nlohmann::json;
 
 namespace {
 
@@ -60,11 +60,14 @@ struct Fixture {
         http::Client c(app->url());
         Seen s;
         if (!cookie_header.empty()) extra.emplace_back("Cookie", cookie_header);
-        auto r = c.sse(path, extra, [&](const std::string& id, const std::string&, const std::string& data) {
-            s.ids.push_back(id);
-            s.events.push_back(json::parse(data));
-            return !until(s.events.back());
-        }, std::chrono::milliseconds(5000));
+        auto r = c.sse(
+            path, extra,
+            [&](const std::string& id, const std::string&, const std::string& data) {
+                s.ids.push_back(id);
+                s.events.push_back(json::parse(data));
+                return !until(s.events.back());
+            },
+            std::chrono::milliseconds(5000));
         REQUIRE(r.ok());
         s.status = *r;
         return s;
@@ -81,7 +84,6 @@ struct Fixture {
 };
 
 std::string uuid_of(const std::string& cookie) { return cookie.substr(0, cookie.find('.')); }
-
 
 bool text_is(const json& e, const std::string& text) { return e["data"].value("text", "") == text; }
 
@@ -105,7 +107,7 @@ TEST_CASE("web chat: GET / serves the page and issues a signed HttpOnly session 
     CHECK(sc.find("Secure") == std::string::npos);
     std::string cookie = sc.substr(12, sc.find(';') - 12);
     auto dot = cookie.find('.');
-    REQUIRE(dot == 36);                    // <uuid>.<hmac-sha256 hex>
+    REQUIRE(dot == 36);  // <uuid>.<hmac-sha256 hex>
     CHECK(cookie.size() == 36 + 1 + 64);
 
     // Each browser gets its own session; one that has a valid cookie keeps it.
@@ -138,10 +140,12 @@ TEST_CASE("web chat: GET / serves the page and issues a signed HttpOnly session 
     require_error(*f.client->request("POST", "/", "x", {}), 405, "method_not_allowed");
 
     // The API token still guards the rest of the gateway.
-    require_error(*f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "u"}, {"message", "hi"}}), 401, "unauthorized");
+    require_error(*f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "u"}, {"message", "hi"}}), 401,
+                  "unauthorized");
 }
 
-TEST_CASE("web chat: a message without or with a forged cookie is refused with nothing stored", "[integration][gateway][webchat]") {
+TEST_CASE("web chat: a message without or with a forged cookie is refused with nothing stored",
+          "[integration][gateway][webchat]") {
     Fixture f;
     auto cookie = f.new_session();
     auto other = f.new_session();
@@ -205,7 +209,8 @@ TEST_CASE("web chat: bad messages are refused with 400, 413 or 415 and nothing s
     CHECK(f.count("MessageReceived") == 1);
 }
 
-TEST_CASE("web chat: a retried message is stored once as MessageReceived on the browser's session", "[integration][gateway][webchat]") {
+TEST_CASE("web chat: a retried message is stored once as MessageReceived on the browser's session",
+          "[integration][gateway][webchat]") {
     Fixture f;
     auto c = f.new_session();
     auto a = f.say(c, "6f1c1a52-3d4e-4e1a-9d43-0d6b1f0f7a11", "remember that my favourite colour is blue");
@@ -260,8 +265,9 @@ TEST_CASE("web chat: /chat/events carries the browser's own session only, from t
     CHECK(seen.ids[1] == std::to_string(a2.json()["position"].get<std::int64_t>()));
 
     // Naming another session in the query changes nothing: the cookie decides.
-    auto named = f.stream("engram_chat=" + a, [](const json& e) { return text_is(e, "second from a"); },
-                          "/chat/events?aggregate_id=session:web:" + uuid_of(b));
+    auto named = f.stream(
+        "engram_chat=" + a, [](const json& e) { return text_is(e, "second from a"); },
+        "/chat/events?aggregate_id=session:web:" + uuid_of(b));
     for (auto& e : named.events) CHECK(e["aggregate_id"] == sa);
 
     // Resume after the last seen position (EventSource's Last-Event-ID, or ?after=).
@@ -269,17 +275,17 @@ TEST_CASE("web chat: /chat/events carries the browser's own session only, from t
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         http::Client c(f.app->url());
         (void)c.request("POST", "/chat/messages", R"({"id":"b2","text":"second from b"})",
-                  {{"Content-Type", "application/json"}, {"Cookie", "engram_chat=" + b}});
+                        {{"Content-Type", "application/json"}, {"Cookie", "engram_chat=" + b}});
         (void)c.request("POST", "/chat/messages", R"({"id":"a3","text":"live for a"})",
-                  {{"Content-Type", "application/json"}, {"Cookie", "engram_chat=" + a}});
+                        {{"Content-Type", "application/json"}, {"Cookie", "engram_chat=" + a}});
     });
     auto live = f.stream("engram_chat=" + a, [](const json& e) { return text_is(e, "live for a"); }, "/chat/events",
                          {{"Last-Event-ID", seen.ids[1]}});
     later.join();
     REQUIRE(live.events.size() == 1);
     CHECK(text_is(live.events[0], "live for a"));
-    auto after = f.stream("engram_chat=" + a, [](const json& e) { return text_is(e, "live for a"); },
-                          "/chat/events?after=" + seen.ids[0]);
+    auto after = f.stream(
+        "engram_chat=" + a, [](const json& e) { return text_is(e, "live for a"); }, "/chat/events?after=" + seen.ids[0]);
     REQUIRE(after.events.size() == 2);
     CHECK(text_is(after.events[0], "second from a"));
 
@@ -334,8 +340,9 @@ TEST_CASE("web chat: open streams end when the browser leaves and when the gatew
     for (int i = 0; i < 4; ++i)
         readers.emplace_back([&] {
             http::Client c(f.app->url());
-            (void)c.sse("/chat/events", {{"Cookie", "engram_chat=" + a}}, [](auto&&...) { return true; },
-                  std::chrono::milliseconds(30000));
+            (void)c.sse(
+                "/chat/events", {{"Cookie", "engram_chat=" + a}}, [](auto&&...) { return true; },
+                std::chrono::milliseconds(30000));
             ++ended;
         });
     REQUIRE(testing::eventually([&] { return f.metric("engram_gateway_webchat_streams") == "4"; }));
@@ -371,7 +378,8 @@ TEST_CASE("web chat: WEBCHAT_ENABLED=false offers no page, no session and no str
         require_error(*r, 404, "not_found");
         CHECK(r->header("set-cookie").empty());
     }
-    auto post = gw.client->request("POST", "/chat/messages", R"({"id":"m1","text":"hi"})", {{"Content-Type", "application/json"}});
+    auto post =
+        gw.client->request("POST", "/chat/messages", R"({"id":"m1","text":"hi"})", {{"Content-Type", "application/json"}});
     REQUIRE(post.ok());
     require_error(*post, 404, "not_found");
     CHECK(stack.count_all() == 0);

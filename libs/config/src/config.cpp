@@ -126,9 +126,7 @@ Check listen_address() {
     };
 }
 
-bool is_loopback(const std::string& host) {
-    return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
-}
+bool is_loopback(const std::string& host) { return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0; }
 
 void add_logging(Spec& spec) {
     spec.add({"LOG_LEVEL", "log level: trace|debug|info|warn|error", "info", false,

@@ -55,8 +55,8 @@ TEST_CASE("a non-loopback listen address needs a token", "[unit][config]") {
     auto open = spec.load(env_of({{"DATABASE_URL", "postgresql://h/db"}, {"EVENT_STORE_LISTEN", "0.0.0.0:8080"}}));
     REQUIRE(open.ok());
     CHECK_FALSE(check_exposure("EVENT_STORE_LISTEN", *open).ok());
-    auto tok = spec.load(env_of({{"DATABASE_URL", "postgresql://h/db"}, {"EVENT_STORE_LISTEN", "0.0.0.0:8080"},
-                                 {"ENGRAM_API_TOKEN", "t"}}));
+    auto tok = spec.load(
+        env_of({{"DATABASE_URL", "postgresql://h/db"}, {"EVENT_STORE_LISTEN", "0.0.0.0:8080"}, {"ENGRAM_API_TOKEN", "t"}}));
     CHECK(check_exposure("EVENT_STORE_LISTEN", *tok).ok());
     auto lo = spec.load(env_of({{"DATABASE_URL", "postgresql://h/db"}}));
     CHECK(check_exposure("EVENT_STORE_LISTEN", *lo).ok());

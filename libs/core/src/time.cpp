@@ -14,8 +14,8 @@ std::string format_rfc3339(SysTime t) {
     std::tm tm{};
     gmtime_r(&secs, &tm);
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, milli);
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec, milli);
     return buf;
 }
 
@@ -31,9 +31,9 @@ static bool digits(std::string_view s, std::size_t pos, std::size_t n, int& out)
 
 std::optional<SysTime> parse_rfc3339(std::string_view s) {
     int Y, M, D, h, m, sec;
-    if (!digits(s, 0, 4, Y) || s.size() < 20 || s[4] != '-' || !digits(s, 5, 2, M) || s[7] != '-' ||
-        !digits(s, 8, 2, D) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !digits(s, 11, 2, h) ||
-        s[13] != ':' || !digits(s, 14, 2, m) || s[16] != ':' || !digits(s, 17, 2, sec))
+    if (!digits(s, 0, 4, Y) || s.size() < 20 || s[4] != '-' || !digits(s, 5, 2, M) || s[7] != '-' || !digits(s, 8, 2, D) ||
+        (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !digits(s, 11, 2, h) || s[13] != ':' || !digits(s, 14, 2, m) ||
+        s[16] != ':' || !digits(s, 17, 2, sec))
         return std::nullopt;
     if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60) return std::nullopt;
     std::size_t i = 19;
@@ -54,8 +54,7 @@ std::optional<SysTime> parse_rfc3339(std::string_view s) {
         ++i;
     } else if (i < s.size() && (s[i] == '+' || s[i] == '-')) {
         int oh, om;
-        if (!digits(s, i + 1, 2, oh) || i + 3 >= s.size() || s[i + 3] != ':' || !digits(s, i + 4, 2, om))
-            return std::nullopt;
+        if (!digits(s, i + 1, 2, oh) || i + 3 >= s.size() || s[i + 3] != ':' || !digits(s, i + 4, 2, om)) return std::nullopt;
         offset_s = (oh * 3600L + om * 60L) * (s[i] == '+' ? 1 : -1);
         i += 6;
     } else {
@@ -64,10 +63,8 @@ std::optional<SysTime> parse_rfc3339(std::string_view s) {
     if (i != s.size()) return std::nullopt;
     using namespace std::chrono;
     auto days = sys_days(year{Y} / month{static_cast<unsigned>(M)} / day{static_cast<unsigned>(D)});
-    if (!year_month_day(year{Y} / month{static_cast<unsigned>(M)} / day{static_cast<unsigned>(D)}).ok())
-        return std::nullopt;
-    auto t = time_point_cast<milliseconds>(days) + hours(h) + minutes(m) + seconds(sec) + milliseconds(milli) -
-             seconds(offset_s);
+    if (!year_month_day(year{Y} / month{static_cast<unsigned>(M)} / day{static_cast<unsigned>(D)}).ok()) return std::nullopt;
+    auto t = time_point_cast<milliseconds>(days) + hours(h) + minutes(m) + seconds(sec) + milliseconds(milli) - seconds(offset_s);
     return SysTime(t);
 }
 

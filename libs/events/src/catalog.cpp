@@ -27,8 +27,7 @@ Catalog load_builtin() {
     for (std::size_t i = 0; i < detail::kEmbeddedProtoCount; ++i) {
         const auto& f = detail::kEmbeddedProto[i];
         json doc = json::parse(f.content, nullptr, /*allow_exceptions=*/false);
-        if (doc.is_discarded())
-            throw std::runtime_error("embedded proto/" + std::string(f.path) + " is not valid JSON");
+        if (doc.is_discarded()) throw std::runtime_error("embedded proto/" + std::string(f.path) + " is not valid JSON");
         if (f.path == "catalog.json") {
             catalog = std::move(doc);
             have_catalog = true;

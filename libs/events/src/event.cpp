@@ -74,8 +74,8 @@ Result<NewEvent> parse_event(const json& j, const std::string* inherited_aggrega
     if (!t->is_string()) return invalid(field_msg("type", "must be a string"));
     e.type = t->get<std::string>();
     if (!valid_type_name(e.type))
-        return invalid(field_msg("type", "must be PascalCase ([A-Z][A-Za-z0-9]*, at most " +
-                                             std::to_string(kMaxTypeLength) + " characters)"));
+        return invalid(field_msg(
+            "type", "must be PascalCase ([A-Z][A-Za-z0-9]*, at most " + std::to_string(kMaxTypeLength) + " characters)"));
 
     if (inherited_aggregate && !j.contains("aggregate_id")) {
         e.aggregate_id = *inherited_aggregate;
@@ -104,8 +104,7 @@ Result<NewEvent> parse_event(const json& j, const std::string* inherited_aggrega
         if (!it->is_object()) return invalid(field_msg("metadata", "must be a JSON object"));
         for (auto key : {meta::source, meta::correlation_id, meta::causation_id, meta::user_id, meta::session_id}) {
             auto m = it->find(std::string(key));
-            if (m != it->end() && !m->is_string())
-                return invalid(field_msg("metadata." + std::string(key), "must be a string"));
+            if (m != it->end() && !m->is_string()) return invalid(field_msg("metadata." + std::string(key), "must be a string"));
         }
         e.metadata = *it;
     }
@@ -212,8 +211,8 @@ Result<Event> Event::from_json(const json& j) {
     auto positive = [&](const char* name, std::int64_t& out) -> std::optional<Error> {
         auto it = j.find(name);
         if (it == j.end() || !it->is_number_integer() || (!it->is_number_unsigned() && it->get<std::int64_t>() < 1) ||
-            (it->is_number_unsigned() && (it->get<std::uint64_t>() < 1 ||
-                                          it->get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))))
+            (it->is_number_unsigned() &&
+             (it->get<std::uint64_t>() < 1 || it->get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))))
             return invalid(field_msg(name, "must be a positive integer"));
         out = it->get<std::int64_t>();
         return std::nullopt;

@@ -25,15 +25,22 @@ namespace {
 
 const char* kind_of(const json& v) {
     switch (v.type()) {
-        case json::value_t::null: return "null";
-        case json::value_t::boolean: return "boolean";
+        case json::value_t::null:
+            return "null";
+        case json::value_t::boolean:
+            return "boolean";
         case json::value_t::number_integer:
         case json::value_t::number_unsigned:
-        case json::value_t::number_float: return "number";
-        case json::value_t::string: return "string";
-        case json::value_t::array: return "array";
-        case json::value_t::object: return "object";
-        default: return "value";
+        case json::value_t::number_float:
+            return "number";
+        case json::value_t::string:
+            return "string";
+        case json::value_t::array:
+            return "array";
+        case json::value_t::object:
+            return "object";
+        default:
+            return "value";
     }
 }
 
@@ -89,8 +96,8 @@ bool valid_email(std::string_view s) {
     if (at == std::string_view::npos || at == 0 || at + 1 >= s.size() || at > 64) return false;
     std::string_view local = s.substr(0, at), domain = s.substr(at + 1);
     for (unsigned char c : local)
-        if (is_ctl_or_space(c) || c == '@' || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' ||
-            c == ';' || c == ':' || c == '\\' || c == '"' || c == '[' || c == ']')
+        if (is_ctl_or_space(c) || c == '@' || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' || c == ';' || c == ':' ||
+            c == '\\' || c == '"' || c == '[' || c == ']')
             return false;
     if (local.front() == '.' || local.back() == '.') return false;
     if (domain.front() == '.' || domain.back() == '.' || domain.front() == '-') return false;
@@ -110,8 +117,8 @@ bool valid_uri(std::string_view s) {
         if (!(std::isalnum(c) || c == '+' || c == '-' || c == '.')) return false;
     }
     for (unsigned char c : s.substr(colon + 1))
-        if (is_ctl_or_space(c) || c == '<' || c == '>' || c == '"' || c == '{' || c == '}' || c == '|' ||
-            c == '\\' || c == '^' || c == '`')
+        if (is_ctl_or_space(c) || c == '<' || c == '>' || c == '"' || c == '{' || c == '}' || c == '|' || c == '\\' || c == '^' ||
+            c == '`')
             return false;
     return true;
 }
@@ -231,12 +238,10 @@ private:
     }
 
     std::optional<std::string> check_array(const json& schema, const json& v) {
-        if (auto n = count_arg(schema, "minItems"); n && v.size() < *n)
-            return fail("must have at least " + plural(*n, "item"));
+        if (auto n = count_arg(schema, "minItems"); n && v.size() < *n) return fail("must have at least " + plural(*n, "item"));
         if (auto n = count_arg(schema, "maxItems"); n && v.size() > *n)
             return fail("must have at most " + plural(*n, "item") + ", got " + std::to_string(v.size()));
-        if (auto it = schema.find("uniqueItems"); it != schema.end() && it->is_boolean() && it->get<bool>() &&
-                                                   v.size() > 1) {
+        if (auto it = schema.find("uniqueItems"); it != schema.end() && it->is_boolean() && it->get<bool>() && v.size() > 1) {
             // Sort indices by value (O(n log n)), then report the first pair of equal neighbours.
             std::vector<std::size_t> idx(v.size());
             std::iota(idx.begin(), idx.end(), 0);
@@ -249,8 +254,8 @@ private:
                 }
             }
             if (dup)
-                return fail("items must be unique ([" + std::to_string(dup->first) + "] and [" +
-                            std::to_string(dup->second) + "] are equal)");
+                return fail("items must be unique ([" + std::to_string(dup->first) + "] and [" + std::to_string(dup->second) +
+                            "] are equal)");
         }
         if (auto it = schema.find("items"); it != schema.end()) {
             for (std::size_t i = 0; i < v.size(); ++i) {
@@ -356,9 +361,12 @@ bool one_of(std::string_view s, std::initializer_list<std::string_view> options)
 std::string escape_pointer(std::string_view key) {
     std::string out;
     for (char c : key) {
-        if (c == '~') out += "~0";
-        else if (c == '/') out += "~1";
-        else out += c;
+        if (c == '~')
+            out += "~0";
+        else if (c == '/')
+            out += "~1";
+        else
+            out += c;
     }
     return out;
 }

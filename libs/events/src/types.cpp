@@ -4,11 +4,17 @@ namespace engram::events::types {
 
 std::vector<std::string_view> all() {
     return {
-        TriggerReceived,     MessageReceived,     WebhookReceived,   AccessDenied,                  // inputs
-        AIProcessingStarted, ToolCalled,          ToolCompleted,     ThinkingGenerated,             // AI
-        MessageGenerated,    AIProcessingCompleted, AIProcessingFailed,                             // AI
-        TelegramMessageSent, EmailSent,           SlackMessageSent,  NotificationFailed, ArtifactCreated,  // outputs
-        MemoryStored,        MemoryRecalled,      FastMemoryUpdated,                                // memory
+        TriggerReceived,     MessageReceived,
+        WebhookReceived,     AccessDenied,  // inputs
+        AIProcessingStarted, ToolCalled,
+        ToolCompleted,       ThinkingGenerated,  // AI
+        MessageGenerated,    AIProcessingCompleted,
+        AIProcessingFailed,  // AI
+        TelegramMessageSent, EmailSent,
+        SlackMessageSent,    NotificationFailed,
+        ArtifactCreated,  // outputs
+        MemoryStored,        MemoryRecalled,
+        FastMemoryUpdated,  // memory
     };
 }
 

@@ -26,8 +26,8 @@ namespace {
 const std::vector<std::pair<std::string, std::vector<std::string>>> kSpecCatalog = {
     {"input", {"TriggerReceived", "MessageReceived", "WebhookReceived"}},
     {"ai",
-     {"AIProcessingStarted", "ToolCalled", "ToolCompleted", "ThinkingGenerated", "MessageGenerated",
-      "AIProcessingCompleted", "AIProcessingFailed"}},
+     {"AIProcessingStarted", "ToolCalled", "ToolCompleted", "ThinkingGenerated", "MessageGenerated", "AIProcessingCompleted",
+      "AIProcessingFailed"}},
     {"output", {"TelegramMessageSent", "EmailSent", "SlackMessageSent", "NotificationFailed", "ArtifactCreated"}},
     {"memory", {"MemoryStored", "MemoryRecalled", "FastMemoryUpdated"}},
 };
@@ -69,8 +69,7 @@ std::set<std::string> as_set(const std::vector<std::string>& v) { return {v.begi
 
 }  // namespace
 
-TEST_CASE("catalog: SPEC §3, types::all(), proto/catalog.json, proto/events/ and the embedded catalog agree",
-          "[unit][events]") {
+TEST_CASE("catalog: SPEC §3, types::all(), proto/catalog.json, proto/events/ and the embedded catalog agree", "[unit][events]") {
     const std::vector<std::string> spec = spec_types();
     REQUIRE(spec.size() == 18 + 1);
 
@@ -191,8 +190,7 @@ TEST_CASE("catalog: validate passes unknown types and checks known ones", "[unit
     CHECK_FALSE(c.known("SomethingCustomHappened"));
     CHECK(c.schema("SomethingCustomHappened") == nullptr);
     CHECK(c.validate("SomethingCustomHappened", json{{"anything", 1}}).ok());
-    auto st = c.validate(types::MessageReceived,
-                         json{{"channel", "web"}, {"text", 5}, {"user_id", "u"}, {"session_id", "s"}});
+    auto st = c.validate(types::MessageReceived, json{{"channel", "web"}, {"text", 5}, {"user_id", "u"}, {"session_id", "s"}});
     REQUIRE_FALSE(st.ok());
     CHECK(st.error().code == "schema_violation");
     CHECK(st.error().detail == "MessageReceived.data.text: expected string, got number");
@@ -267,8 +265,8 @@ TEST_CASE("catalog: builtin() is shared and safe to use from many threads", "[un
 TEST_CASE("proto/openapi.yaml names every error code of the API", "[unit][events]") {
     const std::string api = read_text(proto_dir() / "openapi.yaml");
     for (auto code : {codes::invalid_json, codes::invalid_event, codes::schema_violation, codes::invalid_parameter,
-                      codes::invalid_request, codes::unauthorized, codes::not_found, codes::id_conflict,
-                      codes::version_conflict, codes::payload_too_large, codes::unavailable, codes::internal}) {
+                      codes::invalid_request, codes::unauthorized, codes::not_found, codes::id_conflict, codes::version_conflict,
+                      codes::payload_too_large, codes::unavailable, codes::internal}) {
         INFO(code);
         CHECK(api.find(std::string(code)) != std::string::npos);
     }

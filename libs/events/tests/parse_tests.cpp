@@ -128,8 +128,7 @@ TEST_CASE("parse_new_event checks the id field", "[unit][events]") {
     CHECK(parse_error(with(minimal(), "id", nullptr)) == "field 'id' must be a UUID string");
     CHECK(parse_error(with(minimal(), "id", "evt_123")) == "field 'id' must be a UUID string");
     CHECK(parse_error(with(minimal(), "id", "6f9619ff8b864011b42d00cf4fc964ff")) == "field 'id' must be a UUID string");
-    CHECK(parse_error(with(minimal(), "id", "00000000-0000-0000-0000-000000000000")) ==
-          "field 'id' must not be the nil UUID");
+    CHECK(parse_error(with(minimal(), "id", "00000000-0000-0000-0000-000000000000")) == "field 'id' must not be the nil UUID");
     CHECK(parse_error(with(minimal(), "id", kId)) == "");
 }
 
@@ -186,7 +185,8 @@ TEST_CASE("parse_append_request reads a single event with an optional expected_v
     CHECK(append_error(with(minimal(), "expected_version", -1)) == "field 'expected_version' must be a non-negative integer");
     CHECK(append_error(with(minimal(), "expected_version", "3")) == "field 'expected_version' must be a non-negative integer");
     CHECK(append_error(with(minimal(), "expected_version", 1.5)) == "field 'expected_version' must be a non-negative integer");
-    CHECK(append_error(with(minimal(), "expected_version", nullptr)) == "field 'expected_version' must be a non-negative integer");
+    CHECK(append_error(with(minimal(), "expected_version", nullptr)) ==
+          "field 'expected_version' must be a non-negative integer");
     CHECK(append_error(without(minimal(), "type")) == "field 'type' is required");
     CHECK(append_error(json::array()) == "the body must be a JSON object (one event, or a batch with 'events')");
 }

@@ -27,15 +27,15 @@ struct ParsedUrl {
 };
 
 Result<ParsedUrl> parse_base_url(std::string_view url) {
-    auto bad = [&](std::string_view why) {
-        return Error::make("bad_url", fmt::format("invalid base URL '{}': {}", url, why));
-    };
+    auto bad = [&](std::string_view why) { return Error::make("bad_url", fmt::format("invalid base URL '{}': {}", url, why)); };
     ParsedUrl out;
     auto sep = url.find("://");
     if (sep == std::string_view::npos) return bad("expected http://host[:port] or https://host[:port]");
     auto scheme = lower(url.substr(0, sep));
-    if (scheme == "https") out.tls = true;
-    else if (scheme != "http") return bad("the scheme must be http or https");
+    if (scheme == "https")
+        out.tls = true;
+    else if (scheme != "http")
+        return bad("the scheme must be http or https");
     auto rest = url.substr(sep + 3);
     auto slash = rest.find('/');
     auto authority = rest.substr(0, slash);
@@ -242,10 +242,11 @@ struct Client::Impl {
         tcp::resolver::results_type results;
         resolving = &resolver;
         ec = run([&](auto h) {
-            resolver.async_resolve(url.host, url.port, [h = std::move(h), &results](error_code e, tcp::resolver::results_type r) mutable {
-                results = std::move(r);
-                h(e);
-            });
+            resolver.async_resolve(url.host, url.port,
+                                   [h = std::move(h), &results](error_code e, tcp::resolver::results_type r) mutable {
+                                       results = std::move(r);
+                                       h(e);
+                                   });
         });
         resolving = nullptr;
         if (cancelled) return cancelled_error();
@@ -274,7 +275,8 @@ struct Client::Impl {
         if (ec) {
             drop();
             if (ec == beast::error::timeout)
-                return Error::make("timeout", fmt::format("TLS handshake with {} timed out after {} ms", where(), opts.timeout.count()));
+                return Error::make("timeout",
+                                   fmt::format("TLS handshake with {} timed out after {} ms", where(), opts.timeout.count()));
             return Error::make("connect", fmt::format("TLS handshake with {} failed: {}", where(), ec.message()));
         }
         return ok();
@@ -284,8 +286,10 @@ struct Client::Impl {
                                                     const Headers& headers) {
         bhttp::request<bhttp::string_body> req;
         auto verb = bhttp::string_to_verb(bsv(method));
-        if (verb == bhttp::verb::unknown) req.method_string(bsv(method));
-        else req.method(verb);
+        if (verb == bhttp::verb::unknown)
+            req.method_string(bsv(method));
+        else
+            req.method(verb);
         std::string full = url.prefix;
         if (target.empty() || target.front() != '/') full.push_back('/');
         full += target;
@@ -322,12 +326,16 @@ struct Client::Impl {
             }
             parser.emplace();
             make_parser(*parser);
-            if (read_timeout) lowest().expires_after(*read_timeout);
-            else lowest().expires_at(deadline);
+            if (read_timeout)
+                lowest().expires_after(*read_timeout);
+            else
+                lowest().expires_at(deadline);
             ec = with_stream([&](auto& s) {
                 return run([&](auto h) {
-                    if (header_only) bhttp::async_read_header(s, buffer, *parser, std::move(h));
-                    else bhttp::async_read(s, buffer, *parser, std::move(h));
+                    if (header_only)
+                        bhttp::async_read_header(s, buffer, *parser, std::move(h));
+                    else
+                        bhttp::async_read(s, buffer, *parser, std::move(h));
                 });
             });
             if (ec) {
@@ -410,7 +418,8 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
         p.get().body().data = buf.data();
         p.get().body().size = buf.size();
         im.lowest().expires_after(idle_timeout);
-        auto ec = im.with_stream([&](auto& s) { return im.run([&](auto hnd) { bhttp::async_read_some(s, im.buffer, p, std::move(hnd)); }); });
+        auto ec = im.with_stream(
+            [&](auto& s) { return im.run([&](auto hnd) { bhttp::async_read_some(s, im.buffer, p, std::move(hnd)); }); });
         if (ec == bhttp::error::need_buffer) ec = {};
         std::size_t n = buf.size() - p.get().body().size;
         if (events && n > 0 && !sse.feed(buf.data(), n)) return status;
@@ -420,8 +429,10 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
             return status;
         if (im.cancelled) return im.cancelled_error();
         if (ec == beast::error::timeout)
-            return im.scrub(Error::make("timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url, path, idle_timeout.count())));
-        return im.scrub(Error::make("io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url, path, ec.message())));
+            return im.scrub(Error::make(
+                "timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url, path, idle_timeout.count())));
+        return im.scrub(Error::make(
+            "io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url, path, ec.message())));
     }
 }
 

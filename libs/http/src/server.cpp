@@ -21,8 +21,8 @@ namespace {
 using namespace detail;
 
 constexpr std::size_t kHeaderLimit = 16 * 1024;
-constexpr std::size_t kLingerBytes = 8 << 20;                 // drained after an error answer at most
-constexpr std::chrono::seconds kLingerTime{2};                 // ... for at most this long
+constexpr std::size_t kLingerBytes = 8 << 20;   // drained after an error answer at most
+constexpr std::chrono::seconds kLingerTime{2};  // ... for at most this long
 
 // Handlers run here. stop() drops what is queued (their Responders answer nothing: the server is
 // stopping) and joins the threads once the running handlers return.
@@ -335,8 +335,7 @@ private:
         parser_->body_limit(core_->opts.body_limit);
         parser_->header_limit(kHeaderLimit);
         stream_.expires_after(core_->opts.idle_timeout);
-        bhttp::async_read_header(stream_, buffer_, *parser_,
-                                 beast::bind_front_handler(&Session::on_header, shared_from_this()));
+        bhttp::async_read_header(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_header, shared_from_this()));
     }
 
     void on_header(error_code ec, std::size_t n) {
@@ -499,11 +498,12 @@ private:
                 if (!stream_obj_->chunked()) return end_stream(true);
                 batch_.emplace_back("0\r\n\r\n");
                 writing_ = true;
-                net::async_write(stream_.socket(), net::buffer(batch_.back()), [self = shared_from_this()](error_code ec, std::size_t) {
-                    self->writing_ = false;
-                    if (self->closed_) return;
-                    self->end_stream(!ec);
-                });
+                net::async_write(stream_.socket(), net::buffer(batch_.back()),
+                                 [self = shared_from_this()](error_code ec, std::size_t) {
+                                     self->writing_ = false;
+                                     if (self->closed_) return;
+                                     self->end_stream(!ec);
+                                 });
                 return;
             case StreamImpl::Take::data: {
                 std::vector<net::const_buffer> bufs;
@@ -547,8 +547,7 @@ private:
             if (used_.exchange(true)) return;
             try {
                 session_->post_response(Response::error(500, "internal", "the handler did not answer"));
-            } catch (...) {
-            }
+            } catch (...) {}
         }
         void respond(Response r) override {
             if (used_.exchange(true)) return;
@@ -625,8 +624,8 @@ void StreamImpl::close() {
 std::shared_ptr<Stream> Session::open_stream(int status, std::string content_type, Headers headers, unsigned version) {
     bool chunked = version >= 11;
     auto reason = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
-    std::string head = fmt::format("HTTP/{}.{} {} {}\r\n", version / 10, version % 10, status,
-                                   std::string_view(reason.data(), reason.size()));
+    std::string head =
+        fmt::format("HTTP/{}.{} {} {}\r\n", version / 10, version % 10, status, std::string_view(reason.data(), reason.size()));
     head += "Server: engram\r\n";
     if (!content_type.empty() && safe_header("content-type", content_type)) head += "Content-Type: " + content_type + "\r\n";
     head += "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n";
@@ -757,14 +756,13 @@ void Server::stop() {
     });
     for (auto& s : sessions) net::post(s->executor(), [s] { s->close_now(); });
     sessions.clear();
-    core->pool.stop();  // no handler can post any more (core->stopped), queued ones are dropped
+    core->pool.stop();   // no handler can post any more (core->stopped), queued ones are dropped
     core->work.reset();  // run() returns once the closes above and the aborted operations are done
     for (auto& t : im.io_threads) t.join();
     im.io_threads.clear();
     // Belt and braces: run whatever is left (nothing, normally) so no handler keeps a Session alive.
     core->ioc.restart();
-    while (core->ioc.poll() > 0) {
-    }
+    while (core->ioc.poll() > 0) {}
     // im.core stays (idle) until ~Server, so port() and open_streams() stay valid from any thread.
 }
 

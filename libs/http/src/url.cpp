@@ -17,8 +17,8 @@ std::string url_encode(std::string_view s) {
     std::string out;
     out.reserve(s.size() * 3);
     for (unsigned char c : s) {
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-            c == '_' || c == '~') {
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+            c == '~') {
             out.push_back(static_cast<char>(c));
         } else {
             out.push_back('%');

@@ -147,7 +147,8 @@ struct Fixture {
     explicit Fixture(ServerOptions opts = {}) {
         opts.host = "127.0.0.1";
         opts.port = 0;
-        server = std::make_unique<Server>(opts, [this](Request& req, std::shared_ptr<Responder> res) { handle(req, std::move(res)); });
+        server =
+            std::make_unique<Server>(opts, [this](Request& req, std::shared_ptr<Responder> res) { handle(req, std::move(res)); });
         server->start();
     }
     ~Fixture() {
@@ -402,10 +403,13 @@ TEST_CASE("a streamed response is read as server-sent events", "[unit][http]") {
     Fixture f;
     Client c(f.base());
     std::vector<std::tuple<std::string, std::string, std::string>> got;
-    auto r = c.sse("/events", {}, [&](const std::string& id, const std::string& ev, const std::string& data) {
-        got.emplace_back(id, ev, data);
-        return true;
-    }, 2000ms);
+    auto r = c.sse(
+        "/events", {},
+        [&](const std::string& id, const std::string& ev, const std::string& data) {
+            got.emplace_back(id, ev, data);
+            return true;
+        },
+        2000ms);
     REQUIRE(r.ok());
     CHECK(*r == 200);
     REQUIRE(got.size() == 4);
@@ -416,7 +420,8 @@ TEST_CASE("a streamed response is read as server-sent events", "[unit][http]") {
 
     // Stopping early from the callback.
     int seen = 0;
-    auto early = c.sse("/events", {}, [&](auto&, auto&, auto&) { return ++seen < 2; }, 2000ms);
+    auto early = c.sse(
+        "/events", {}, [&](auto&, auto&, auto&) { return ++seen < 2; }, 2000ms);
     REQUIRE(early.ok());
     CHECK(seen == 2);
 
@@ -445,11 +450,14 @@ TEST_CASE("sse gives up with a timeout when the stream goes quiet", "[unit][http
         if (auto s = f.slot.wait_stream()) s->write(sse_event(7, "Live", "{}"));  // no assertions off the main thread
     });
     auto t0 = Clock::now();
-    auto r = c.sse("/hold", {}, [&](auto& id, auto&, auto&) {
-        CHECK(id == "7");
-        ++events;
-        return true;
-    }, 300ms);
+    auto r = c.sse(
+        "/hold", {},
+        [&](auto& id, auto&, auto&) {
+            CHECK(id == "7");
+            ++events;
+            return true;
+        },
+        300ms);
     writer.join();
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().code == "timeout");
@@ -514,8 +522,10 @@ TEST_CASE("a stalled stream client is cut off and never slows the writer", "[uni
         bool ok = s->write(chunk);
         slowest = std::max(slowest, Clock::now() - t0);
         max_queued = std::max(max_queued, s->queued_bytes());
-        if (ok) accepted += chunk.size();
-        else cut = true;
+        if (ok)
+            accepted += chunk.size();
+        else
+            cut = true;
         std::this_thread::sleep_for(1ms);
     }
     INFO("accepted " << accepted << " bytes, max queued " << max_queued);
@@ -554,11 +564,14 @@ TEST_CASE("a stream client that keeps up is never cut off", "[unit][http]") {
     });
     int events = 0;
     bool intact = true;
-    auto r = c.sse("/hold", {}, [&](auto& id, auto&, auto& data) {
-        ++events;
-        intact = intact && id == std::to_string(events) && data == payload;
-        return true;
-    }, 5000ms);
+    auto r = c.sse(
+        "/hold", {},
+        [&](auto& id, auto&, auto& data) {
+            ++events;
+            intact = intact && id == std::to_string(events) && data == payload;
+            return true;
+        },
+        5000ms);
     writer.join();
     REQUIRE(r.ok());
     CHECK(*r == 200);
@@ -570,7 +583,7 @@ TEST_CASE("a stream client that keeps up is never cut off", "[unit][http]") {
 TEST_CASE("stop() with open connections and streams returns promptly", "[unit][http]") {
     Fixture f;
     Client c(f.base());
-    REQUIRE(c.get("/echo").ok());  // an idle keep-alive connection
+    REQUIRE(c.get("/echo").ok());    // an idle keep-alive connection
     RawConn idle(f.server->port());  // a connection that never sends anything
     RawConn streaming(f.server->port());
     streaming.send("GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");

@@ -109,8 +109,9 @@ private:
             ++served;
             std::string body = R"({"sni":")" + sni + R"(","served":)" + std::to_string(served) + R"(,"line":")" +
                                head.substr(0, head.find('\r')) + "\"}";
-            std::string out = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
-                              std::to_string(body.size()) + "\r\n\r\n" + body;
+            std::string out =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                "\r\n\r\n" + body;
             if (SSL_write(ssl, out.data(), static_cast<int>(out.size())) <= 0) return;
         }
     }

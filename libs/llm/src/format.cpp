@@ -44,8 +44,8 @@ json to_openai(const Request& r, const std::string& model) {
         json tools = json::array();
         for (const auto& t : r.tools) {
             json params = t.parameters.is_null() ? json{{"type", "object"}, {"properties", json::object()}} : t.parameters;
-            tools.push_back({{"type", "function"},
-                             {"function", {{"name", t.name}, {"description", t.description}, {"parameters", params}}}});
+            tools.push_back(
+                {{"type", "function"}, {"function", {{"name", t.name}, {"description", t.description}, {"parameters", params}}}});
         }
         body["tools"] = std::move(tools);
         body["tool_choice"] = "auto";
@@ -57,14 +57,13 @@ Result<Completion> from_openai(const json& body) {
     if (!body.is_object()) return bad(std::string("response is not a JSON object (got ") + type_name(body) + ")");
     if (body.contains("error") && !body["error"].is_null() && !body.contains("choices")) {
         const json& e = body["error"];
-        std::string msg = e.is_string() ? e.get<std::string>()
+        std::string msg = e.is_string()                                                          ? e.get<std::string>()
                           : (e.is_object() && e.contains("message") && e["message"].is_string()) ? e["message"].get<std::string>()
-                                                                                                  : e.dump();
+                                                                                                 : e.dump();
         return Error::make("llm_error", "the model API answered an error: " + msg);
     }
     auto choices = body.find("choices");
-    if (choices == body.end() || !choices->is_array() || choices->empty())
-        return bad("response has no choices");
+    if (choices == body.end() || !choices->is_array() || choices->empty()) return bad("response has no choices");
     const json& choice = (*choices)[0];
     if (!choice.is_object() || !choice.contains("message") || !choice["message"].is_object())
         return bad("choices[0] has no message object");
@@ -104,8 +103,7 @@ Result<Completion> from_openai(const json& body) {
                           : "call_" + std::to_string(i);
             const json args = fn.contains("arguments") ? fn["arguments"] : json(nullptr);
             auto invalid = [&](const std::string& why) {
-                Error e = Error::make("invalid_tool_call",
-                                      "tool call '" + call.name + "' (id " + call.id + "): " + why);
+                Error e = Error::make("invalid_tool_call", "tool call '" + call.name + "' (id " + call.id + "): " + why);
                 e.extra = {{"tool", call.name}, {"tool_call_id", call.id}, {"raw_arguments", call.raw_arguments}};
                 return e;
             };

@@ -49,9 +49,12 @@ std::string recalled_text(const std::string& content) {
         std::string out;
         for (const auto& item : j) {
             std::string t;
-            if (item.is_string()) t = item.get<std::string>();
-            else if (item.is_object() && item.contains("text") && item["text"].is_string()) t = item["text"].get<std::string>();
-            else if (item.is_object() && item.contains("content") && item["content"].is_string()) t = item["content"].get<std::string>();
+            if (item.is_string())
+                t = item.get<std::string>();
+            else if (item.is_object() && item.contains("text") && item["text"].is_string())
+                t = item["text"].get<std::string>();
+            else if (item.is_object() && item.contains("content") && item["content"].is_string())
+                t = item["content"].get<std::string>();
             t = trim(t);
             if (t.empty()) continue;
             if (!out.empty()) out += "; ";
@@ -89,37 +92,38 @@ public:
         auto next_id = "offline_call_" + std::to_string(total_calls + 1);
 
         switch (classify(user)) {
-        case Flow::remember: {
-            std::string fact = trim(trim(user).substr(9));
-            if (!done("remember")) return call(next_id, "remember", {{"text", fact}});
-            if (!done("send_message"))
-                return call(next_id, "send_message", {{"text", "Got it, I will remember that: " + fact}});
-            if (!done("task_complete")) return call(next_id, "task_complete", {{"summary", "Stored a memory: " + fact}});
-            break;
-        }
-        case Flow::recall: {
-            if (!done("recall")) return call(next_id, "recall", {{"query", user}});
-            if (!done("send_message")) {
-                auto it = results.find(called["recall"]);
-                std::string found = it == results.end() ? "" : recalled_text(it->second);
-                std::string reply = found.empty() ? "I don't know yet." : "Here is what I remember: " + found;
-                return call(next_id, "send_message", {{"text", reply}});
+            case Flow::remember: {
+                std::string fact = trim(trim(user).substr(9));
+                if (!done("remember")) return call(next_id, "remember", {{"text", fact}});
+                if (!done("send_message"))
+                    return call(next_id, "send_message", {{"text", "Got it, I will remember that: " + fact}});
+                if (!done("task_complete")) return call(next_id, "task_complete", {{"summary", "Stored a memory: " + fact}});
+                break;
             }
-            if (!done("task_complete")) return call(next_id, "task_complete", {{"summary", "Answered from memory."}});
-            break;
-        }
-        case Flow::answer: {
-            if (!done("think"))
-                return call(next_id, "think",
-                            {{"thought", "No model is configured; answering \"" + trim(user) + "\" with the offline rules."}});
-            if (!done("send_message"))
-                return call(next_id, "send_message",
-                            {{"text", "I'm running offline (rule-based, no model), so I can't really answer \"" + trim(user) +
-                                          "\". Tell me \"remember ...\" and I'll keep it, or ask \"what did I ...?\" "
-                                          "and I'll look it up."}});
-            if (!done("task_complete")) return call(next_id, "task_complete", {{"summary", "Answered offline."}});
-            break;
-        }
+            case Flow::recall: {
+                if (!done("recall")) return call(next_id, "recall", {{"query", user}});
+                if (!done("send_message")) {
+                    auto it = results.find(called["recall"]);
+                    std::string found = it == results.end() ? "" : recalled_text(it->second);
+                    std::string reply = found.empty() ? "I don't know yet." : "Here is what I remember: " + found;
+                    return call(next_id, "send_message", {{"text", reply}});
+                }
+                if (!done("task_complete")) return call(next_id, "task_complete", {{"summary", "Answered from memory."}});
+                break;
+            }
+            case Flow::answer: {
+                if (!done("think"))
+                    return call(
+                        next_id, "think",
+                        {{"thought", "No model is configured; answering \"" + trim(user) + "\" with the offline rules."}});
+                if (!done("send_message"))
+                    return call(next_id, "send_message",
+                                {{"text", "I'm running offline (rule-based, no model), so I can't really answer \"" + trim(user) +
+                                              "\". Tell me \"remember ...\" and I'll keep it, or ask \"what did I ...?\" "
+                                              "and I'll look it up."}});
+                if (!done("task_complete")) return call(next_id, "task_complete", {{"summary", "Answered offline."}});
+                break;
+            }
         }
         return text("");  // the flow is complete: nothing more to do
     }
@@ -139,13 +143,16 @@ private:
         c.message.tool_calls.push_back(tc);
         c.finish_reason = "tool_calls";
         c.raw = {{"model", "offline"},
-                 {"choices", json::array({{{"index", 0},
-                                           {"finish_reason", "tool_calls"},
-                                           {"message", {{"role", "assistant"},
-                                                        {"content", nullptr},
-                                                        {"tool_calls", json::array({{{"id", id},
-                                                                                     {"type", "function"},
-                                                                                     {"function", {{"name", tool}, {"arguments", tc.raw_arguments}}}}})}}}}})}};
+                 {"choices",
+                  json::array(
+                      {{{"index", 0},
+                        {"finish_reason", "tool_calls"},
+                        {"message",
+                         {{"role", "assistant"},
+                          {"content", nullptr},
+                          {"tool_calls", json::array({{{"id", id},
+                                                       {"type", "function"},
+                                                       {"function", {{"name", tool}, {"arguments", tc.raw_arguments}}}}})}}}}})}};
         return c;
     }
 
@@ -154,8 +161,9 @@ private:
         c.message.content = content;
         c.finish_reason = "stop";
         c.raw = {{"model", "offline"},
-                 {"choices", json::array({{{"index", 0}, {"finish_reason", "stop"},
-                                           {"message", {{"role", "assistant"}, {"content", content}}}}})}};
+                 {"choices",
+                  json::array(
+                      {{{"index", 0}, {"finish_reason", "stop"}, {"message", {{"role", "assistant"}, {"content", content}}}}})}};
         return c;
     }
 };

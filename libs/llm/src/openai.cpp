@@ -47,8 +47,8 @@ std::pair<std::string, std::string> api_error(const http::ClientResponse& r) {
 bool says_context_too_long(const std::string& message, const std::string& code) {
     if (code == "context_length_exceeded" || code == "string_above_max_length") return true;
     std::string m = lower(message);
-    for (const char* s : {"context length", "context_length", "maximum context", "context window",
-                          "too many tokens", "prompt is too long", "exceeds the context"})
+    for (const char* s : {"context length", "context_length", "maximum context", "context window", "too many tokens",
+                          "prompt is too long", "exceeds the context"})
         if (m.find(s) != std::string::npos) return true;
     return false;
 }
@@ -65,8 +65,7 @@ std::optional<milliseconds> retry_after(const http::ClientResponse& r) {
             double v = std::stod(s, &used);
             if (used == s.size() && v >= 0) return milliseconds(static_cast<long long>(v * 1000));
         }
-    } catch (const std::exception&) {
-    }
+    } catch (const std::exception&) {}
     return std::nullopt;
 }
 
@@ -100,8 +99,8 @@ public:
                 if (resp.status >= 200 && resp.status < 300) {
                     json j = resp.json();
                     if (j.is_discarded()) {
-                        Error e = Error::make("llm_bad_response", "the model API answered with a body that is not JSON: " +
-                                                                      resp.body.substr(0, 200));
+                        Error e = Error::make("llm_bad_response",
+                                              "the model API answered with a body that is not JSON: " + resp.body.substr(0, 200));
                         e.extra = {{"status", resp.status}, {"attempts", attempt + 1}};
                         return e;
                     }
@@ -116,10 +115,11 @@ public:
                     if (resp.status == 429 || resp.status == 503) wait_hint = retry_after(resp);
                 } else {
                     // Other statuses (4xx, unexpected 1xx/3xx): not retried.
-                    Error e = says_context_too_long(message, code)
-                                  ? Error::make("context_too_long", "the conversation exceeds the model's context length: " + message)
-                                  : Error::make("llm_error", "the model API refused the request (HTTP " +
-                                                                 std::to_string(resp.status) + "): " + message);
+                    Error e =
+                        says_context_too_long(message, code)
+                            ? Error::make("context_too_long", "the conversation exceeds the model's context length: " + message)
+                            : Error::make("llm_error", "the model API refused the request (HTTP " + std::to_string(resp.status) +
+                                                           "): " + message);
                     e.extra = {{"status", resp.status}, {"attempts", attempt + 1}};
                     if (!code.empty()) e.extra["api_code"] = code;
                     return e;
@@ -127,14 +127,14 @@ public:
             }
             if (attempt + 1 >= attempts) break;
             milliseconds wait = wait_hint ? std::min(*wait_hint, kRetryAfterCap) : backoff(attempt);
-            log::get("llm")->warn("model call failed ({}), retry {}/{} in {} ms", last_detail, attempt + 1,
-                                  o_.max_retries, wait.count());
+            log::get("llm")->warn("model call failed ({}), retry {}/{} in {} ms", last_detail, attempt + 1, o_.max_retries,
+                                  wait.count());
             o_.sleep(wait);
         }
         Error e = rate_limited ? Error::make("llm_rate_limited", "the model API is still rate limiting after " +
-                                                                      std::to_string(attempts) + " attempts: " + last_detail)
+                                                                     std::to_string(attempts) + " attempts: " + last_detail)
                                : Error::make("llm_unreachable", "the model API at " + o_.base_url + " failed " +
-                                                                     std::to_string(attempts) + " attempts: " + last_detail);
+                                                                    std::to_string(attempts) + " attempts: " + last_detail);
         e.extra = {{"status", last_status}, {"attempts", attempts}};
         return e;
     }

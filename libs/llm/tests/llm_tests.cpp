@@ -132,8 +132,10 @@ TEST_CASE("response parsing: content, tool calls with JSON arguments, usage", "[
     // from_openai directly: shape errors and lenient variants.
     CHECK(from_openai(json::array()).error().code == "llm_bad_response");
     CHECK(from_openai(json{{"choices", json::array()}}).error().code == "llm_bad_response");
-    auto lenient = from_openai(json{{"choices", {{{"message", {{"content", nullptr},
-        {"tool_calls", {{{"function", {{"name", "task_complete"}, {"arguments", ""}}}}}}}}, {"finish_reason", "stop"}}}}});
+    auto lenient = from_openai(json{
+        {"choices",
+         {{{"message", {{"content", nullptr}, {"tool_calls", {{{"function", {{"name", "task_complete"}, {"arguments", ""}}}}}}}},
+           {"finish_reason", "stop"}}}}});
     REQUIRE(lenient.ok());
     CHECK(lenient->message.tool_calls[0].id == "call_0");
     CHECK(lenient->message.tool_calls[0].arguments == json::object());
@@ -234,9 +236,10 @@ TEST_CASE("context_length_exceeded is context_too_long", "[integration][llm]") {
     FakeOpenAI fake;
     Sleeps s;
     auto p = make_openai(opts(fake, s));
-    fake.push_status(400, {{"error", {{"message", "This model's maximum context length is 8192 tokens."},
-                                      {"type", "invalid_request_error"},
-                                      {"code", "context_length_exceeded"}}}});
+    fake.push_status(400, {{"error",
+                            {{"message", "This model's maximum context length is 8192 tokens."},
+                             {"type", "invalid_request_error"},
+                             {"code", "context_length_exceeded"}}}});
     fake.push_status(400, {{"error", "the prompt exceeds the context window of this model"}});
     auto c = p->complete(simple("x"));
     REQUIRE_FALSE(c.ok());

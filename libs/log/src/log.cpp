@@ -15,11 +15,21 @@ public:
         static const char* hex = "0123456789abcdef";
         for (char c : std::string_view(msg.payload.data(), msg.payload.size())) {
             switch (c) {
-                case '"': dest.append(std::string_view("\\\"")); break;
-                case '\\': dest.append(std::string_view("\\\\")); break;
-                case '\n': dest.append(std::string_view("\\n")); break;
-                case '\r': dest.append(std::string_view("\\r")); break;
-                case '\t': dest.append(std::string_view("\\t")); break;
+                case '"':
+                    dest.append(std::string_view("\\\""));
+                    break;
+                case '\\':
+                    dest.append(std::string_view("\\\\"));
+                    break;
+                case '\n':
+                    dest.append(std::string_view("\\n"));
+                    break;
+                case '\r':
+                    dest.append(std::string_view("\\r"));
+                    break;
+                case '\t':
+                    dest.append(std::string_view("\\t"));
+                    break;
                 default:
                     if (static_cast<unsigned char>(c) < 0x20) {
                         char buf[6] = {'\\', 'u', '0', '0', hex[(c >> 4) & 15], hex[c & 15]};
@@ -41,8 +51,7 @@ bool g_json = false;
 void apply(spdlog::logger& l) {
     if (g_json) {
         auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
-        f->add_flag<JsonMessageFlag>('j').set_pattern(
-            R"({"ts":"%Y-%m-%dT%H:%M:%S.%eZ","level":"%l","logger":"%n","msg":"%j"})");
+        f->add_flag<JsonMessageFlag>('j').set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%eZ","level":"%l","logger":"%n","msg":"%j"})");
         l.set_formatter(std::move(f));
     } else {
         l.set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%-5l%$ [%n] %v", spdlog::pattern_time_type::utc);

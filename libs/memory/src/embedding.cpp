@@ -56,7 +56,8 @@ public:
         auto r = c.post_json(prefix + "/embeddings", {{"model", model_}, {"input", std::string(text)}}, h);
         if (!r) return std::move(r).error();
         if (r->status != 200)
-            return Error::make("embeddings", "embeddings endpoint answered " + std::to_string(r->status) + ": " + r->body.substr(0, 200));
+            return Error::make("embeddings",
+                               "embeddings endpoint answered " + std::to_string(r->status) + ": " + r->body.substr(0, 200));
         auto j = r->json();
         if (j.is_discarded() || !j.contains("data") || !j["data"].is_array() || j["data"].empty() ||
             !j["data"][0].contains("embedding") || !j["data"][0]["embedding"].is_array())
@@ -85,8 +86,10 @@ std::vector<float> local_embedding(std::string_view text) {
         word.clear();
     };
     for (unsigned char c : text) {
-        if (std::isalnum(c) || c >= 0x80) word.push_back(static_cast<char>(std::tolower(c)));
-        else flush();
+        if (std::isalnum(c) || c >= 0x80)
+            word.push_back(static_cast<char>(std::tolower(c)));
+        else
+            flush();
     }
     flush();
     double n = 0;

@@ -8,9 +8,9 @@
 namespace engram::memory {
 namespace {
 
-constexpr int kCandidates = 50;      // per ranking, before fusion
-constexpr int kRrfK = 60;            // reciprocal rank fusion constant
-constexpr int kMaxScanned = 5000;    // most recent memories compared by vector per search
+constexpr int kCandidates = 50;    // per ranking, before fusion
+constexpr int kRrfK = 60;          // reciprocal rank fusion constant
+constexpr int kMaxScanned = 5000;  // most recent memories compared by vector per search
 
 std::string array_literal(const std::vector<float>& v) {
     std::string s = "{";
@@ -59,12 +59,13 @@ void migrate(pqxx::connection& c) {
 void index(pqxx::transaction_base& tx, const events::Event& e, const std::vector<float>& embedding) {
     std::string user = e.data.value("user_id", "");
     if (user.empty()) user = e.aggregate_id;
-    double importance = e.data.contains("importance") && e.data["importance"].is_number() ? e.data["importance"].get<double>() : 0.5;
+    double importance =
+        e.data.contains("importance") && e.data["importance"].is_number() ? e.data["importance"].get<double>() : 0.5;
     auto tags = e.data.contains("tags") ? e.data["tags"] : nlohmann::json::array();
-    tx.exec("INSERT INTO memory_index (memory_id, user_id, text, importance, tags, embedding, position) VALUES ('" +
-            e.id.str() + "'," + tx.quote(user) + "," + tx.quote(e.data.value("text", "")) + "," +
-            std::to_string(importance) + "," + tx.quote(tags.dump()) + "," + tx.quote(array_literal(embedding)) +
-            "::real[]," + std::to_string(e.position.value()) + ") ON CONFLICT (memory_id) DO NOTHING");
+    tx.exec("INSERT INTO memory_index (memory_id, user_id, text, importance, tags, embedding, position) VALUES ('" + e.id.str() +
+            "'," + tx.quote(user) + "," + tx.quote(e.data.value("text", "")) + "," + std::to_string(importance) + "," +
+            tx.quote(tags.dump()) + "," + tx.quote(array_literal(embedding)) + "::real[]," + std::to_string(e.position.value()) +
+            ") ON CONFLICT (memory_id) DO NOTHING");
 }
 
 void clear(pqxx::transaction_base& tx) { tx.exec("DELETE FROM memory_index"); }
@@ -80,9 +81,11 @@ Result<std::vector<Hit>> search(pg::Pool& db, Embedder& embedder, const std::str
         // Words: any query word may match (OR), ranked by ts_rank.
         auto r = tx.exec(
             "SELECT memory_id::text, text, ts_rank(tsv, q) FROM memory_index, "
-            "(SELECT nullif(replace(plainto_tsquery('english', " + tx.quote(query) + ")::text, '&', '|'), '')::tsquery AS q) qq "
-            "WHERE user_id = " + tx.quote(user_id) + " AND q IS NOT NULL AND tsv @@ q ORDER BY 3 DESC LIMIT " +
-            std::to_string(kCandidates));
+            "(SELECT nullif(replace(plainto_tsquery('english', " +
+            tx.quote(query) +
+            ")::text, '&', '|'), '')::tsquery AS q) qq "
+            "WHERE user_id = " +
+            tx.quote(user_id) + " AND q IS NOT NULL AND tsv @@ q ORDER BY 3 DESC LIMIT " + std::to_string(kCandidates));
         for (const auto& row : r) {
             auto& h = hits[row[0].c_str()];
             h.memory_id = row[0].c_str();
@@ -112,9 +115,8 @@ Result<std::vector<Hit>> search(pg::Pool& db, Embedder& embedder, const std::str
         std::vector<Hit> out;
         for (auto& [_, h] : hits)
             if (h.score > 0) out.push_back(h);
-        std::sort(out.begin(), out.end(), [](const Hit& a, const Hit& b) {
-            return a.score != b.score ? a.score > b.score : a.memory_id < b.memory_id;
-        });
+        std::sort(out.begin(), out.end(),
+                  [](const Hit& a, const Hit& b) { return a.score != b.score ? a.score > b.score : a.memory_id < b.memory_id; });
         if (out.size() > static_cast<std::size_t>(limit)) out.resize(limit);
         return out;
     });

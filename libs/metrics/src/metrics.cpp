@@ -6,8 +6,7 @@ namespace engram::metrics {
 
 void Gauge::add(double d) {
     double cur = v_.load(std::memory_order_relaxed);
-    while (!v_.compare_exchange_weak(cur, cur + d, std::memory_order_relaxed)) {
-    }
+    while (!v_.compare_exchange_weak(cur, cur + d, std::memory_order_relaxed)) {}
 }
 
 Histogram::Histogram(std::vector<double> bounds)
@@ -21,8 +20,7 @@ void Histogram::observe(double v) {
     buckets_[i].fetch_add(1, std::memory_order_relaxed);
     count_.fetch_add(1, std::memory_order_relaxed);
     double cur = sum_.load(std::memory_order_relaxed);
-    while (!sum_.compare_exchange_weak(cur, cur + v, std::memory_order_relaxed)) {
-    }
+    while (!sum_.compare_exchange_weak(cur, cur + v, std::memory_order_relaxed)) {}
 }
 
 static std::string with(const std::string& labels, const std::string& extra) {

@@ -41,8 +41,10 @@ Headers read_headers(natsMsg* m) {
     if (natsMsgHeader_Keys(m, &keys, &count) != NATS_OK) return out;
     for (int i = 0; i < count; ++i) {
         const char* v = nullptr;
-        if (natsMsgHeader_Get(m, keys[i], &v) == NATS_OK && v) out.emplace(keys[i], v);
-        else out.emplace(keys[i], "");
+        if (natsMsgHeader_Get(m, keys[i], &v) == NATS_OK && v)
+            out.emplace(keys[i], v);
+        else
+            out.emplace(keys[i], "");
     }
     free(static_cast<void*>(keys));
     return out;
@@ -270,8 +272,10 @@ Subscription::~Subscription() {
             // Waits for the handler call in progress, if any, and the dispatcher's completion.
             state_->cv.wait_for(lock, std::chrono::seconds(5), [&] { return state_->complete; });
         }
-        if (state_->complete) free_it = true;
-        else state_->detached = true;
+        if (state_->complete)
+            free_it = true;
+        else
+            state_->detached = true;
     }
     natsSubscription_Destroy(sub);
     if (free_it) delete state_;
@@ -381,8 +385,7 @@ Status Connection::ensure_stream(const StreamConfig& c) {
         if (si->Config)
             for (int i = 0; i < si->Config->SubjectsLen; ++i) have.emplace_back(si->Config->Subjects[i]);
         jsStreamInfo_Destroy(si);
-        if (have != c.subjects)
-            spdlog::warn("nats: stream {} exists with other subjects; left as it is", c.name);
+        if (have != c.subjects) spdlog::warn("nats: stream {} exists with other subjects; left as it is", c.name);
         return ok();
     }
     if (s != NATS_NOT_FOUND) return nats_error(s, "looking up stream " + c.name, jerr);
@@ -438,8 +441,7 @@ Status Connection::delete_stream(const std::string& name) {
     return ok();
 }
 
-Result<std::vector<Message>> Connection::get_stream_messages(const std::string& stream, std::uint64_t from_seq,
-                                                              std::size_t max) {
+Result<std::vector<Message>> Connection::get_stream_messages(const std::string& stream, std::uint64_t from_seq, std::size_t max) {
     auto info = stream_info(stream);
     if (!info) return info.error();
     std::vector<Message> out;
@@ -471,8 +473,8 @@ void fill_pub_options(jsPubOptions& po, const PublishOptions& o, std::chrono::mi
 
 }  // namespace
 
-Status Connection::publish_async(const std::string& subject, std::string_view data, const std::string& msg_id,
-                                 AckCallback on_ack, const Headers& headers) {
+Status Connection::publish_async(const std::string& subject, std::string_view data, const std::string& msg_id, AckCallback on_ack,
+                                 const Headers& headers) {
     PublishOptions o;
     o.msg_id = msg_id;
     o.headers = headers;
@@ -543,8 +545,7 @@ Result<PubAck> Connection::publish_sync(const std::string& subject, std::string_
     return publish_sync(subject, data, o);
 }
 
-Result<PubAck> Connection::publish_sync(const std::string& subject, std::string_view data,
-                                        const PublishOptions& options) {
+Result<PubAck> Connection::publish_sync(const std::string& subject, std::string_view data, const PublishOptions& options) {
     auto m = make_msg(subject, data, options.headers);
     if (!m) return m.error();
     jsPubOptions po;
@@ -692,8 +693,8 @@ Result<std::unique_ptr<PullConsumer>> PullConsumer::create(Connection& conn, con
         std::string have = (ci->Config && ci->Config->FilterSubject) ? ci->Config->FilterSubject : "";
         jsConsumerInfo_Destroy(ci);
         if (have != filter)
-            return plain_error("consumer " + o.durable + " on " + o.stream + " exists with filter '" + have +
-                               "', wanted '" + filter +
+            return plain_error("consumer " + o.durable + " on " + o.stream + " exists with filter '" + have + "', wanted '" +
+                               filter +
                                "': nats-server 2.9 cannot change a consumer's filter; delete the consumer to recreate it");
         jerr = static_cast<jsErrCode>(0);
         s = js_UpdateConsumer(&ci, js, o.stream.c_str(), &cc, nullptr, &jerr);
@@ -728,8 +729,7 @@ PullConsumer::~PullConsumer() {
 Result<std::vector<std::unique_ptr<InMessage>>> PullConsumer::fetch(int batch, std::chrono::milliseconds timeout) {
     natsMsgList list{nullptr, 0};
     jsErrCode jerr = static_cast<jsErrCode>(0);
-    natsStatus s = natsSubscription_Fetch(&list, static_cast<natsSubscription*>(sub_), std::max(batch, 1),
-                                          to_ms(timeout), &jerr);
+    natsStatus s = natsSubscription_Fetch(&list, static_cast<natsSubscription*>(sub_), std::max(batch, 1), to_ms(timeout), &jerr);
     std::vector<std::unique_ptr<InMessage>> out;
     if (s != NATS_OK && list.Count == 0) {
         if (s == NATS_TIMEOUT) return out;

@@ -64,8 +64,7 @@ TEST_CASE("ensure_stream creates once and then leaves the stream as it is", "[in
     CHECK_FALSE(c->stream_info("ENSURE"));
 }
 
-TEST_CASE("publish_async: 10k messages acked in order, re-publishing the same ids adds nothing",
-          "[integration][nats]") {
+TEST_CASE("publish_async: 10k messages acked in order, re-publishing the same ids adds nothing", "[integration][nats]") {
     auto c = connect_to(testing::Nats::shared().url());
     REQUIRE(c->ensure_stream("PUB", {"pub.>"}));
     constexpr int N = 10000;
@@ -90,8 +89,7 @@ TEST_CASE("publish_async: 10k messages acked in order, re-publishing the same id
     }
     REQUIRE(c->wait_publish_complete(30s));
     auto elapsed = std::chrono::steady_clock::now() - t0;
-    WARN("10k async publishes + acks: " << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()
-                                        << " ms");
+    WARN("10k async publishes + acks: " << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count() << " ms");
     CHECK(c->publish_pending() == 0);
     CHECK(acked == N);
     CHECK(failed == 0);
@@ -106,11 +104,10 @@ TEST_CASE("publish_async: 10k messages acked in order, re-publishing the same id
     // The same ids again: all duplicates, the stream does not grow.
     acked = 0;
     for (int i = 1; i <= N; ++i)
-        REQUIRE(c->publish_async("pub.e" + std::to_string(i % 7), "again", "id-" + std::to_string(i),
-                                 [&](const nats::PubAck& a) {
-                                     if (a.ok && a.duplicate) ++duplicates;
-                                     if (a.ok) ++acked;
-                                 }));
+        REQUIRE(c->publish_async("pub.e" + std::to_string(i % 7), "again", "id-" + std::to_string(i), [&](const nats::PubAck& a) {
+            if (a.ok && a.duplicate) ++duplicates;
+            if (a.ok) ++acked;
+        }));
     REQUIRE(c->wait_publish_complete(30s));
     CHECK(acked == N);
     CHECK(duplicates == N);
@@ -152,8 +149,7 @@ TEST_CASE("publish_async: 10k messages acked in order, re-publishing the same id
     REQUIRE(c->delete_stream("PUB"));
 }
 
-TEST_CASE("pull consumer: fetch, ack, nak redelivery with delivered count, term, durability",
-          "[integration][nats]") {
+TEST_CASE("pull consumer: fetch, ack, nak redelivery with delivered count, term, durability", "[integration][nats]") {
     auto c = connect_to(testing::Nats::shared().url());
     REQUIRE(c->ensure_stream("PULL", {"pull.>"}));
     for (int i = 1; i <= 4; ++i) REQUIRE(c->publish_sync("pull.a", "m" + std::to_string(i), "p" + std::to_string(i)));
@@ -209,8 +205,10 @@ TEST_CASE("pull consumer: fetch, ack, nak redelivery with delivered count, term,
         REQUIRE(b);
         for (auto& m : *b) {
             delivered[m->msg().data] = m->msg().delivered;
-            if (m->msg().data == "m3") REQUIRE(m->ack());
-            else REQUIRE(m->in_progress());  // m4: kept, never acked -> redelivered after ack_wait
+            if (m->msg().data == "m3")
+                REQUIRE(m->ack());
+            else
+                REQUIRE(m->in_progress());  // m4: kept, never acked -> redelivered after ack_wait
         }
         return delivered.size() >= 2;
     }));
@@ -384,8 +382,10 @@ TEST_CASE("server stopped then restarted: publishes fail cleanly or are buffered
     REQUIRE_FALSE(info);
     CHECK(info.error().code == "nats");
     auto f = (*pc)->fetch(1, 200ms);
-    if (f) CHECK(f->empty());
-    else CHECK(f.error().code == "nats");
+    if (f)
+        CHECK(f->empty());
+    else
+        CHECK(f.error().code == "nats");
 
     // Async publishes while down: buffered (ok) or refused (nats error); every accepted one gets
     // exactly one ack callback — stored after the restart, or a timeout.
@@ -396,8 +396,10 @@ TEST_CASE("server stopped then restarted: publishes fail cleanly or are buffered
             if (a.ok) ++ok_acks;
             if (a.timeout) ++timeouts;
         });
-        if (st) ++accepted;
-        else CHECK(st.error().code == "nats");
+        if (st)
+            ++accepted;
+        else
+            CHECK(st.error().code == "nats");
     }
 
     server.start();
@@ -425,15 +427,17 @@ TEST_CASE("server stopped then restarted: publishes fail cleanly or are buffered
 
     // The durable consumer works again.
     std::size_t n = 0;
-    REQUIRE(eventually([&] {
-        auto b = (*pc)->fetch(100, 500ms);
-        if (!b) return false;
-        for (auto& m : *b) {
-            (void)m->ack();
-            ++n;
-        }
-        return n >= total;
-    }, 20s));
+    REQUIRE(eventually(
+        [&] {
+            auto b = (*pc)->fetch(100, 500ms);
+            if (!b) return false;
+            for (auto& m : *b) {
+                (void)m->ack();
+                ++n;
+            }
+            return n >= total;
+        },
+        20s));
     CHECK(n == total);
 
     // A crash (SIGKILL) of the server is survived as well.
@@ -512,8 +516,7 @@ TEST_CASE("a bounded window: publish_async blocks while max_pending_acks are out
     CHECK(c->publish_pending() == 4);
 }
 
-TEST_CASE("expected last msg id keeps the stream in publish order - duplicates are checked first",
-          "[integration][nats]") {
+TEST_CASE("expected last msg id keeps the stream in publish order - duplicates are checked first", "[integration][nats]") {
     auto c = connect_to(testing::Nats::shared().url());
     REQUIRE(c->ensure_stream("ORDER", {"order.>"}));
     nats::PublishOptions a;

@@ -11,7 +11,8 @@ namespace engram::processor {
 
 std::string env_prefix(const std::string& name) {
     std::string out;
-    for (char c : name) out += (c == '-' || c == '.' || c == ' ') ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    for (char c : name)
+        out += (c == '-' || c == '.' || c == ' ') ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     return out;
 }
 
@@ -25,12 +26,11 @@ config::Spec config_spec(const Options& d) {
            config::url({"postgresql", "postgres"})});
     s.add({"EVENT_STORE_URL", "base URL of the event store (derived events are appended there)",
            d.event_store_url.empty() ? "http://127.0.0.1:8080" : d.event_store_url, false, config::url({"http", "https"})});
-    s.add({"ENGRAM_API_TOKEN", "bearer token for the event store, and required to listen on a non-loopback address",
-           d.api_token, false, nullptr, true});
+    s.add({"ENGRAM_API_TOKEN", "bearer token for the event store, and required to listen on a non-loopback address", d.api_token,
+           false, nullptr, true});
     s.add({p + "_LISTEN", "host:port of the health/metrics server (/healthz, /readyz, /metrics)",
            d.listen.empty() ? "127.0.0.1:0" : d.listen, false, config::listen_address()});
-    s.add({p + "_CONCURRENCY", "aggregates handled at once", std::to_string(d.concurrency), false,
-           config::int_range(1, 1024)});
+    s.add({p + "_CONCURRENCY", "aggregates handled at once", std::to_string(d.concurrency), false, config::int_range(1, 1024)});
     s.add({p + "_MAX_ATTEMPTS", "attempts before an event is parked", std::to_string(d.max_attempts), false,
            config::int_range(1, 100)});
     config::add_logging(s);

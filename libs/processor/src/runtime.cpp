@@ -112,8 +112,8 @@ struct Runtime::Impl {
     std::condition_variable stop_cv;   // sleeps (back-off, heartbeat, poll) wake on stop
     std::unordered_map<std::string, AggQueue> queues;
     std::deque<std::string> ready;
-    std::map<std::uint64_t, ItemPtr> unfinished;       // messages by stream seq, until settled
-    std::unordered_set<std::string> parked_in_queue;   // event ids of parked retries queued
+    std::map<std::uint64_t, ItemPtr> unfinished;      // messages by stream seq, until settled
+    std::unordered_set<std::string> parked_in_queue;  // event ids of parked retries queued
     int running_handlers = 0;
     std::condition_variable idle_cv;  // running_handlers reached 0
     bool stopping = false;
@@ -126,16 +126,22 @@ struct Runtime::Impl {
     void init_metrics() {
         labels = "processor=\"" + opts.name + "\"";
         handled = &registry.counter("processor_events_handled_total", "events handled successfully (acked)", labels);
-        failed_attempts = &registry.counter("processor_handler_failures_total", "handler attempts that returned an error", labels);
+        failed_attempts =
+            &registry.counter("processor_handler_failures_total", "handler attempts that returned an error", labels);
         parked_total = &registry.counter("processor_events_parked_total", "events parked by this process", labels);
-        parked_retried_ok = &registry.counter("processor_parked_retried_total", "parked events that succeeded on a requested retry", labels);
-        skipped = &registry.counter("processor_events_skipped_total", "messages of types this processor does not handle (acked)", labels);
-        undecodable = &registry.counter("processor_events_undecodable_total", "messages whose body is not an event envelope (terminated)", labels);
+        parked_retried_ok =
+            &registry.counter("processor_parked_retried_total", "parked events that succeeded on a requested retry", labels);
+        skipped = &registry.counter("processor_events_skipped_total", "messages of types this processor does not handle (acked)",
+                                    labels);
+        undecodable = &registry.counter("processor_events_undecodable_total",
+                                        "messages whose body is not an event envelope (terminated)", labels);
         parked_rows = &registry.gauge("processor_parked_events", "rows in processor_parked for this processor", labels);
-        lag = &registry.gauge("processor_consumer_lag", "messages in the stream not yet delivered to the consumer (num_pending)", labels);
+        lag = &registry.gauge("processor_consumer_lag", "messages in the stream not yet delivered to the consumer (num_pending)",
+                              labels);
         in_flight = &registry.gauge("processor_in_flight", "handlers running now", labels);
         buffered_g = &registry.gauge("processor_buffered_events", "messages fetched and not yet acked", labels);
-        latency = &registry.histogram("processor_handler_seconds", "handler latency per attempt", metrics::latency_buckets(), labels);
+        latency =
+            &registry.histogram("processor_handler_seconds", "handler latency per attempt", metrics::latency_buckets(), labels);
     }
 
     bool sleep_unless_stopping(std::chrono::milliseconds d) {
@@ -176,13 +182,22 @@ struct Runtime::Impl {
         it.settled = true;
         Status s = ok();
         switch (how) {
-            case Settle::ack: s = it.msg->ack_sync(); break;
-            case Settle::nak: s = it.msg->nak(); break;
-            case Settle::term: s = it.msg->term(); break;
+            case Settle::ack:
+                s = it.msg->ack_sync();
+                break;
+            case Settle::nak:
+                s = it.msg->nak();
+                break;
+            case Settle::term:
+                s = it.msg->term();
+                break;
         }
-        if (!s) log->warn("{} of event {} (seq {}) failed: {} (it will be redelivered)",
-                          how == Settle::ack ? "ack" : how == Settle::nak ? "nak" : "term", it.event.id.str(),
-                          it.seq, error_text(s.error()));
+        if (!s)
+            log->warn("{} of event {} (seq {}) failed: {} (it will be redelivered)",
+                      how == Settle::ack   ? "ack"
+                      : how == Settle::nak ? "nak"
+                                           : "term",
+                      it.event.id.str(), it.seq, error_text(s.error()));
         return true;
     }
 
@@ -229,8 +244,8 @@ struct Runtime::Impl {
         item->msg = std::move(m);
         if (!ev) {
             undecodable->inc();
-            log->error("message seq {} on {} is not an event envelope ({}): terminated", item->seq,
-                       item->msg->msg().subject, error_text(ev.error()));
+            log->error("message seq {} on {} is not an event envelope ({}): terminated", item->seq, item->msg->msg().subject,
+                       error_text(ev.error()));
             settle(*item, Settle::term);
             return;
         }
@@ -335,8 +350,8 @@ struct Runtime::Impl {
         const auto& ev = it.event;
         if (opts.max_deliver > 0 && it.delivered >= static_cast<std::uint64_t>(opts.max_deliver)) {
             // The server will not deliver it again: park it unhandled rather than risk losing it.
-            auto why = fmt::format("delivered {} times without an ack (crash loop?); parked without running the handler",
-                                   it.delivered);
+            auto why =
+                fmt::format("delivered {} times without an ack (crash loop?); parked without running the handler", it.delivered);
             log->error("event {} ({} of {}): {}", ev.id.str(), ev.type, ev.aggregate_id, why);
             if (park(it, why, 0)) {
                 settle(it, Settle::ack);
@@ -356,12 +371,12 @@ struct Runtime::Impl {
                 return;
             }
             last_error = error_text(s.error());
-            log->warn("handler failed for event {} ({} of {}), attempt {}/{}: {}", ev.id.str(), ev.type,
-                      ev.aggregate_id, attempt, opts.max_attempts, last_error);
+            log->warn("handler failed for event {} ({} of {}), attempt {}/{}: {}", ev.id.str(), ev.type, ev.aggregate_id, attempt,
+                      opts.max_attempts, last_error);
             if (attempt < opts.max_attempts && !sleep_unless_stopping(backoff_for(attempt))) return;
         }
-        log->error("event {} ({} of {}) parked after {} attempts: {}", ev.id.str(), ev.type, ev.aggregate_id,
-                   opts.max_attempts, last_error);
+        log->error("event {} ({} of {}) parked after {} attempts: {}", ev.id.str(), ev.type, ev.aggregate_id, opts.max_attempts,
+                   last_error);
         if (park(it, last_error, opts.max_attempts)) {
             settle(it, Settle::ack);
             forget(it);
@@ -378,7 +393,8 @@ struct Runtime::Impl {
                 auto r = pool->run([&](pqxx::connection& c) {
                     pqxx::work tx(c);
                     tx.exec_params(
-                        "INSERT INTO processor_parked (processor, event_id, position, aggregate_id, type, envelope, error, attempts) "
+                        "INSERT INTO processor_parked (processor, event_id, position, aggregate_id, type, envelope, error, "
+                        "attempts) "
                         "VALUES ($1, $2::uuid, $3, $4, $5, $6::jsonb, $7, $8) "
                         "ON CONFLICT (processor, event_id) DO UPDATE SET error = EXCLUDED.error, "
                         "attempts = processor_parked.attempts + EXCLUDED.attempts, parked_at = now(), retry_requested = false",
@@ -558,8 +574,11 @@ Result<GlobalPosition> Context::append(std::string_view step, events::NewEvent e
     if (!r) return std::move(r).error();
     auto body = r->json();
     if (r->status != 201 && r->status != 200) {
-        std::string code = body.is_object() && body.contains("error") && body["error"].is_string() ? body["error"].get<std::string>() : "";
-        std::string detail = body.is_object() && body.contains("detail") && body["detail"].is_string() ? body["detail"].get<std::string>() : r->body;
+        std::string code =
+            body.is_object() && body.contains("error") && body["error"].is_string() ? body["error"].get<std::string>() : "";
+        std::string detail = body.is_object() && body.contains("detail") && body["detail"].is_string()
+                                 ? body["detail"].get<std::string>()
+                                 : r->body;
         return Error{"event_store",
                      fmt::format("append of {} ({}) answered {}: {}{}", e.type, e.id->str(), r->status,
                                  code.empty() ? "" : code + ": ", detail),
@@ -639,9 +658,8 @@ Status Runtime::start() {
     so.port = hp->port;
     so.io_threads = 1;
     so.worker_threads = 2;
-    d.server = std::make_unique<http::Server>(so, [impl = impl_.get()](http::Request& req, std::shared_ptr<http::Responder> res) {
-        impl->serve(req, res);
-    });
+    d.server = std::make_unique<http::Server>(
+        so, [impl = impl_.get()](http::Request& req, std::shared_ptr<http::Responder> res) { impl->serve(req, res); });
     try {
         d.server->start();
     } catch (const std::exception& e) {
@@ -657,8 +675,8 @@ Status Runtime::start() {
     d.fetch_thread = std::thread([&d] { d.fetch_loop(); });
     d.heartbeat_thread = std::thread([&d] { d.heartbeat_loop(); });
     d.poll_thread = std::thread([&d] { d.poll_loop(); });
-    d.log->info("processor {} consuming {} ({}) with {} workers; health on {}:{}", o.name, o.stream,
-                cons.filter_subjects[0], o.concurrency, hp->host, d.server->port());
+    d.log->info("processor {} consuming {} ({}) with {} workers; health on {}:{}", o.name, o.stream, cons.filter_subjects[0],
+                o.concurrency, hp->host, d.server->port());
     return ok();
 }
 

@@ -38,10 +38,12 @@ struct Env {
                                                {"LOG_LEVEL", "warn"}},
             dir + "/store.log");
         client = std::make_unique<http::Client>(store_url());
-        bool ready = testing::eventually([&] {
-            auto r = client->get("/readyz");
-            return r.ok() && r->status == 200;
-        }, 20s);
+        bool ready = testing::eventually(
+            [&] {
+                auto r = client->get("/readyz");
+                return r.ok() && r->status == 200;
+            },
+            20s);
         INFO(store->log());
         REQUIRE(ready);
     }
@@ -51,8 +53,8 @@ struct Env {
     // Appends one event; returns its id.
     std::string append(const std::string& type, const std::string& agg, json data, json metadata = json::object()) {
         auto id = Uuid::v4().str();
-        auto r = client->post_json("/events", {{"id", id}, {"type", type}, {"aggregate_id", agg}, {"data", data},
-                                               {"metadata", metadata}});
+        auto r = client->post_json("/events",
+                                   {{"id", id}, {"type", type}, {"aggregate_id", agg}, {"data", data}, {"metadata", metadata}});
         REQUIRE(r.ok());
         INFO(r->body);
         REQUIRE(r->status == 201);
@@ -131,8 +133,7 @@ std::string get_metrics(const processor::Runtime& rt) {
 
 }  // namespace
 
-TEST_CASE("every event is handled once, in order per aggregate, other types skipped",
-          "[integration][processor]") {
+TEST_CASE("every event is handled once, in order per aggregate, other types skipped", "[integration][processor]") {
     Env env;
     Recorder rec;
     std::atomic<int> concurrent{0}, max_concurrent{0};
@@ -164,13 +165,15 @@ TEST_CASE("every event is handled once, in order per aggregate, other types skip
         std::lock_guard lk(rec.mu);
         CHECK(std::set<std::string>(rec.ids.begin(), rec.ids.end()).size() == rec.ids.size());
     }
-    REQUIRE(testing::eventually([&] {
-        auto m = get_metrics(rt);
-        return m.find("processor_events_handled_total{processor=\"order-proc\"} " + std::to_string(expected)) !=
-                   std::string::npos &&
-               m.find("processor_events_skipped_total{processor=\"order-proc\"} 20") != std::string::npos &&
-               m.find("processor_consumer_lag{processor=\"order-proc\"} 0") != std::string::npos;
-    }, 5s));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto m = get_metrics(rt);
+            return m.find("processor_events_handled_total{processor=\"order-proc\"} " + std::to_string(expected)) !=
+                       std::string::npos &&
+                   m.find("processor_events_skipped_total{processor=\"order-proc\"} 20") != std::string::npos &&
+                   m.find("processor_consumer_lag{processor=\"order-proc\"} 0") != std::string::npos;
+        },
+        5s));
     auto m = get_metrics(rt);
     INFO(m);
     CHECK(m.find("processor_handler_seconds_count{processor=\"order-proc\"} " + std::to_string(expected)) != std::string::npos);
@@ -218,8 +221,7 @@ TEST_CASE("a slow aggregate does not delay the others", "[integration][processor
     CHECK(rec.of("slow") == iota_vec(0, 2));
 }
 
-TEST_CASE("a failing event is parked, the rest goes on, and a requested retry handles it",
-          "[integration][processor]") {
+TEST_CASE("a failing event is parked, the rest goes on, and a requested retry handles it", "[integration][processor]") {
     Env env;
     Recorder rec;
     std::atomic<bool> allow{false};
@@ -253,8 +255,9 @@ TEST_CASE("a failing event is parked, the rest goes on, and a requested retry ha
         std::lock_guard lk(mu);
         CHECK(attempts_seen == std::vector<int>{1, 2, 3});
     }
-    auto row = env.sql("SELECT event_id::text, aggregate_id, type, attempts, error, retry_requested, position, "
-                       "envelope->>'id' FROM processor_parked WHERE processor = 'park-proc'");
+    auto row = env.sql(
+        "SELECT event_id::text, aggregate_id, type, attempts, error, retry_requested, position, "
+        "envelope->>'id' FROM processor_parked WHERE processor = 'park-proc'");
     REQUIRE(row.size() == 1);
     CHECK(row[0][0].as<std::string>() == bad);
     CHECK(row[0][1].as<std::string>() == "A");
@@ -264,19 +267,23 @@ TEST_CASE("a failing event is parked, the rest goes on, and a requested retry ha
     CHECK_FALSE(row[0][5].as<bool>());
     CHECK(row[0][6].as<std::int64_t>() == 1);
     CHECK(row[0][7].as<std::string>() == bad);
-    REQUIRE(testing::eventually([&] {
-        auto m = get_metrics(rt);
-        return m.find("processor_events_parked_total{processor=\"park-proc\"} 1") != std::string::npos &&
-               m.find("processor_parked_events{processor=\"park-proc\"} 1") != std::string::npos &&
-               m.find("processor_handler_failures_total{processor=\"park-proc\"} 3") != std::string::npos;
-    }, 5s));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto m = get_metrics(rt);
+            return m.find("processor_events_parked_total{processor=\"park-proc\"} 1") != std::string::npos &&
+                   m.find("processor_parked_events{processor=\"park-proc\"} 1") != std::string::npos &&
+                   m.find("processor_handler_failures_total{processor=\"park-proc\"} 3") != std::string::npos;
+        },
+        5s));
 
     // A retry that fails again: attempts grow, retry_requested is cleared, the row stays.
     env.sql("UPDATE processor_parked SET retry_requested = true WHERE processor = 'park-proc'");
-    REQUIRE(testing::eventually([&] {
-        auto r = env.sql("SELECT attempts, retry_requested FROM processor_parked WHERE processor = 'park-proc'");
-        return r.size() == 1 && r[0][0].as<int>() == 4 && !r[0][1].as<bool>();
-    }, 5s));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto r = env.sql("SELECT attempts, retry_requested FROM processor_parked WHERE processor = 'park-proc'");
+            return r.size() == 1 && r[0][0].as<int>() == 4 && !r[0][1].as<bool>();
+        },
+        5s));
     {
         std::lock_guard lk(mu);
         CHECK(attempts_seen == std::vector<int>{1, 2, 3, 4});
@@ -287,9 +294,8 @@ TEST_CASE("a failing event is parked, the rest goes on, and a requested retry ha
     // Now it succeeds: the row disappears.
     allow = true;
     env.sql("UPDATE processor_parked SET retry_requested = true WHERE processor = 'park-proc'");
-    REQUIRE(testing::eventually([&] {
-        return env.sql("SELECT 1 FROM processor_parked WHERE processor = 'park-proc'").empty();
-    }, 5s));
+    REQUIRE(
+        testing::eventually([&] { return env.sql("SELECT 1 FROM processor_parked WHERE processor = 'park-proc'").empty(); }, 5s));
     CHECK(rec.of("A") == std::vector<int>{1, 2, 0});
     {
         std::lock_guard lk(mu);
@@ -298,13 +304,11 @@ TEST_CASE("a failing event is parked, the rest goes on, and a requested retry ha
     // Not handled again afterwards (the message was acked when parked).
     std::this_thread::sleep_for(500ms);
     CHECK(rec.of("A").size() == 3);
-    REQUIRE(testing::eventually([&] {
-        return get_metrics(rt).find("processor_parked_events{processor=\"park-proc\"} 0") != std::string::npos;
-    }, 5s));
+    REQUIRE(testing::eventually(
+        [&] { return get_metrics(rt).find("processor_parked_events{processor=\"park-proc\"} 0") != std::string::npos; }, 5s));
 }
 
-TEST_CASE("Context::append is idempotent per (cause, step) and sets causation and correlation",
-          "[integration][processor]") {
+TEST_CASE("Context::append is idempotent per (cause, step) and sets causation and correlation", "[integration][processor]") {
     Env env;
     std::mutex mu;
     std::vector<std::pair<std::int64_t, std::int64_t>> positions;
@@ -326,8 +330,8 @@ TEST_CASE("Context::append is idempotent per (cause, step) and sets causation an
         return ok();
     });
     REQUIRE(rt.start().ok());
-    auto with_corr = env.append("TestCause", "s1", json::object(),
-                                {{"correlation_id", "corr-1"}, {"user_id", "u1"}, {"session_id", "s1"}});
+    auto with_corr =
+        env.append("TestCause", "s1", json::object(), {{"correlation_id", "corr-1"}, {"user_id", "u1"}, {"session_id", "s1"}});
     auto without = env.append("TestCause", "s2", json::object());
     REQUIRE(testing::eventually([&] { return handled.load() == 2; }, 10s));
     {
@@ -354,8 +358,9 @@ TEST_CASE("Context::append is idempotent per (cause, step) and sets causation an
     CHECK_FALSE(d2["metadata"].contains("user_id"));
 
     // The store itself answers 200 (replay) to the same derived event again.
-    auto again = env.client->post_json("/events", {{"id", d1["id"]}, {"type", "TestDerived"}, {"aggregate_id", "s1"},
-                                                   {"data", d1["data"]}, {"metadata", d1["metadata"]}});
+    auto again = env.client->post_json(
+        "/events",
+        {{"id", d1["id"]}, {"type", "TestDerived"}, {"aggregate_id", "s1"}, {"data", d1["data"]}, {"metadata", d1["metadata"]}});
     REQUIRE(again.ok());
     CHECK(again->status == 200);
 }

@@ -11,9 +11,9 @@ namespace engram::projections {
 namespace {
 
 namespace T = events::types;
-using nlohmann::json;
 using detail::has_string;
 using detail::str;
+using nlohmann::json;
 
 constexpr std::string_view kPrefix = "session:";
 
@@ -37,12 +37,9 @@ json& array_field(json& state, const char* key) {
 }
 
 json new_message(const events::Event& e, std::string role, std::string text, std::string channel) {
-    return json{{"role", std::move(role)},
-                {"text", std::move(text)},
-                {"channel", std::move(channel)},
-                {"timestamp", format_rfc3339(e.timestamp)},
-                {"event_id", e.id.str()},
-                {"position", e.position.value()}};
+    return json{{"role", std::move(role)},       {"text", std::move(text)},
+                {"channel", std::move(channel)}, {"timestamp", format_rfc3339(e.timestamp)},
+                {"event_id", e.id.str()},        {"position", e.position.value()}};
 }
 
 void append_message(json& state, json msg) {
@@ -216,26 +213,23 @@ public:
 
     Result<std::string> aggregate_of(std::string_view id) const override {
         if (id.size() <= kPrefix.size() || id.substr(0, kPrefix.size()) != kPrefix || !events::valid_aggregate_id(id))
-            return Error::make("invalid_parameter",
-                               "conversation id must be a session aggregate id 'session:<channel>:<id>', got '" +
-                                   std::string(id) + "'");
+            return Error::make(
+                "invalid_parameter",
+                "conversation id must be a session aggregate id 'session:<channel>:<id>', got '" + std::string(id) + "'");
         return std::string(id);
     }
 
     std::vector<std::string_view> event_types() const override {
-        return {T::TriggerReceived,     T::MessageReceived,       T::MessageGenerated, T::AIProcessingStarted,
+        return {T::TriggerReceived,       T::MessageReceived,     T::MessageGenerated, T::AIProcessingStarted,
                 T::AIProcessingCompleted, T::AIProcessingFailed,  T::ToolCalled,       T::ToolCompleted,
-                T::ThinkingGenerated,   T::TelegramMessageSent,   T::EmailSent,        T::SlackMessageSent,
+                T::ThinkingGenerated,     T::TelegramMessageSent, T::EmailSent,        T::SlackMessageSent,
                 T::NotificationFailed};
     }
 
     json initial(std::string_view id) const override {
-        return json{{"session_id", std::string(id)},
-                    {"position", 0},
-                    {"messages", json::array()},
-                    {"tool_calls", json::array()},
-                    {"run", json{{"state", "idle"}}},
-                    {"thinking", json::array()},
+        return json{{"session_id", std::string(id)},  {"position", 0},
+                    {"messages", json::array()},      {"tool_calls", json::array()},
+                    {"run", json{{"state", "idle"}}}, {"thinking", json::array()},
                     {"deliveries", json::array()}};
     }
 
@@ -244,20 +238,34 @@ public:
         if (!detail::should_apply(state, e, str(state, "session_id"))) return state;
         const std::string& t = e.type;
         if (!e.data.is_object()) return state;
-        if (t == T::TriggerReceived) on_trigger(state, e);
-        else if (t == T::MessageReceived) on_message_received(state, e);
-        else if (t == T::MessageGenerated) on_message_generated(state, e);
-        else if (t == T::AIProcessingStarted) on_started(state, e);
-        else if (t == T::AIProcessingCompleted) on_completed(state, e);
-        else if (t == T::AIProcessingFailed) on_failed(state, e);
-        else if (t == T::ToolCalled) on_tool_called(state, e);
-        else if (t == T::ToolCompleted) on_tool_completed(state, e);
-        else if (t == T::ThinkingGenerated) on_thinking(state, e);
-        else if (t == T::TelegramMessageSent) on_delivery(state, e, "telegram", true);
-        else if (t == T::EmailSent) on_delivery(state, e, "email", true);
-        else if (t == T::SlackMessageSent) on_delivery(state, e, "slack", true);
-        else if (t == T::NotificationFailed) on_delivery(state, e, str(e.data, "channel"), false);
-        else return state;  // not folded: unchanged, position included
+        if (t == T::TriggerReceived)
+            on_trigger(state, e);
+        else if (t == T::MessageReceived)
+            on_message_received(state, e);
+        else if (t == T::MessageGenerated)
+            on_message_generated(state, e);
+        else if (t == T::AIProcessingStarted)
+            on_started(state, e);
+        else if (t == T::AIProcessingCompleted)
+            on_completed(state, e);
+        else if (t == T::AIProcessingFailed)
+            on_failed(state, e);
+        else if (t == T::ToolCalled)
+            on_tool_called(state, e);
+        else if (t == T::ToolCompleted)
+            on_tool_completed(state, e);
+        else if (t == T::ThinkingGenerated)
+            on_thinking(state, e);
+        else if (t == T::TelegramMessageSent)
+            on_delivery(state, e, "telegram", true);
+        else if (t == T::EmailSent)
+            on_delivery(state, e, "email", true);
+        else if (t == T::SlackMessageSent)
+            on_delivery(state, e, "slack", true);
+        else if (t == T::NotificationFailed)
+            on_delivery(state, e, str(e.data, "channel"), false);
+        else
+            return state;  // not folded: unchanged, position included
         state["position"] = e.position.value();
         return state;
     }

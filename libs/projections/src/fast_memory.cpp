@@ -12,9 +12,9 @@ namespace engram::projections {
 namespace {
 
 namespace T = events::types;
-using nlohmann::json;
 using detail::has_string;
 using detail::str;
+using nlohmann::json;
 
 constexpr std::string_view kPrefix = "user:";
 constexpr double kDefaultImportance = 0.5;
@@ -85,9 +85,9 @@ void on_memory_stored(json& state, const events::Event& e) {
                    memories.end());
     if (has_string(d, "supersedes")) {
         std::string old = d["supersedes"].get<std::string>();
-        memories.erase(std::remove_if(memories.begin(), memories.end(),
-                                      [&](const json& m) { return str(m, "memory_id") == old; }),
-                       memories.end());
+        memories.erase(
+            std::remove_if(memories.begin(), memories.end(), [&](const json& m) { return str(m, "memory_id") == old; }),
+            memories.end());
     }
 
     bool profile = (str(d, "kind") == "profile" || has_tag(d, "profile")) && has_string(d, "key");
@@ -110,8 +110,10 @@ void on_memory_stored(json& state, const events::Event& e) {
                 (*same)["position"] = e.position.value();
                 if (d.contains("importance")) (*same)["importance"] = m["importance"];
                 if (m.contains("tags")) (*same)["tags"] = m["tags"];
-                if (m.contains("expires_at")) (*same)["expires_at"] = m["expires_at"];
-                else same->erase("expires_at");
+                if (m.contains("expires_at"))
+                    (*same)["expires_at"] = m["expires_at"];
+                else
+                    same->erase("expires_at");
             } else {
                 memories.push_back(std::move(m));
             }

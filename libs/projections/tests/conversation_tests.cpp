@@ -24,7 +24,8 @@ json run(std::vector<events::Event> evs) { return fold(conversation(), S, evs); 
 }  // namespace
 
 TEST_CASE("conversation: TriggerReceived adds a user message from data.message", "[unit][projections]") {
-    auto t = ev("TriggerReceived", S, {{"source", "cli"}, {"user_id", "telegram:77"}, {"session_id", S}, {"message", "hello"}}, 4);
+    auto t =
+        ev("TriggerReceived", S, {{"source", "cli"}, {"user_id", "telegram:77"}, {"session_id", S}, {"message", "hello"}}, 4);
     json s = run({t});
     REQUIRE(s["position"] == 4);
     REQUIRE(s["messages"].size() == 1);
@@ -37,7 +38,8 @@ TEST_CASE("conversation: TriggerReceived adds a user message from data.message",
     REQUIRE(m["position"] == 4);
     REQUIRE(m["source"] == "cli");
 
-    auto t2 = ev("TriggerReceived", S, {{"source", "api"}, {"user_id", "u"}, {"session_id", S}, {"message", "x"}, {"channel", "email"}}, 5);
+    auto t2 = ev("TriggerReceived", S,
+                 {{"source", "api"}, {"user_id", "u"}, {"session_id", S}, {"message", "x"}, {"channel", "email"}}, 5);
     REQUIRE(run({t, t2})["messages"][1]["channel"] == "email");
 }
 
@@ -69,7 +71,8 @@ TEST_CASE("conversation: MessageReceived appends - an edit replaces the earlier 
 }
 
 TEST_CASE("conversation: MessageGenerated adds an assistant message", "[unit][projections]") {
-    json s = run({ev("MessageGenerated", S, {{"text", "hi there"}, {"channel", "telegram"}, {"run_id", "5f2b9a10-7c3e-4d21-9b8a-6e5f4d3c2b1a"}}, 2)});
+    json s = run({ev("MessageGenerated", S,
+                     {{"text", "hi there"}, {"channel", "telegram"}, {"run_id", "5f2b9a10-7c3e-4d21-9b8a-6e5f4d3c2b1a"}}, 2)});
     REQUIRE(s["messages"].size() == 1);
     REQUIRE(s["messages"][0]["role"] == "assistant");
     REQUIRE(s["messages"][0]["text"] == "hi there");
@@ -108,7 +111,8 @@ TEST_CASE("conversation: run state follows AIProcessingStarted/Completed/Failed"
     REQUIRE(s["position"] == 3);
 
     // a new run after a failure starts clean
-    auto started2 = ev("AIProcessingStarted", S, {{"run_id", r2}, {"trigger_event_id", r1}, {"model", "m"}, {"provider", "p"}}, 4);
+    auto started2 =
+        ev("AIProcessingStarted", S, {{"run_id", r2}, {"trigger_event_id", r1}, {"model", "m"}, {"provider", "p"}}, 4);
     s = run({started, failed, started2});
     REQUIRE(s["run"]["state"] == "running");
     REQUIRE_FALSE(s["run"].contains("reason"));
@@ -118,9 +122,12 @@ TEST_CASE("conversation: run state follows AIProcessingStarted/Completed/Failed"
 }
 
 TEST_CASE("conversation: tool calls are matched by tool_call_id", "[unit][projections]") {
-    auto c1 = ev("ToolCalled", S, {{"tool", "recall"}, {"tool_call_id", "call_1"}, {"arguments", {{"query", "tea"}}}, {"iteration", 1}}, 1);
-    auto c2 = ev("ToolCalled", S, {{"tool", "think"}, {"tool_call_id", "call_2"}, {"arguments", json::object()}, {"iteration", 1}}, 2);
-    auto d1 = ev("ToolCompleted", S, {{"tool", "recall"}, {"tool_call_id", "call_1"}, {"result", {{"results", json::array()}}}}, 3);
+    auto c1 = ev("ToolCalled", S,
+                 {{"tool", "recall"}, {"tool_call_id", "call_1"}, {"arguments", {{"query", "tea"}}}, {"iteration", 1}}, 1);
+    auto c2 =
+        ev("ToolCalled", S, {{"tool", "think"}, {"tool_call_id", "call_2"}, {"arguments", json::object()}, {"iteration", 1}}, 2);
+    auto d1 =
+        ev("ToolCompleted", S, {{"tool", "recall"}, {"tool_call_id", "call_1"}, {"result", {{"results", json::array()}}}}, 3);
     auto d2 = ev("ToolCompleted", S, {{"tool", "think"}, {"tool_call_id", "call_2"}, {"result", "boom"}, {"is_error", true}}, 4);
     json s = run({c1, c2, d1, d2});
     REQUIRE(s["tool_calls"].size() == 2);
@@ -151,8 +158,10 @@ TEST_CASE("conversation: ThinkingGenerated keeps the last 5", "[unit][projection
 TEST_CASE("conversation: deliveries mark the source message", "[unit][projections]") {
     auto g = ev("MessageGenerated", S, {{"text", "answer"}, {"channel", "telegram"}}, 1);
     auto g2 = ev("MessageGenerated", S, {{"text", "answer 2"}, {"channel", "email"}}, 2);
-    auto sent = ev("TelegramMessageSent", S, {{"chat_id", 77}, {"message_ids", {5}}, {"source_event_id", g.id.str()}, {"parts", 1}}, 3);
-    auto fail = ev("NotificationFailed", S, {{"source_event_id", g2.id.str()}, {"channel", "email"}, {"reason", "smtp_error"}, {"attempts", 3}}, 4);
+    auto sent =
+        ev("TelegramMessageSent", S, {{"chat_id", 77}, {"message_ids", {5}}, {"source_event_id", g.id.str()}, {"parts", 1}}, 3);
+    auto fail = ev("NotificationFailed", S,
+                   {{"source_event_id", g2.id.str()}, {"channel", "email"}, {"reason", "smtp_error"}, {"attempts", 3}}, 4);
     json s = run({g, g2, sent, fail});
     REQUIRE(s["messages"][0]["delivered"] == true);
     REQUIRE_FALSE(s["messages"][0].contains("delivery_error"));
@@ -166,7 +175,8 @@ TEST_CASE("conversation: deliveries mark the source message", "[unit][projection
 
     // a later success clears the error; a failure after a success does not undo it
     auto email = ev("EmailSent", S, {{"to", {"a@example.com"}}, {"subject", "x"}, {"source_event_id", g2.id.str()}}, 5);
-    auto slack_fail = ev("NotificationFailed", S, {{"source_event_id", g.id.str()}, {"channel", "slack"}, {"reason", "http_500"}, {"attempts", 1}}, 6);
+    auto slack_fail = ev("NotificationFailed", S,
+                         {{"source_event_id", g.id.str()}, {"channel", "slack"}, {"reason", "http_500"}, {"attempts", 1}}, 6);
     s = run({g, g2, sent, fail, email, slack_fail});
     REQUIRE(s["messages"][1]["delivered"] == true);
     REQUIRE_FALSE(s["messages"][1].contains("delivery_error"));
@@ -184,9 +194,15 @@ TEST_CASE("conversation: bounded to the last 200 messages and 200 tool calls", "
     std::int64_t p = 0;
     for (int i = 1; i <= 201; ++i) evs.push_back(ev("MessageReceived", S, received("m" + std::to_string(i)), ++p));
     for (int i = 1; i <= 201; ++i)
-        evs.push_back(ev("ToolCalled", S, {{"tool", "think"}, {"tool_call_id", "c" + std::to_string(i)}, {"arguments", json::object()}, {"iteration", 1}}, ++p));
+        evs.push_back(
+            ev("ToolCalled", S,
+               {{"tool", "think"}, {"tool_call_id", "c" + std::to_string(i)}, {"arguments", json::object()}, {"iteration", 1}},
+               ++p));
     for (int i = 1; i <= 201; ++i)
-        evs.push_back(ev("NotificationFailed", S, {{"source_event_id", "0b1e7c2a-3f4d-5a6b-8c9d-0e1f2a3b4c5d"}, {"channel", "slack"}, {"reason", "x"}, {"attempts", 1}}, ++p));
+        evs.push_back(ev(
+            "NotificationFailed", S,
+            {{"source_event_id", "0b1e7c2a-3f4d-5a6b-8c9d-0e1f2a3b4c5d"}, {"channel", "slack"}, {"reason", "x"}, {"attempts", 1}},
+            ++p));
     json s = run(evs);
     REQUIRE(s["messages"].size() == kMaxMessages);
     REQUIRE(kMaxMessages == 200);

@@ -72,7 +72,9 @@ TEST_CASE("fast_memory: the same text stored again refreshes instead of duplicat
 TEST_CASE("fast_memory: profile memories (kind profile or tag profile, with a key) set the profile", "[unit][projections]") {
     auto tz = ev("MemoryStored", U, mem("Alice's timezone is Europe/Paris.", {{"kind", "profile"}, {"key", "timezone"}}), 1);
     auto name = ev("MemoryStored", U, mem("Her name is Alice.", {{"tags", {"profile"}}, {"key", "name"}, {"value", "Alice"}}), 2);
-    auto tz2 = ev("MemoryStored", U, mem("Alice moved: timezone Asia/Tokyo.", {{"kind", "profile"}, {"key", "timezone"}, {"value", "Asia/Tokyo"}}), 3);
+    auto tz2 =
+        ev("MemoryStored", U,
+           mem("Alice moved: timezone Asia/Tokyo.", {{"kind", "profile"}, {"key", "timezone"}, {"value", "Asia/Tokyo"}}), 3);
     json s = run({tz, name});
     REQUIRE(s["profile"] == json{{"timezone", "Alice's timezone is Europe/Paris."}, {"name", "Alice"}});
     REQUIRE(s["memories"].empty());
@@ -105,7 +107,8 @@ TEST_CASE("fast_memory: expires_at is judged against the event time", "[unit][pr
 
 TEST_CASE("fast_memory: FastMemoryUpdated is ignored", "[unit][projections]") {
     auto a = ev("MemoryStored", U, mem("x"), 1);
-    auto u = ev("FastMemoryUpdated", U, {{"user_id", "web:alice"}, {"summary", "s"}, {"memories", json::array()}, {"tokens", 0}, {"position", 1}}, 2);
+    auto u = ev("FastMemoryUpdated", U,
+                {{"user_id", "web:alice"}, {"summary", "s"}, {"memories", json::array()}, {"tokens", 0}, {"position", 1}}, 2);
     json s = run({a, u});
     REQUIRE(s == run({a}));
     REQUIRE(s["position"] == 1);
@@ -144,8 +147,9 @@ TEST_CASE("fast_memory: a memory larger than the budget is skipped - the profile
     json s = run({big, small});
     REQUIRE(texts(s) == std::vector<std::string>{"small"});
 
-    auto p = ev("MemoryStored", U, mem(std::string(1960, 'p'), {{"kind", "profile"}, {"key", "bio"}}), 3);  // 491 + "bio: " => 492 tokens
-    auto m = ev("MemoryStored", U, mem(std::string(40, 'm')), 4);                                           // 10 tokens: no longer fits
+    auto p = ev("MemoryStored", U, mem(std::string(1960, 'p'), {{"kind", "profile"}, {"key", "bio"}}),
+                3);                                                // 491 + "bio: " => 492 tokens
+    auto m = ev("MemoryStored", U, mem(std::string(40, 'm')), 4);  // 10 tokens: no longer fits
     s = run({small, p, m});
     REQUIRE(s["profile"].contains("bio"));
     REQUIRE(texts(s) == std::vector<std::string>{"small"});
@@ -185,6 +189,7 @@ TEST_CASE("fast_memory_changed ignores position", "[unit][projections]") {
     // content changes are
     REQUIRE(fast_memory_changed(s1, fast_memory().apply(s1, ev("MemoryStored", U, mem("y"), 6))));
     REQUIRE(fast_memory_changed(s1, fast_memory().apply(s1, ev("MemoryStored", U, mem("x", {{"importance", 0.9}}), 6))));
-    REQUIRE(fast_memory_changed(s1, fast_memory().apply(s1, ev("MemoryStored", U, mem("Al", {{"kind", "profile"}, {"key", "name"}}), 6))));
+    REQUIRE(fast_memory_changed(
+        s1, fast_memory().apply(s1, ev("MemoryStored", U, mem("Al", {{"kind", "profile"}, {"key", "name"}}), 6))));
     REQUIRE(fast_memory_changed(fast_memory().initial(U), s1));
 }

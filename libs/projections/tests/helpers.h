@@ -12,9 +12,7 @@ namespace engram::projections::test {
 inline Uuid test_ns() { return *Uuid::parse("6f9619ff-8b86-4011-b42d-00cf4fc964ff"); }
 
 // Base time 2026-11-22T10:00:00Z plus `position` seconds.
-inline SysTime time_at(std::int64_t position) {
-    return SysTime(std::chrono::milliseconds(1795341600000LL + position * 1000));
-}
+inline SysTime time_at(std::int64_t position) { return SysTime(std::chrono::milliseconds(1795341600000LL + position * 1000)); }
 
 inline events::Event ev(std::string type, std::string aggregate, nlohmann::json data, std::int64_t position,
                         std::int64_t version = 0) {

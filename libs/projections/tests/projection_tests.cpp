@@ -42,7 +42,7 @@ TEST_CASE("aggregate_of validates the instance id", "[unit][projections]") {
         REQUIRE_FALSE(r);
         REQUIRE(r.error().code == "invalid_parameter");
     }
-    REQUIRE_FALSE(conversation().aggregate_of("session:web:a\nb"));  // control characters
+    REQUIRE_FALSE(conversation().aggregate_of("session:web:a\nb"));              // control characters
     REQUIRE_FALSE(fast_memory().aggregate_of("user:" + std::string(300, 'x')));  // too long
 }
 
@@ -91,8 +91,10 @@ TEST_CASE("initial states", "[unit][projections]") {
 TEST_CASE("fold skips events of other aggregates - apply ignores them too", "[unit][projections]") {
     using test::ev;
     std::vector<events::Event> evs = {
-        ev("MessageReceived", "session:web:1", {{"channel", "web"}, {"text", "mine"}, {"user_id", "web:u"}, {"session_id", "session:web:1"}}, 1),
-        ev("MessageReceived", "session:web:2", {{"channel", "web"}, {"text", "other"}, {"user_id", "web:u"}, {"session_id", "session:web:2"}}, 2),
+        ev("MessageReceived", "session:web:1",
+           {{"channel", "web"}, {"text", "mine"}, {"user_id", "web:u"}, {"session_id", "session:web:1"}}, 1),
+        ev("MessageReceived", "session:web:2",
+           {{"channel", "web"}, {"text", "other"}, {"user_id", "web:u"}, {"session_id", "session:web:2"}}, 2),
         ev("MemoryStored", "user:web:u", {{"user_id", "web:u"}, {"text", "likes tea"}}, 3),
         ev("MemoryStored", "user:web:v", {{"user_id", "web:v"}, {"text", "likes coffee"}}, 4),
     };
@@ -117,10 +119,12 @@ TEST_CASE("fold skips events of other aggregates - apply ignores them too", "[un
 
 TEST_CASE("an event already reflected (position <= state position) is ignored", "[unit][projections]") {
     using test::ev;
-    auto m = ev("MessageReceived", "session:web:1", {{"channel", "web"}, {"text", "a"}, {"user_id", "web:u"}, {"session_id", "session:web:1"}}, 7);
+    auto m = ev("MessageReceived", "session:web:1",
+                {{"channel", "web"}, {"text", "a"}, {"user_id", "web:u"}, {"session_id", "session:web:1"}}, 7);
     json once = conversation().apply(conversation().initial("session:web:1"), m);
     REQUIRE(conversation().apply(once, m) == once);
-    auto older = ev("MessageReceived", "session:web:1", {{"channel", "web"}, {"text", "b"}, {"user_id", "web:u"}, {"session_id", "session:web:1"}}, 3);
+    auto older = ev("MessageReceived", "session:web:1",
+                    {{"channel", "web"}, {"text", "b"}, {"user_id", "web:u"}, {"session_id", "session:web:1"}}, 3);
     REQUIRE(conversation().apply(once, older) == once);
 
     auto s = ev("MemoryStored", "user:u", {{"user_id", "u"}, {"text", "t"}}, 9);

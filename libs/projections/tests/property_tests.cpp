@@ -25,7 +25,9 @@ public:
     int pick(int n) { return std::uniform_int_distribution<int>(0, n - 1)(rng_); }
     bool chance(int percent) { return pick(100) < percent; }
     template <class C>
-    const auto& one_of(const C& c) { return c[static_cast<std::size_t>(pick(static_cast<int>(c.size())))]; }
+    const auto& one_of(const C& c) {
+        return c[static_cast<std::size_t>(pick(static_cast<int>(c.size())))];
+    }
     std::string uuid(int n) { return Uuid::v5(test::test_ns(), "u" + std::to_string(n)).str(); }
 
 private:
@@ -50,56 +52,87 @@ std::vector<events::Event> conversation_sequence(Gen& g) {
         std::string type;
         json d;
         switch (g.pick(15)) {
-            case 0: type = "TriggerReceived";
+            case 0:
+                type = "TriggerReceived";
                 d = {{"source", "cli"}, {"user_id", "web:prop"}, {"session_id", agg}, {"message", "do " + std::to_string(pos)}};
                 if (g.chance(50)) d["channel"] = g.one_of(out_channels);
                 break;
-            case 1: case 2: type = "MessageReceived";
-                d = {{"channel", g.one_of(channels)}, {"text", "msg " + std::to_string(pos)}, {"user_id", "web:prop"}, {"session_id", agg}};
+            case 1:
+            case 2:
+                type = "MessageReceived";
+                d = {{"channel", g.one_of(channels)},
+                     {"text", "msg " + std::to_string(pos)},
+                     {"user_id", "web:prop"},
+                     {"session_id", agg}};
                 if (g.chance(70)) d["message_id"] = g.chance(50) ? json(g.pick(20)) : json("m" + std::to_string(g.pick(20)));
                 if (g.chance(25)) d["edited"] = g.chance(80);
                 break;
-            case 3: case 4: type = "MessageGenerated";
+            case 3:
+            case 4:
+                type = "MessageGenerated";
                 d = {{"text", "answer " + std::to_string(pos)}, {"channel", g.one_of(out_channels)}};
                 if (g.chance(60)) d["run_id"] = run_id;
                 break;
-            case 5: type = "AIProcessingStarted";
+            case 5:
+                type = "AIProcessingStarted";
                 d = {{"trigger_event_id", g.uuid(100 + pos)}, {"model", "m"}, {"provider", "p"}};
                 if (g.chance(80)) d["run_id"] = run_id;
                 break;
-            case 6: type = "AIProcessingCompleted";
-                d = {{"stop_reason", g.one_of(std::vector<std::string>{"task_complete", "end_turn", "max_iterations"})}, {"iterations", g.pick(16)}};
+            case 6:
+                type = "AIProcessingCompleted";
+                d = {{"stop_reason", g.one_of(std::vector<std::string>{"task_complete", "end_turn", "max_iterations"})},
+                     {"iterations", g.pick(16)}};
                 if (g.chance(70)) d["run_id"] = run_id;
                 break;
-            case 7: type = "AIProcessingFailed";
+            case 7:
+                type = "AIProcessingFailed";
                 d = {{"reason", "llm_timeout"}, {"detail", "The model timed out."}};
                 if (g.chance(70)) d["run_id"] = run_id;
                 break;
-            case 8: type = "ToolCalled";
+            case 8:
+                type = "ToolCalled";
                 d = {{"tool", "recall"}, {"tool_call_id", call}, {"arguments", {{"q", pos}}}, {"iteration", 1 + g.pick(15)}};
                 if (g.chance(60)) d["run_id"] = run_id;
                 break;
-            case 9: type = "ToolCompleted";
+            case 9:
+                type = "ToolCompleted";
                 d = {{"tool", "recall"}, {"tool_call_id", call}, {"result", g.chance(50) ? json("ok") : json{{"n", pos}}}};
                 if (g.chance(30)) d["is_error"] = g.chance(50);
                 if (g.chance(60)) d["run_id"] = run_id;
                 break;
-            case 10: type = "ThinkingGenerated"; d = {{"text", "hmm " + std::to_string(pos)}}; break;
-            case 11: case 12: case 13: {
+            case 10:
+                type = "ThinkingGenerated";
+                d = {{"text", "hmm " + std::to_string(pos)}};
+                break;
+            case 11:
+            case 12:
+            case 13: {
                 std::string src = message_events.empty() || g.chance(10) ? g.uuid(9999) : g.one_of(message_events);
                 int k = g.pick(4);
-                if (k == 0) { type = "TelegramMessageSent"; d = {{"chat_id", 1}, {"message_ids", {pos}}, {"source_event_id", src}, {"parts", 1}}; }
-                else if (k == 1) { type = "EmailSent"; d = {{"to", {"a@example.com"}}, {"subject", "s"}, {"source_event_id", src}}; }
-                else if (k == 2) { type = "SlackMessageSent"; d = {{"source_event_id", src}, {"parts", 1}}; }
-                else { type = "NotificationFailed"; d = {{"source_event_id", src}, {"channel", g.one_of(out_channels)}, {"reason", "http_500"}, {"attempts", 3}}; }
+                if (k == 0) {
+                    type = "TelegramMessageSent";
+                    d = {{"chat_id", 1}, {"message_ids", {pos}}, {"source_event_id", src}, {"parts", 1}};
+                } else if (k == 1) {
+                    type = "EmailSent";
+                    d = {{"to", {"a@example.com"}}, {"subject", "s"}, {"source_event_id", src}};
+                } else if (k == 2) {
+                    type = "SlackMessageSent";
+                    d = {{"source_event_id", src}, {"parts", 1}};
+                } else {
+                    type = "NotificationFailed";
+                    d = {{"source_event_id", src}, {"channel", g.one_of(out_channels)}, {"reason", "http_500"}, {"attempts", 3}};
+                }
                 break;
             }
-            default: type = g.chance(50) ? "WebhookReceived" : "ArtifactCreated";  // not folded
-                d = type == "WebhookReceived" ? json{{"source", "github"}, {"delivery_id", "d" + std::to_string(pos)}, {"payload", json::object()}}
-                                              : json{{"kind", "file"}, {"name", "a.txt"}, {"content", "x"}};
+            default:
+                type = g.chance(50) ? "WebhookReceived" : "ArtifactCreated";  // not folded
+                d = type == "WebhookReceived"
+                        ? json{{"source", "github"}, {"delivery_id", "d" + std::to_string(pos)}, {"payload", json::object()}}
+                        : json{{"kind", "file"}, {"name", "a.txt"}, {"content", "x"}};
         }
         auto e = ev(type, agg, d, pos);
-        if (type == "TriggerReceived" || type == "MessageReceived" || type == "MessageGenerated") message_events.push_back(e.id.str());
+        if (type == "TriggerReceived" || type == "MessageReceived" || type == "MessageGenerated")
+            message_events.push_back(e.id.str());
         out.push_back(std::move(e));
     }
     return out;
@@ -115,7 +148,9 @@ std::vector<events::Event> fast_memory_sequence(Gen& g) {
         std::string agg = g.chance(10) ? U_OTHER : U;
         std::string user = agg.substr(5);
         if (g.chance(8)) {
-            out.push_back(ev("FastMemoryUpdated", agg, {{"user_id", user}, {"summary", ""}, {"memories", json::array()}, {"tokens", 0}, {"position", pos}}, pos));
+            out.push_back(ev("FastMemoryUpdated", agg,
+                             {{"user_id", user}, {"summary", ""}, {"memories", json::array()}, {"tokens", 0}, {"position", pos}},
+                             pos));
             continue;
         }
         int t = g.pick(40);  // 40 distinct texts, some long, so refreshes and trimming happen
@@ -191,7 +226,8 @@ TEST_CASE("property: fast_memory incremental fold == fold from scratch (200 rand
         check_incremental(fast_memory(), U, evs, g);
         json s = fold(fast_memory(), U, evs);
         std::size_t sum = 0;
-        for (auto it = s["profile"].begin(); it != s["profile"].end(); ++it) sum += estimate_tokens(it.key() + ": " + it->get<std::string>());
+        for (auto it = s["profile"].begin(); it != s["profile"].end(); ++it)
+            sum += estimate_tokens(it.key() + ": " + it->get<std::string>());
         for (const auto& m : s["memories"]) sum += estimate_tokens(m["text"].get<std::string>());
         REQUIRE(s["tokens"] == sum);
         REQUIRE(sum <= kFastMemoryTokenBudget);

@@ -25,8 +25,7 @@ Result<std::vector<events::Event>> Reader::read(const ReadQuery& q) {
     return pool_.run([&](pqxx::connection& c) {
         pqxx::read_transaction tx(c);
         auto quote = [&](const std::string& s) { return tx.quote(s); };
-        std::string sql = std::string("SELECT ") + kColumns + " FROM events WHERE position > " +
-                          std::to_string(q.after.value());
+        std::string sql = std::string("SELECT ") + kColumns + " FROM events WHERE position > " + std::to_string(q.after.value());
         if (q.type_glob) sql += " AND " + type_condition(*q.type_glob, quote);
         if (q.aggregate_id) sql += " AND aggregate_id = " + tx.quote(*q.aggregate_id);
         if (q.until_position) sql += " AND position <= " + std::to_string(q.until_position->value());
@@ -49,9 +48,8 @@ Result<std::vector<events::Event>> Reader::aggregate(const std::string& aggregat
     return pool_.run([&](pqxx::connection& c) {
         pqxx::read_transaction tx(c);
         return to_events(tx.exec(std::string("SELECT ") + kColumns + " FROM events WHERE aggregate_id = " +
-                                      tx.quote(aggregate_id) + " AND aggregate_version >= " +
-                                      std::to_string(from.value()) + " ORDER BY aggregate_version LIMIT " +
-                                      std::to_string(limit)));
+                                 tx.quote(aggregate_id) + " AND aggregate_version >= " + std::to_string(from.value()) +
+                                 " ORDER BY aggregate_version LIMIT " + std::to_string(limit)));
     });
 }
 

@@ -12,7 +12,7 @@ namespace engram::store {
 namespace {
 
 constexpr long long kRelayLock = 0x656e6772616d03;  // one publishing relay per database
-constexpr std::size_t kMaxFresh = 50000;             // committed events kept in memory for publishing
+constexpr std::size_t kMaxFresh = 50000;            // committed events kept in memory for publishing
 
 }  // namespace
 
@@ -49,7 +49,9 @@ Relay::Relay(Options opts, nats::Connection& nats, metrics::Registry& metrics)
 
 Relay::~Relay() { stop(); }
 
-void Relay::start() { impl_->thread = std::thread([this] { run(); }); }
+void Relay::start() {
+    impl_->thread = std::thread([this] { run(); });
+}
 
 void Relay::stop() {
     {
@@ -87,8 +89,9 @@ bool Relay::sync_with_stream() {
         return false;
     }
     pqxx::work tx(*d.conn);
-    auto persisted = tx.exec("SELECT coalesce((SELECT published FROM relay_state WHERE stream = " +
-                             tx.quote(d.opts.stream) + "), 0)")[0][0].as<std::int64_t>();
+    auto persisted =
+        tx.exec("SELECT coalesce((SELECT published FROM relay_state WHERE stream = " + tx.quote(d.opts.stream) + "), 0)")[0][0]
+            .as<std::int64_t>();
     std::int64_t w = 0;
     d.last_seq = info->last_seq;
     std::optional<std::vector<nats::Message>> last;
@@ -107,15 +110,16 @@ bool Relay::sync_with_stream() {
         auto id = (*msgs)[0].headers["Nats-Msg-Id"];
         auto r = tx.exec("SELECT position FROM events WHERE id = " + tx.quote(id) + "::uuid");
         if (r.empty()) {
-            d.log->error("the last message of stream {} (msg id '{}') is not an event of this log; is another "
-                         "store publishing to it? relay paused",
-                         d.opts.stream, id);
+            d.log->error(
+                "the last message of stream {} (msg id '{}') is not an event of this log; is another "
+                "store publishing to it? relay paused",
+                d.opts.stream, id);
             return false;
         }
         w = r[0][0].as<std::int64_t>();
     } else if (persisted > 0) {
-        d.log->warn("stream {} is empty but {} events were published before: republishing from the start",
-                    d.opts.stream, persisted);
+        d.log->warn("stream {} is empty but {} events were published before: republishing from the start", d.opts.stream,
+                    persisted);
     }
     tx.commit();
     if (w != persisted) d.log->info("relay resumes after position {} (persisted watermark {})", w, persisted);
@@ -200,9 +204,9 @@ void Relay::run() {
             }
             if (evs.empty()) {
                 pqxx::read_transaction tx(*d.conn);
-                evs = rows::to_events(tx.exec(std::string("SELECT ") + rows::kColumns +
-                                              " FROM events WHERE position > " + std::to_string(published_.load()) +
-                                              " ORDER BY position LIMIT " + std::to_string(d.opts.batch)));
+                evs = rows::to_events(tx.exec(std::string("SELECT ") + rows::kColumns + " FROM events WHERE position > " +
+                                              std::to_string(published_.load()) + " ORDER BY position LIMIT " +
+                                              std::to_string(d.opts.batch)));
             }
             if (evs.empty()) {
                 if (!wait(d.opts.poll)) break;
@@ -260,14 +264,16 @@ void Relay::run() {
                     why = round->first_error;
                 }
                 if (!done && why.empty()) why = done.error().detail;
-                d.log->warn("publishing round failed ({} of {} acked): {}; resyncing with the stream",
-                            round->ok.load(), evs.size(), why);
+                d.log->warn("publishing round failed ({} of {} acked): {}; resyncing with the stream", round->ok.load(),
+                            evs.size(), why);
                 d.synced = false;
                 if (!pause(std::chrono::milliseconds(100))) break;
             }
         } catch (const std::exception& e) {
-            if (!pg::is_connection_error(e)) d.log->error("relay error: {}", e.what());
-            else d.log->warn("relay lost the database: {}", e.what());
+            if (!pg::is_connection_error(e))
+                d.log->error("relay error: {}", e.what());
+            else
+                d.log->warn("relay lost the database: {}", e.what());
             d.failures.inc();
             drop_connection();
             if (!pause(std::chrono::milliseconds(200))) break;

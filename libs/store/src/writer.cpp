@@ -26,10 +26,9 @@ Writer::Writer(Options opts, metrics::Registry& m)
                                 {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096})),
       batch_requests_(m.histogram("engram_commit_batch_requests", "append requests per group commit",
                                   {1, 2, 4, 8, 16, 32, 64, 128, 256, 512})),
-      commit_seconds_(m.histogram("engram_commit_seconds", "duration of one group commit transaction",
-                                  metrics::latency_buckets())),
-      append_seconds_(m.histogram("engram_append_seconds", "append latency from queueing to commit",
-                                  metrics::latency_buckets())),
+      commit_seconds_(
+          m.histogram("engram_commit_seconds", "duration of one group commit transaction", metrics::latency_buckets())),
+      append_seconds_(m.histogram("engram_append_seconds", "append latency from queueing to commit", metrics::latency_buckets())),
       created_(m.counter("engram_appends_total", "append requests by result", "result=\"created\"")),
       replayed_(m.counter("engram_appends_total", "append requests by result", "result=\"idempotent\"")),
       rejected_(m.counter("engram_appends_total", "append requests by result", "result=\"rejected\"")),
@@ -79,8 +78,7 @@ bool Writer::ensure_connection() {
     conn_.reset();
     auto now = std::chrono::steady_clock::now();
     // Don't hammer a database that is down: one attempt per interval, requests in between fail fast.
-    if (last_connect_ != std::chrono::steady_clock::time_point{} && now - last_connect_ < opts_.reconnect_interval)
-        return false;
+    if (last_connect_ != std::chrono::steady_clock::time_point{} && now - last_connect_ < opts_.reconnect_interval) return false;
     last_connect_ = now;
     auto c = pg::connect(opts_.database_url);
     if (!c) {
@@ -205,8 +203,8 @@ struct LogView {
 // Decides every request in memory, in queue order, as if each ran alone after the previous one.
 // Returns false when a request would fail with version_conflict and `verified` is false: a
 // conflict seen through a cache is re-checked against the database before it is reported.
-bool decide(std::vector<AppendRequest*>& reqs, LogView& view, bool verified,
-            std::vector<Result<AppendOutcome>>& results, std::vector<events::Event>& committed) {
+bool decide(std::vector<AppendRequest*>& reqs, LogView& view, bool verified, std::vector<Result<AppendOutcome>>& results,
+            std::vector<events::Event>& committed) {
     auto ts_ms = std::max<std::int64_t>(now_ms().time_since_epoch().count(), view.last_ts_ms);
     SysTime ts{std::chrono::milliseconds(ts_ms)};
     results.clear();
@@ -229,8 +227,9 @@ bool decide(std::vector<AppendRequest*>& reqs, LogView& view, bool verified,
             replay.events.push_back(appended_of(it->second));
         }
         if (!conflict && already > 0 && already < req.events.size())
-            conflict = Error::make("id_conflict", std::to_string(already) + " of the " + std::to_string(req.events.size()) +
-                                                      " events of this request are already stored; a request is stored whole or not at all");
+            conflict = Error::make("id_conflict",
+                                   std::to_string(already) + " of the " + std::to_string(req.events.size()) +
+                                       " events of this request are already stored; a request is stored whole or not at all");
         if (conflict) {
             results.emplace_back(std::move(*conflict));
             continue;
@@ -281,8 +280,8 @@ std::string insert_sql(pqxx::connection& c, const std::vector<events::Event>& ev
             const auto& ev = evs[k];
             if (k > i) sql += ',';
             sql += "(" + std::to_string(ev.position.value()) + ",'" + ev.id.str() + "'," + c.quote(ev.type) + "," +
-                   c.quote(ev.aggregate_id) + "," + std::to_string(ev.version.value()) + ",'" +
-                   format_rfc3339(ev.timestamp) + "'," + c.quote(ev.data.dump()) + "," + c.quote(ev.metadata.dump()) + ")";
+                   c.quote(ev.aggregate_id) + "," + std::to_string(ev.version.value()) + ",'" + format_rfc3339(ev.timestamp) +
+                   "'," + c.quote(ev.data.dump()) + "," + c.quote(ev.metadata.dump()) + ")";
         }
         sql += ";";
     }
@@ -331,8 +330,10 @@ bool Writer::try_fast_commit(std::vector<AppendRequest*>& reqs, std::vector<Resu
     }
     if (!missing.empty()) {
         pqxx::nontransaction tx(*conn_);
-        auto r = tx.exec("SELECT a, coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = a), 0) "
-                         "FROM unnest(ARRAY[" + missing + "]::text[]) AS a");
+        auto r = tx.exec(
+            "SELECT a, coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = a), 0) "
+            "FROM unnest(ARRAY[" +
+            missing + "]::text[]) AS a");
         for (const auto& row : r) view.versions[row[0].c_str()] = versions_[row[0].c_str()] = row[1].as<std::int64_t>();
     }
     if (!decide(reqs, view, false, results, committed)) return false;
@@ -360,8 +361,7 @@ void Writer::verified_commit(std::vector<AppendRequest*>& reqs, std::vector<Resu
     tx.exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriterLock) + ")");
     LogView view;
     {
-        auto r = tx.exec(
-            "SELECT position, (extract(epoch FROM ts) * 1000)::bigint FROM events ORDER BY position DESC LIMIT 1");
+        auto r = tx.exec("SELECT position, (extract(epoch FROM ts) * 1000)::bigint FROM events ORDER BY position DESC LIMIT 1");
         if (!r.empty()) {
             view.head = r[0][0].as<std::int64_t>();
             view.last_ts_ms = std::max(last_ts_ms_, r[0][1].as<std::int64_t>());
@@ -383,7 +383,8 @@ void Writer::verified_commit(std::vector<AppendRequest*>& reqs, std::vector<Resu
         }
     }
     for (const auto& row : tx.exec("SELECT a, coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = a), 0) "
-                                   "FROM unnest(ARRAY[" + aggs + "]::text[]) AS a"))
+                                   "FROM unnest(ARRAY[" +
+                                   aggs + "]::text[]) AS a"))
         view.versions[row[0].c_str()] = row[1].as<std::int64_t>();
     auto versions_read = view.versions;
     auto head_read = view.head;

@@ -12,7 +12,8 @@ TEST_CASE("read query parameters parse with defaults and bounds", "[unit][store]
     REQUIRE(q.ok());
     CHECK(q->after == GlobalPosition{0});
     CHECK(q->limit == 100);
-    auto full = parse_read_query({{"after", "5"}, {"limit", "1000"}, {"type", "Message*"}, {"aggregate_id", "a"}, {"until", "9"}});
+    auto full =
+        parse_read_query({{"after", "5"}, {"limit", "1000"}, {"type", "Message*"}, {"aggregate_id", "a"}, {"until", "9"}});
     REQUIRE(full.ok());
     CHECK(full->after == GlobalPosition{5});
     CHECK(full->until_position == GlobalPosition{9});
@@ -20,8 +21,13 @@ TEST_CASE("read query parameters parse with defaults and bounds", "[unit][store]
     auto t = parse_read_query({{"until", "2026-11-22T10:00:00.123Z"}});
     REQUIRE(t.ok());
     CHECK(t->until_time);
-    for (auto [k, v] : std::vector<std::pair<std::string, std::string>>{
-             {"after", "-1"}, {"after", "x"}, {"limit", "0"}, {"limit", "1001"}, {"type", "*x"}, {"until", "soon"}, {"aggregate_id", ""}}) {
+    for (auto [k, v] : std::vector<std::pair<std::string, std::string>>{{"after", "-1"},
+                                                                        {"after", "x"},
+                                                                        {"limit", "0"},
+                                                                        {"limit", "1001"},
+                                                                        {"type", "*x"},
+                                                                        {"until", "soon"},
+                                                                        {"aggregate_id", ""}}) {
         auto r = parse_read_query({{k, v}});
         INFO(k << "=" << v);
         REQUIRE_FALSE(r.ok());
@@ -51,8 +57,8 @@ TEST_CASE("append bodies are checked against the catalog's schemas", "[unit][sto
     auto bad = parse_append({{"type", "MessageReceived"}, {"aggregate_id", "a"}, {"data", {{"text", 5}}}});
     REQUIRE_FALSE(bad.ok());
     CHECK(bad.error().code == "schema_violation");
-    auto batch = parse_append({{"aggregate_id", "a"},
-                               {"events", {{{"type", "X"}}, {{"type", "MessageReceived"}, {"data", {{"text", 5}}}}}}});
+    auto batch = parse_append(
+        {{"aggregate_id", "a"}, {"events", {{{"type", "X"}}, {{"type", "MessageReceived"}, {"data", {{"text", 5}}}}}}});
     REQUIRE_FALSE(batch.ok());
     CHECK(batch.error().detail.rfind("events[1]: ", 0) == 0);
 }

@@ -25,11 +25,11 @@ private:
 };
 
 struct SpawnSpec {
-    std::vector<std::string> argv;                  // argv[0] searched in PATH when it has no '/'
-    std::optional<std::vector<std::string>> env;    // "K=V" entries; nullopt = inherit
-    std::string cwd;                                // "" = inherit
-    int stdin_fd = -1;                              // -1 = /dev/null
-    int out_fd = -1;                                // stdout+stderr; -1 = /dev/null
+    std::vector<std::string> argv;                // argv[0] searched in PATH when it has no '/'
+    std::optional<std::vector<std::string>> env;  // "K=V" entries; nullopt = inherit
+    std::string cwd;                              // "" = inherit
+    int stdin_fd = -1;                            // -1 = /dev/null
+    int out_fd = -1;                              // stdout+stderr; -1 = /dev/null
     bool new_session = false;
 };
 

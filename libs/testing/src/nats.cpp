@@ -105,9 +105,7 @@ bool Nats::try_start() {
     std::vector<std::string> argv{bin_, "-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd", dir_ + "/js"};
     argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
     proc_ = std::make_unique<Process>(argv, std::map<std::string, std::string>{}, dir_ + "/nats.log");
-    {
-        std::ofstream(dir_ + "/pid") << proc_->pid() << "\n";
-    }
+    { std::ofstream(dir_ + "/pid") << proc_->pid() << "\n"; }
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (std::chrono::steady_clock::now() < deadline) {
         if (!proc_->alive()) {
@@ -128,8 +126,10 @@ void Nats::start() {
 
 void Nats::stop(bool hard) {
     if (!proc_) return;
-    if (hard) proc_->kill9();
-    else proc_->terminate_and_wait(std::chrono::seconds(10));
+    if (hard)
+        proc_->kill9();
+    else
+        proc_->terminate_and_wait(std::chrono::seconds(10));
     proc_.reset();
 }
 

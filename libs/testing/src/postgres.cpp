@@ -50,15 +50,14 @@ std::string find_pg_bin() {
         std::string dir = fs::path(pg_ctl).parent_path().string();
         if (has_pg_tools(dir)) return dir;
     }
-    throw std::runtime_error(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql or set ENGRAM_PG_BIN");
+    throw std::runtime_error("PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql or set ENGRAM_PG_BIN");
 }
 
 // initdb takes ~0.6 s on tmpfs; copying a finished cluster there takes ~0.05 s. The template is built once per
 // (binaries, user) into a temporary directory and renamed into place, so concurrent test
 // processes never see a half-built one.
 std::string template_cluster(const std::string& bin, const std::string& base) {
-    struct stat st{};
+    struct stat st {};
     stat((bin + "/postgres").c_str(), &st);
     std::size_t key = std::hash<std::string>{}(bin + "|" + std::to_string(st.st_mtime));
     char name[128];
@@ -69,8 +68,8 @@ std::string template_cluster(const std::string& bin, const std::string& base) {
     std::string build = make_temp_dir("engram-pgtemplate-build", base);
     chown_to_postgres(build);
     std::string log = build + "/initdb.log";
-    int rc = run_command(as_postgres({bin + "/initdb", "-D", build + "/data", "-U", "postgres", "-A", "trust",
-                                      "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"}),
+    int rc = run_command(as_postgres({bin + "/initdb", "-D", build + "/data", "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                                      "--locale=C", "--no-sync", "--no-instructions"}),
                          build, log);
     if (rc != 0) {
         std::string out = tail_file(log);
@@ -83,8 +82,7 @@ std::string template_cluster(const std::string& bin, const std::string& base) {
         std::error_code ec;
         fs::remove_all(build, ec);
         if (access((tpl + "/data/PG_VERSION").c_str(), F_OK) != 0)
-            throw std::runtime_error("could not install the PostgreSQL template cluster at " + tpl + ": " +
-                                     std::strerror(errno));
+            throw std::runtime_error("could not install the PostgreSQL template cluster at " + tpl + ": " + std::strerror(errno));
     }
     return tpl;
 }
@@ -109,8 +107,7 @@ Postgres::Postgres(PostgresOptions options) : options_(std::move(options)) {
             port_ = free_port();
             if (try_start()) break;
             std::string log = tail_file(dir_ + "/pg.log");
-            bool port_clash = log.find("could not bind") != std::string::npos ||
-                              log.find("already in use") != std::string::npos;
+            bool port_clash = log.find("could not bind") != std::string::npos || log.find("already in use") != std::string::npos;
             if (!port_clash || attempt >= 4)
                 throw std::runtime_error("PostgreSQL did not start on port " + std::to_string(port_) + ": " + log +
                                          tail_file(dir_ + "/pg_ctl.log"));
@@ -118,8 +115,7 @@ Postgres::Postgres(PostgresOptions options) : options_(std::move(options)) {
     } catch (...) {
         try {
             if (running_) stop(StopMode::immediate);
-        } catch (...) {
-        }
+        } catch (...) {}
         std::error_code ec;
         fs::remove_all(dir_, ec);
         if (watchdog_) watchdog_->disarm();
@@ -130,8 +126,7 @@ Postgres::Postgres(PostgresOptions options) : options_(std::move(options)) {
 Postgres::~Postgres() {
     try {
         if (running_) stop(StopMode::immediate);
-    } catch (...) {
-    }
+    } catch (...) {}
     std::error_code ec;
     fs::remove_all(dir_, ec);
     if (watchdog_) watchdog_->disarm();
@@ -155,13 +150,13 @@ std::string Postgres::create_database() {
 }
 
 bool Postgres::try_start() {
-    std::string opts = "-p " + std::to_string(port_) + " -k " + shell_quote(dir_) +
-                       " -c listen_addresses=127.0.0.1 -c max_connections=200";
+    std::string opts =
+        "-p " + std::to_string(port_) + " -k " + shell_quote(dir_) + " -c listen_addresses=127.0.0.1 -c max_connections=200";
     if (!options_.fsync) opts += " -c fsync=off -c full_page_writes=off";
     for (const auto& s : options_.settings) opts += " -c " + shell_quote(s);
     int rc = run_command(
-        as_postgres({bin_ + "/pg_ctl", "-D", data_, "-l", dir_ + "/pg.log", "-w", "-t", "60", "-s", "-o", opts, "start"}),
-        dir_, dir_ + "/pg_ctl.log");
+        as_postgres({bin_ + "/pg_ctl", "-D", data_, "-l", dir_ + "/pg.log", "-w", "-t", "60", "-s", "-o", opts, "start"}), dir_,
+        dir_ + "/pg_ctl.log");
     running_ = rc == 0;
     return running_;
 }
@@ -175,8 +170,8 @@ void Postgres::start() {
 
 void Postgres::stop(StopMode mode) {
     if (!running_) return;
-    int rc = run_command(as_postgres({bin_ + "/pg_ctl", "-D", data_, "-m",
-                                      mode == StopMode::fast ? "fast" : "immediate", "-w", "-t", "60", "-s", "stop"}),
+    int rc = run_command(as_postgres({bin_ + "/pg_ctl", "-D", data_, "-m", mode == StopMode::fast ? "fast" : "immediate", "-w",
+                                      "-t", "60", "-s", "stop"}),
                          dir_, dir_ + "/pg_ctl.log");
     running_ = false;
     if (rc != 0) throw std::runtime_error("pg_ctl stop failed: " + tail_file(dir_ + "/pg_ctl.log"));

@@ -25,9 +25,7 @@ namespace engram::testing {
 
 namespace {
 
-std::runtime_error sys_error(const std::string& what) {
-    return std::runtime_error(what + ": " + std::strerror(errno));
-}
+std::runtime_error sys_error(const std::string& what) { return std::runtime_error(what + ": " + std::strerror(errno)); }
 
 // Closes every descriptor >= 3 in a freshly forked child (async-signal-safe).
 void close_from_3() {
@@ -52,8 +50,10 @@ void ignore_sigpipe_once() {
 std::string shell_quote(const std::string& s) {
     std::string out = "'";
     for (char c : s) {
-        if (c == '\'') out += "'\\''";
-        else out += c;
+        if (c == '\'')
+            out += "'\\''";
+        else
+            out += c;
     }
     return out + "'";
 }
@@ -132,8 +132,10 @@ int spawn(const SpawnSpec& spec) {
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
         if (!spec.cwd.empty() && chdir(spec.cwd.c_str()) != 0) _exit(126);
-        if (spec.env) execve(file.c_str(), argv.data(), envp.data());
-        else execv(file.c_str(), argv.data());
+        if (spec.env)
+            execve(file.c_str(), argv.data(), envp.data());
+        else
+            execv(file.c_str(), argv.data());
         ssize_t ignored = write(2, exec_fail.data(), exec_fail.size());
         (void)ignored;
         _exit(127);
@@ -199,8 +201,7 @@ Watchdog::Watchdog(const std::string& cleanup) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) throw sys_error("pipe2");
     SpawnSpec spec;
-    spec.argv = {"/bin/sh", "-c",
-                 "trap '' INT HUP TERM; if read x && [ \"$x\" = done ]; then exit 0; fi; " + cleanup};
+    spec.argv = {"/bin/sh", "-c", "trap '' INT HUP TERM; if read x && [ \"$x\" = done ]; then exit 0; fi; " + cleanup};
     spec.stdin_fd = fds[0];
     spec.new_session = true;
     try {
@@ -270,8 +271,7 @@ Process::Process(std::vector<std::string> argv, std::map<std::string, std::strin
 Process::~Process() {
     try {
         terminate_and_wait();
-    } catch (...) {
-    }
+    } catch (...) {}
     watchdog_.reset();
 }
 

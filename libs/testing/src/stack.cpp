@@ -32,13 +32,15 @@ void Stack::start_store() {
     kill_store();
     store_ = std::make_unique<Process>(std::vector<std::string>{build_dir() + "/event-store/engram-event-store"}, store_env_,
                                        dir_ + "/store.log");
-    bool ready = eventually([&] {
-        http::Client c(url());
-        http::Headers h;
-        if (store_env_.count("ENGRAM_API_TOKEN")) h.emplace_back("Authorization", "Bearer " + store_env_["ENGRAM_API_TOKEN"]);
-        auto r = c.get("/readyz", h);
-        return r.ok() && r->status == 200;
-    }, std::chrono::seconds(20));
+    bool ready = eventually(
+        [&] {
+            http::Client c(url());
+            http::Headers h;
+            if (store_env_.count("ENGRAM_API_TOKEN")) h.emplace_back("Authorization", "Bearer " + store_env_["ENGRAM_API_TOKEN"]);
+            auto r = c.get("/readyz", h);
+            return r.ok() && r->status == 200;
+        },
+        std::chrono::seconds(20));
     if (!ready) throw std::runtime_error("the event store did not become ready: " + tail_file(store_->log_path()));
 }
 

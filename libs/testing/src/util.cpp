@@ -64,11 +64,10 @@ std::string tail_file(const std::string& path, std::size_t max_bytes) {
 std::string temp_base() {
     static const std::string base = [] {
         if (const char* env = std::getenv("ENGRAM_TEST_TMPDIR"); env && *env) return std::string(env);
-        struct statfs fs{};
-        struct statvfs vfs{};
+        struct statfs fs {};
+        struct statvfs vfs {};
         if (statfs("/dev/shm", &fs) == 0 && fs.f_type == TMPFS_MAGIC && statvfs("/dev/shm", &vfs) == 0 &&
-            static_cast<unsigned long long>(vfs.f_bavail) * vfs.f_frsize >= (2ULL << 30) &&
-            access("/dev/shm", W_OK | X_OK) == 0)
+            static_cast<unsigned long long>(vfs.f_bavail) * vfs.f_frsize >= (2ULL << 30) && access("/dev/shm", W_OK | X_OK) == 0)
             return std::string("/dev/shm");
         return std::string("/tmp");
     }();

@@ -198,8 +198,8 @@ TEST_CASE("Nats: a test process that dies leaves no server or directory behind",
 TEST_CASE("Process: environment, log, exit code, kill9, terminate", "[integration][testing]") {
     std::string dir = make_temp_dir("engram-proc-test");
     {
-        Process p({"sh", "-c", "echo \"hello $ENGRAM_TEST_VALUE\"; echo oops >&2; exit 3"},
-                  {{"ENGRAM_TEST_VALUE", "world"}}, dir + "/a.log");
+        Process p({"sh", "-c", "echo \"hello $ENGRAM_TEST_VALUE\"; echo oops >&2; exit 3"}, {{"ENGRAM_TEST_VALUE", "world"}},
+                  dir + "/a.log");
         CHECK(p.wait() == 3);
         CHECK_FALSE(p.alive());
         CHECK(p.log().find("hello world") != std::string::npos);

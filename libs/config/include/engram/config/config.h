@@ -21,8 +21,8 @@ struct Setting {
     std::string description;
     std::string default_value;  // "" = empty / unset
     bool required = false;
-    Check check;                // applied to non-empty values
-    bool secret = false;        // never printed
+    Check check;          // applied to non-empty values
+    bool secret = false;  // never printed
 };
 
 class Values {

@@ -10,11 +10,13 @@
 namespace engram {
 
 struct Error {
-    std::string code;     // e.g. "version_conflict"
-    std::string detail;   // one human sentence
+    std::string code;                                 // e.g. "version_conflict"
+    std::string detail;                               // one human sentence
     nlohmann::json extra = nlohmann::json::object();  // merged into the error body
 
-    static Error make(std::string code, std::string detail) { return Error{std::move(code), std::move(detail), nlohmann::json::object()}; }
+    static Error make(std::string code, std::string detail) {
+        return Error{std::move(code), std::move(detail), nlohmann::json::object()};
+    }
 };
 
 template <class T>

@@ -41,7 +41,7 @@ public:
     Status validate(std::string_view type, const nlohmann::json& data) const;
     Status validate(const NewEvent& e) const { return validate(e.type, e.data); }
 
-    std::vector<std::string> types() const;  // catalog order
+    std::vector<std::string> types() const;                     // catalog order
     const nlohmann::json* schema(std::string_view type) const;  // nullptr when unknown
     const CatalogEntry* entry(std::string_view type) const;     // nullptr when unknown
     const std::vector<CatalogEntry>& entries() const { return entries_; }

@@ -6,11 +6,11 @@
 namespace engram::events::codes {
 
 // 400
-inline constexpr std::string_view invalid_json = "invalid_json";          // body is not JSON
-inline constexpr std::string_view invalid_event = "invalid_event";        // envelope field missing / wrong type
-inline constexpr std::string_view schema_violation = "schema_violation";  // `data` fails its type's schema
+inline constexpr std::string_view invalid_json = "invalid_json";            // body is not JSON
+inline constexpr std::string_view invalid_event = "invalid_event";          // envelope field missing / wrong type
+inline constexpr std::string_view schema_violation = "schema_violation";    // `data` fails its type's schema
 inline constexpr std::string_view invalid_parameter = "invalid_parameter";  // bad query/path parameter
-inline constexpr std::string_view invalid_request = "invalid_request";    // gateway body (POST /trigger) field error
+inline constexpr std::string_view invalid_request = "invalid_request";      // gateway body (POST /trigger) field error
 // 401, 404, 405
 inline constexpr std::string_view unauthorized = "unauthorized";
 inline constexpr std::string_view not_found = "not_found";

@@ -87,7 +87,7 @@ Result<AppendRequest> parse_append_request(const nlohmann::json& body);
 bool same_content(const NewEvent& submitted, const Event& stored);
 
 // The name rules, for code that checks filters or builds events.
-bool valid_type_name(std::string_view type);           // [A-Z][A-Za-z0-9]*, <= 128 chars
+bool valid_type_name(std::string_view type);             // [A-Z][A-Za-z0-9]*, <= 128 chars
 bool valid_aggregate_id(std::string_view aggregate_id);  // non-empty, <= 256 chars, no control chars
 
 }  // namespace engram::events

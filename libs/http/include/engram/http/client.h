@@ -30,10 +30,10 @@ struct ClientOptions {
     ClientOptions(std::chrono::milliseconds t) : timeout(t) {}  // NOLINT: ClientOptions{5000ms} reads well
 
     std::chrono::milliseconds timeout{10000};  // whole request: connect, send and receive
-    Headers default_headers;                    // sent with every request (e.g. Authorization)
-    bool verify_tls = true;                     // verify the certificate chain and host name
-    std::vector<std::string> redact;            // replaced by "<redacted>" in error details (e.g. a
-                                                // token inside the path, as in Telegram's /bot<token>/)
+    Headers default_headers;                   // sent with every request (e.g. Authorization)
+    bool verify_tls = true;                    // verify the certificate chain and host name
+    std::vector<std::string> redact;           // replaced by "<redacted>" in error details (e.g. a
+                                               // token inside the path, as in Telegram's /bot<token>/)
 };
 
 // Blocking client for one base URL ("http://127.0.0.1:8080" or "https://host[:port][/prefix]"), reusing
@@ -50,8 +50,8 @@ public:
     Client& operator=(Client&&) noexcept;
 
     // path_and_query is appended to the base URL's prefix: "/events?after=3".
-    Result<ClientResponse> request(std::string_view method, std::string_view path_and_query,
-                                   std::string_view body = {}, const Headers& headers = {});
+    Result<ClientResponse> request(std::string_view method, std::string_view path_and_query, std::string_view body = {},
+                                   const Headers& headers = {});
     Result<ClientResponse> get(std::string_view path, const Headers& h = {});
     Result<ClientResponse> post_json(std::string_view path, const nlohmann::json& body, const Headers& h = {});
 

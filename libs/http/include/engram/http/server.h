@@ -23,16 +23,16 @@ namespace engram::http {
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
 struct Request {
-    std::string method;   // "GET", "POST"...
-    std::string target;   // raw target with query
-    std::string path;     // percent-decoded path, no query
+    std::string method;                          // "GET", "POST"...
+    std::string target;                          // raw target with query
+    std::string path;                            // percent-decoded path, no query
     std::map<std::string, std::string> query;    // percent-decoded ('+' = space); last one wins
     std::map<std::string, std::string> headers;  // names lower-cased; repeated headers joined with ", "
     std::string body;
-    std::string remote;   // peer address "ip:port"
-    int version = 11;     // 10 = HTTP/1.0, 11 = HTTP/1.1
+    std::string remote;  // peer address "ip:port"
+    int version = 11;    // 10 = HTTP/1.0, 11 = HTTP/1.1
 
-    std::string header(std::string_view lower_name) const;  // "" when absent
+    std::string header(std::string_view lower_name) const;          // "" when absent
     std::optional<std::string> param(std::string_view name) const;  // query parameter
 };
 
@@ -83,11 +83,11 @@ using Handler = std::function<void(Request& req, std::shared_ptr<Responder> res)
 
 struct ServerOptions {
     std::string host = "127.0.0.1";
-    std::uint16_t port = 0;                  // 0 = pick a free port
-    int io_threads = 2;                      // socket I/O only
-    int worker_threads = 16;                 // handlers run here and may block (database reads)
-    std::size_t body_limit = 1 << 20;        // larger body -> 413 {"error":"payload_too_large",...}, handler not called
-    std::chrono::seconds idle_timeout{60};   // keep-alive connections idle longer are closed
+    std::uint16_t port = 0;                 // 0 = pick a free port
+    int io_threads = 2;                     // socket I/O only
+    int worker_threads = 16;                // handlers run here and may block (database reads)
+    std::size_t body_limit = 1 << 20;       // larger body -> 413 {"error":"payload_too_large",...}, handler not called
+    std::chrono::seconds idle_timeout{60};  // keep-alive connections idle longer are closed
     std::size_t stream_queue_limit = 4 << 20;
 };
 

@@ -74,12 +74,12 @@ struct OpenAIOptions {
     std::string base_url;  // e.g. https://api.openai.com/v1 or http://127.0.0.1:PORT/v1
     std::string api_key;   // sent as "Authorization: Bearer <key>" when not empty
     std::string model = "gpt-4.1";
-    std::chrono::milliseconds timeout{60000};  // per HTTP attempt
-    int max_retries = 4;                       // retries after the first attempt
-    std::chrono::milliseconds backoff{500};    // doubles per retry, capped at 30 s; Retry-After
-                                               // (seconds, or retry-after-ms) honoured on 429/503
+    std::chrono::milliseconds timeout{60000};              // per HTTP attempt
+    int max_retries = 4;                                   // retries after the first attempt
+    std::chrono::milliseconds backoff{500};                // doubles per retry, capped at 30 s; Retry-After
+                                                           // (seconds, or retry-after-ms) honoured on 429/503
     std::function<void(std::chrono::milliseconds)> sleep;  // injectable; default std::this_thread::sleep_for
-    bool verify_tls = true;                    // addition: for self-signed local servers
+    bool verify_tls = true;                                // addition: for self-signed local servers
 };
 
 // POST {base_url}/chat/completions with OpenAI tool calling. Retries timeouts/connect errors, 429 and

@@ -27,44 +27,44 @@ using Headers = std::map<std::string, std::string>;
 struct Message {
     std::string subject;
     std::string data;
-    Headers headers;             // one value per key (the first when a key repeats)
-    std::string reply;           // reply subject of a core message ("" when none)
-    std::uint64_t stream_seq = 0;    // JetStream stream sequence (0 for core messages)
-    std::uint64_t delivered = 0;     // JetStream delivery count: 1 on first delivery
-    std::uint64_t pending = 0;       // JetStream: messages left for the consumer after this one
-    std::int64_t timestamp_ns = 0;   // JetStream store time (UTC ns since epoch), 0 when unknown
+    Headers headers;                // one value per key (the first when a key repeats)
+    std::string reply;              // reply subject of a core message ("" when none)
+    std::uint64_t stream_seq = 0;   // JetStream stream sequence (0 for core messages)
+    std::uint64_t delivered = 0;    // JetStream delivery count: 1 on first delivery
+    std::uint64_t pending = 0;      // JetStream: messages left for the consumer after this one
+    std::int64_t timestamp_ns = 0;  // JetStream store time (UTC ns since epoch), 0 when unknown
 };
 
 // The outcome of one JetStream publish.
 struct PubAck {
     bool ok = false;
-    std::string error;            // when !ok: NATS.c status text / JetStream error description
-    int js_error_code = 0;        // when !ok and the server answered with a JetStream error
-    bool timeout = false;         // when !ok: no ack within ConnectOptions::publish_ack_timeout
-                                  // (the message may or may not be stored: republish with the
-                                  //  same msg id, the stream's duplicate window drops a copy)
+    std::string error;      // when !ok: NATS.c status text / JetStream error description
+    int js_error_code = 0;  // when !ok and the server answered with a JetStream error
+    bool timeout = false;   // when !ok: no ack within ConnectOptions::publish_ack_timeout
+                            // (the message may or may not be stored: republish with the
+                            //  same msg id, the stream's duplicate window drops a copy)
     std::string stream;
-    std::uint64_t stream_seq = 0; // when ok: sequence of the stored message (of the original
-                                  // when duplicate)
-    bool duplicate = false;       // when ok: the msg id was already in the duplicate window
+    std::uint64_t stream_seq = 0;  // when ok: sequence of the stored message (of the original
+                                   // when duplicate)
+    bool duplicate = false;        // when ok: the msg id was already in the duplicate window
 };
 using AckCallback = std::function<void(const PubAck&)>;
 
 // Per-publish JetStream options.
 struct PublishOptions {
-    std::string msg_id;                // Nats-Msg-Id: de-duplication within the stream's window
+    std::string msg_id;  // Nats-Msg-Id: de-duplication within the stream's window
     // Optimistic ordering checks done by the server (a mismatch is a JetStream error, code 10070
     // for the msg id, 10071 for the sequence). The duplicate check runs first, so republishing
     // an already stored message with the same expectation still gets a `duplicate` ack.
-    std::string expected_last_msg_id;  // the stream's last message must have this Nats-Msg-Id
+    std::string expected_last_msg_id;     // the stream's last message must have this Nats-Msg-Id
     std::uint64_t expected_last_seq = 0;  // the stream's last sequence must be this (0 = no check)
     Headers headers;
 };
 
 struct ConnectOptions {
     std::string url = "nats://127.0.0.1:4222";  // comma-separated list allowed
-    std::string name;                            // client name shown by the server
-    std::chrono::milliseconds timeout{2000};     // connect timeout and JetStream API request wait
+    std::string name;                           // client name shown by the server
+    std::chrono::milliseconds timeout{2000};    // connect timeout and JetStream API request wait
     // true: connect() succeeds even when no server answers yet; the library keeps trying in the
     // background (connected() tells). false: connect() fails when no server answers.
     // Either way, once connected, a lost connection is retried forever.
@@ -82,10 +82,10 @@ struct ConnectOptions {
 struct StreamConfig {
     std::string name;
     std::vector<std::string> subjects;
-    bool memory_storage = false;                          // default: file storage
-    std::chrono::milliseconds duplicate_window{120000};   // Nats-Msg-Id de-duplication window
-    std::chrono::milliseconds max_age{0};                 // 0 = keep forever
-    std::int64_t max_msgs = -1;                           // -1 = unlimited
+    bool memory_storage = false;                         // default: file storage
+    std::chrono::milliseconds duplicate_window{120000};  // Nats-Msg-Id de-duplication window
+    std::chrono::milliseconds max_age{0};                // 0 = keep forever
+    std::int64_t max_msgs = -1;                          // -1 = unlimited
     std::int64_t max_bytes = -1;
 };
 
@@ -104,8 +104,8 @@ struct ConsumerInfo {
     std::string stream;
     std::string name;
     std::string filter_subject;
-    std::uint64_t num_pending = 0;       // not yet delivered
-    std::int64_t num_ack_pending = 0;    // delivered, not yet acked
+    std::uint64_t num_pending = 0;     // not yet delivered
+    std::int64_t num_ack_pending = 0;  // delivered, not yet acked
     std::int64_t num_redelivered = 0;
     std::uint64_t delivered_stream_seq = 0;
     std::uint64_t ack_floor_stream_seq = 0;
@@ -160,8 +160,7 @@ public:
     Status delete_stream(const std::string& name);
     // Messages with stream sequence >= from_seq, at most `max`, in sequence order (deleted
     // sequences skipped). One JetStream API request per message: for tests and tools.
-    Result<std::vector<Message>> get_stream_messages(const std::string& stream, std::uint64_t from_seq,
-                                                     std::size_t max);
+    Result<std::vector<Message>> get_stream_messages(const std::string& stream, std::uint64_t from_seq, std::size_t max);
 
     // --- JetStream publishing ----------------------------------------------------------------
     // Sends without waiting for the ack; `on_ack` (optional) is called exactly once per message
@@ -194,8 +193,7 @@ public:
     // queue_group "" = plain subscription (every subscriber gets every message); otherwise each
     // message goes to one member of the group. Exceptions from the handler are logged and
     // swallowed.
-    Result<std::unique_ptr<Subscription>> subscribe(const std::string& subject, const std::string& queue_group,
-                                                    Handler handler);
+    Result<std::unique_ptr<Subscription>> subscribe(const std::string& subject, const std::string& queue_group, Handler handler);
     Status flush(std::chrono::milliseconds timeout);
 
     // For PullConsumer / InMessage (the NATS.c handles, opaque here).
@@ -244,15 +242,15 @@ private:
 // "events.MessageReceived" when the set is large.
 struct ConsumerOptions {
     std::string stream;
-    std::string durable;                        // letters, digits, '-', '_' (no '.', '*', '>', spaces)
+    std::string durable;  // letters, digits, '-', '_' (no '.', '*', '>', spaces)
     std::vector<std::string> filter_subjects;
-    int max_deliver = 10;                       // deliveries before the server gives up (-1 = unlimited)
+    int max_deliver = 10;  // deliveries before the server gives up (-1 = unlimited)
     std::chrono::milliseconds ack_wait{30000};
     // Redelivery delays after a missed ack_wait (server applies backoff[i] for the i-th
     // redelivery, the last one repeating; when set it replaces ack_wait). Needs
     // max_deliver > backoff.size().
     std::vector<std::chrono::milliseconds> backoff;
-    std::int64_t max_ack_pending = 0;           // 0 = server default (1000 in 2.9)
+    std::int64_t max_ack_pending = 0;  // 0 = server default (1000 in 2.9)
 };
 
 class PullConsumer {

@@ -32,18 +32,18 @@ struct Options {
     // filter "events.>" and the runtime acks and skips the other types (nats-server 2.9 has one
     // filter subject per consumer, and the filter of an existing durable cannot be changed).
     std::vector<std::string> types;
-    int concurrency = 8;   // aggregates handled at once (worker threads)
-    int max_attempts = 5;  // in-process attempts before the event is parked
+    int concurrency = 8;                           // aggregates handled at once (worker threads)
+    int max_attempts = 5;                          // in-process attempts before the event is parked
     std::chrono::milliseconds retry_backoff{200};  // doubles per attempt, capped at max_backoff
     std::string listen = "127.0.0.1:0";            // health/metrics HTTP
 
     // Tuning (defaults are fine for production; tests shorten them).
     std::chrono::milliseconds max_backoff{30000};
-    std::chrono::milliseconds ack_wait{30000};          // renewed with in_progress() every ack_wait/3
-    int max_deliver = 20;  // server deliveries; the last one is parked unhandled (crash-loop guard)
-    std::chrono::milliseconds parked_poll{2000};        // retry_requested poll + lag/parked gauges
-    std::size_t max_buffered = 512;                     // messages fetched and not yet finished
-    std::chrono::milliseconds drain_timeout{30000};     // stop(): wait this long for running handlers
+    std::chrono::milliseconds ack_wait{30000};       // renewed with in_progress() every ack_wait/3
+    int max_deliver = 20;                            // server deliveries; the last one is parked unhandled (crash-loop guard)
+    std::chrono::milliseconds parked_poll{2000};     // retry_requested poll + lag/parked gauges
+    std::size_t max_buffered = 512;                  // messages fetched and not yet finished
+    std::chrono::milliseconds drain_timeout{30000};  // stop(): wait this long for running handlers
 };
 
 // Given to handlers; valid only during the handler call.
@@ -53,10 +53,10 @@ public:
     explicit Context(Impl* impl) : impl_(impl) {}
 
     const events::Event& event() const;
-    int attempt() const;             // 1-based attempt number (for a parked retry: stored attempts + 1)
-    std::uint64_t delivered() const; // JetStream delivery count (1 = first delivery; 0 = parked retry)
-    bool retrying_parked() const;    // this run was requested with `engram parked retry`
-    bool stopping() const;           // stop() was called: cut long work short (return an Error)
+    int attempt() const;              // 1-based attempt number (for a parked retry: stored attempts + 1)
+    std::uint64_t delivered() const;  // JetStream delivery count (1 = first delivery; 0 = parked retry)
+    bool retrying_parked() const;     // this run was requested with `engram parked retry`
+    bool stopping() const;            // stop() was called: cut long work short (return an Error)
 
     // Appends a derived event: id = Uuid::v5(cause id, step) (any id in `e` is replaced),
     // metadata.causation_id = cause id, metadata.correlation_id = the cause's correlation_id or its

@@ -25,8 +25,8 @@ public:
     Nats& nats() { return nats_; }
     const Nats& nats() const { return nats_; }
     const std::string& db() const { return db_; }
-    std::string url() const;                          // the store, http://127.0.0.1:<port>
-    const std::string& dir() const { return dir_; }   // logs of everything started here
+    std::string url() const;                         // the store, http://127.0.0.1:<port>
+    const std::string& dir() const { return dir_; }  // logs of everything started here
     Process& store() { return *store_; }
     // kill -9 the store (appends then fail: "the database/store is down" tests), and start it again
     // on the same database and port, waiting until it is ready.

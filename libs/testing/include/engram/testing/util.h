@@ -12,8 +12,7 @@ int free_port();
 
 // Polls `pred` every few milliseconds until it returns true or `timeout` passes; returns pred's
 // final value (it is evaluated once more at the deadline).
-bool eventually(const std::function<bool()>& pred,
-                std::chrono::milliseconds timeout = std::chrono::seconds(10));
+bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 // CMAKE_BINARY_DIR of the build the tests belong to, to find the service binaries under test.
 std::string build_dir();
