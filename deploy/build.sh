@@ -5,7 +5,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 preset="${1:-default}"
 shift || true
 dir="$root/build"
-[ "$preset" = "asan" ] && dir="$root/build-asan"
+[ "$preset" != "default" ] && dir="$root/build-$preset"  # the binaryDir of each preset in CMakePresets.json
 export CCACHE_DIR="${CCACHE_DIR:-$root/.cache/ccache}"
 export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
 # Paths relative to the checkout, so clones and worktrees share cache entries; the sloppiness lets

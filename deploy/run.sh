@@ -33,8 +33,10 @@ esac
 "$root/deploy/install-deps.sh"
 "$root/deploy/build.sh" default engram-event-store engram-memory-processor engram-ai-processor engram-notification-processor engram-gateway engram
 "$root/deploy/stack.sh" start >/dev/null
-eval "$("$root/deploy/stack.sh" env)"
 [ -f "$root/.env" ] && { set -a; . "$root/.env"; set +a; }
+# The run command wires the services to its own PostgreSQL and NATS (whose URL carries the token
+# the server requires), whatever .env says for the containers or another setup.
+eval "$("$root/deploy/stack.sh" env)"
 export EVENT_STORE_LISTEN="${EVENT_STORE_LISTEN:-127.0.0.1:8080}"
 export EVENT_STORE_URL="${EVENT_STORE_URL:-http://$EVENT_STORE_LISTEN}"
 export MEMORY_PROCESSOR_LISTEN="${MEMORY_PROCESSOR_LISTEN:-127.0.0.1:8083}"

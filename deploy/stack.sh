@@ -8,7 +8,8 @@
 #   deploy/stack.sh env      print `export DATABASE_URL=...` and `export NATS_URL=...`
 #
 # Data lives in <repo>/.run (git-ignored; ENGRAM_RUN_DIR overrides): .run/pg (the cluster),
-# .run/nats (JetStream store), .run/pg.log, .run/nats.log, .run/nats.pid, .run/nats.conf.
+# .run/nats (JetStream store), .run/pg.log, .run/nats.log, .run/nats.pid, .run/nats.conf, .run/nats.token
+# (the token NATS clients must present; part of NATS_URL).
 # Everything listens on 127.0.0.1 only. Ports: ENGRAM_PG_PORT (55432), ENGRAM_NATS_PORT (54222),
 # ENGRAM_NATS_MONITOR_PORT (58222). Binaries: ENGRAM_PG_BIN (directory of initdb/pg_ctl), else the
 # highest /usr/lib/postgresql/<v>/bin, else PATH; ENGRAM_NATS_SERVER, else nats-server in PATH.
@@ -26,10 +27,21 @@ NATS_STORE="$RUN/nats"
 NATS_LOG="$RUN/nats.log"
 NATS_PID="$RUN/nats.pid"
 NATS_CONF="$RUN/nats.conf"
+NATS_TOKEN_FILE="$RUN/nats.token"
 DB_NAME=engram
 
 DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/$DB_NAME"
-NATS_URL="nats://127.0.0.1:$NATS_PORT"
+
+# Clients must present a token, so nothing else on this machine can publish forged events to
+# the stream or answer memory.search. Made once, kept in .run/ (mode 600), readable by its owner.
+nats_token() {
+  if [ ! -s "$NATS_TOKEN_FILE" ]; then
+    mkdir -p "$RUN"
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$NATS_TOKEN_FILE")
+  fi
+  cat "$NATS_TOKEN_FILE"
+}
+NATS_URL="nats://$(nats_token)@127.0.0.1:$NATS_PORT"
 
 say() { echo "stack: $*" >&2; }
 die() { echo "stack: error: $*" >&2; exit 1; }
@@ -192,14 +204,21 @@ nats_start() {
         die "port $p is taken by another program; choose others with ENGRAM_NATS_PORT / ENGRAM_NATS_MONITOR_PORT"
       fi
     done
-    cat >"$NATS_CONF" <<EOF
+    # max_payload: the store accepts event bodies up to 1 MiB; their envelope plus headers must
+    # always fit in one message (nats-server's default is exactly 1 MiB).
+    (umask 077 && cat >"$NATS_CONF" <<EOF
 # written by deploy/stack.sh on every start
 listen: 127.0.0.1:$NATS_PORT
 http: 127.0.0.1:$NATS_MON_PORT
+max_payload: 8MB
+authorization {
+  token: "$(nats_token)"
+}
 jetstream {
   store_dir: "$NATS_STORE"
 }
 EOF
+    )
     say "starting nats-server -js on 127.0.0.1:$NATS_PORT (monitoring 127.0.0.1:$NATS_MON_PORT)"
     rm -f "$NATS_PID"
     setsid "$NATS_BIN" -c "$NATS_CONF" -l "$NATS_LOG" -P "$NATS_PID" </dev/null >>"$NATS_LOG" 2>&1 &

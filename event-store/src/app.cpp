@@ -139,10 +139,31 @@ struct App::Impl {
         }
         auto parsed = store::parse_append(body);
         if (!parsed) return res->respond(error_response(parsed.error()));
+        if (auto fits = publishable(*parsed, req.body.size()); !fits) return res->respond(error_response(fits.error()));
         writer.submit(std::move(*parsed), [res](Result<store::AppendOutcome> r) {
             if (!r) return res->respond(error_response(r.error()));
             res->respond(http::Response::json(r->created ? 201 : 200, store::outcome_json(*r)));
         });
+    }
+
+    // Every accepted event must fit in one NATS message, or the relay could never publish it and
+    // every later event would wait behind it.
+    Status publishable(const store::AppendRequest& req, std::size_t body_bytes) const {
+        std::int64_t limit = nats ? nats->max_payload() : 0;
+        if (limit <= 0) limit = store::kDefaultMaxPayload;  // not learned yet: the server default
+        // Re-serialising can lengthen a number at most ~4.3 times ("1E14" -> "100000000000000.0"), so
+        // a body this small cannot be too large and needs no measuring.
+        if (body_bytes * 5 + 1024 < static_cast<std::size_t>(limit)) return ok();
+        for (const auto& e : req.events) {
+            auto bytes = store::published_bytes_bound(e);
+            if (static_cast<std::int64_t>(bytes) > limit)
+                return Error{"payload_too_large",
+                             fmt::format("the event would be {} bytes when published, over the NATS server's max_payload "
+                                         "of {} bytes (raise max_payload in the nats-server config)",
+                                         bytes, limit),
+                             {{"limit", limit}, {"size", bytes}}};
+        }
+        return ok();
     }
 
     http::Response read_events(http::Request& req) {
@@ -239,6 +260,13 @@ struct App::Impl {
         ok = ok && nats_ok;
         nlohmann::json rel = {
             {"active", relay && relay->active()}, {"published", relay ? relay->published().value() : 0}, {"lag", relay_lag()}};
+        if (auto b = relay ? relay->blocked() : std::nullopt) {
+            ok = false;
+            checks["relay"] = fmt::format(
+                "blocked at position {}: the event is {} bytes published, over the NATS server's max_payload of {} bytes",
+                b->position.value(), b->bytes, b->max_payload);
+            rel["blocked_position"] = b->position.value();
+        }
         return http::Response::json(ok ? 200 : 503, {{"status", ok ? "ready" : "not_ready"}, {"checks", checks}, {"relay", rel}});
     }
 
@@ -289,6 +317,14 @@ Status App::start() {
                        [this] { return static_cast<double>(impl_->relay_lag()); });
     d.metrics.gauge_fn("engram_relay_published_position", "highest position known to be in the stream",
                        [this] { return static_cast<double>(impl_->relay->published().value()); });
+    d.metrics.gauge_fn("engram_relay_blocked_position",
+                       "position of an event too large for the NATS server's max_payload that holds the relay up (0 = none)",
+                       [this] {
+                           auto b = impl_->relay->blocked();
+                           return b ? static_cast<double>(b->position.value()) : 0.0;
+                       });
+    d.metrics.gauge_fn("engram_nats_max_payload_bytes", "the NATS server's max_payload, as learned at connect (0 = not yet)",
+                       [this] { return static_cast<double>(impl_->nats->max_payload()); });
     d.metrics.gauge_fn("engram_database_up", "1 when the writer is connected to PostgreSQL",
                        [this] { return impl_->writer.database_up() ? 1.0 : 0.0; });
     return ok();

@@ -31,7 +31,8 @@ struct StoreFixture {
     std::unique_ptr<event_store::App> app;
     std::unique_ptr<http::Client> client;
 
-    explicit StoreFixture(std::map<std::string, std::string> extra = {}) {
+    explicit StoreFixture(std::map<std::string, std::string> extra = {}, testing::NatsOptions nats_options = {})
+        : nats(std::move(nats_options)) {
         http::Headers auth;
         if (extra.count("ENGRAM_API_TOKEN")) auth.emplace_back("Authorization", "Bearer " + extra["ENGRAM_API_TOKEN"]);
         app = std::make_unique<event_store::App>(store_config(db_url, nats.url(), std::move(extra)));

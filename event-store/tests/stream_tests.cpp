@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <random>
 #include <set>
 #include <thread>
@@ -321,4 +322,86 @@ TEST_CASE("SSE streams carry a keep-alive comment", "[integration][sse]") {
     CHECK(got.find("text/event-stream") != std::string::npos);
     CHECK(got.find(": keep-alive") != std::string::npos);
     REQUIRE(testing::eventually([&] { return f.get("/metrics").body.find("engram_sse_clients 0") != std::string::npos; }));
+}
+
+namespace {
+
+// A body well under the 1 MiB body limit whose published envelope is over 1 MiB: nlohmann writes
+// 1E14 back as 100000000000000.0.
+std::string expanding_body(const std::string& agg) {
+    std::string xs;
+    for (int i = 0; i < 60000; ++i) xs += i ? ",1E14" : "1E14";
+    return R"({"type":"BigThing","aggregate_id":")" + agg + R"(","data":{"xs":[)" + xs + "]}}";
+}
+
+}  // namespace
+
+TEST_CASE("an event over the NATS server's max_payload is refused at append with 413 and nothing is written",
+          "[integration][relay]") {
+    testing::NatsOptions no;
+    no.max_payload = 0;  // nats-server's default: 1 MiB
+    StoreFixture f({}, no);
+    auto body = expanding_body("big:1");
+    REQUIRE(body.size() < 400 * 1024);
+    auto r = f.post_raw(body);
+    CHECK(r.status == 413);
+    auto j = r.json();
+    CHECK(j["error"] == "payload_too_large");
+    CHECK(j["limit"] == 1024 * 1024);
+    CHECK(j["size"].get<std::int64_t>() > 1024 * 1024);
+    CHECK(j["detail"].get<std::string>().find("max_payload of 1048576 bytes") != std::string::npos);
+    CHECK(f.count_rows() == 0);
+    // A batch holding one such event is refused whole.
+    auto batch = json::parse(body);
+    r = f.post({{"aggregate_id", "big:1"}, {"events", {ev("big:1", 1), batch}}});
+    CHECK(r.status == 413);
+    CHECK(f.count_rows() == 0);
+    // The store goes on, and so does the relay.
+    REQUIRE(f.post(ev("small:1", 1)).status == 201);
+    auto nc = connect(f.nats.url());
+    check_stream_equals_log(f, *nc);
+    CHECK(f.get("/metrics").body.find("engram_nats_max_payload_bytes 1048576") != std::string::npos);
+}
+
+TEST_CASE("with the run command's 8 MiB max_payload the same event is accepted and published", "[integration][relay]") {
+    StoreFixture f;  // the harness's server is configured like the run command's
+    REQUIRE(f.post_raw(expanding_body("big:2")).status == 201);
+    REQUIRE(f.post(ev("big:2", 2)).status == 201);
+    auto nc = connect(f.nats.url());
+    check_stream_equals_log(f, *nc);
+}
+
+TEST_CASE("an event the relay cannot publish blocks it loudly until max_payload is raised", "[integration][relay]") {
+    testing::NatsOptions no;
+    no.max_payload = 0;
+    StoreFixture f({}, no);
+    REQUIRE(f.post(ev("agg:b", 1)).status == 201);
+    // Stored behind the store's back (as if the server's limit had been lowered after it was accepted).
+    {
+        pqxx::connection c(f.db_url);
+        pqxx::work tx(c);
+        tx.exec(
+            "INSERT INTO events (position, id, type, aggregate_id, aggregate_version, ts, data, metadata) "
+            "VALUES (2, gen_random_uuid(), 'BigThing', 'agg:big', 1, now(), "
+            "jsonb_build_object('s', repeat('x', 1100000)), '{}')");
+        tx.commit();
+    }
+    REQUIRE(testing::eventually([&] { return f.get("/readyz").status == 503; }, std::chrono::seconds(20)));
+    auto ready = f.get("/readyz").json();
+    INFO(ready.dump());
+    CHECK(ready["checks"]["relay"].get<std::string>().find("blocked at position 2") != std::string::npos);
+    CHECK(ready["relay"]["blocked_position"] == 2);
+    CHECK(ready["relay"]["published"] == 1);
+    CHECK(f.get("/metrics").body.find("engram_relay_blocked_position 2") != std::string::npos);
+    // Raised: the relay goes on by itself, in order.
+    {
+        std::ofstream(f.nats.dir() + "/nats.conf")
+            << "max_payload: 8388608\nauthorization { token: \"" << f.nats.token() << "\" }\n";
+    }
+    f.nats.stop();
+    f.nats.start();
+    auto nc = connect(f.nats.url());
+    check_stream_equals_log(f, *nc);
+    REQUIRE(testing::eventually([&] { return f.get("/readyz").status == 200; }, std::chrono::seconds(20)));
+    CHECK(f.get("/metrics").body.find("engram_relay_blocked_position 0") != std::string::npos);
 }

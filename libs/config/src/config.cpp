@@ -1,5 +1,7 @@
 #include "engram/config/config.h"
 
+#include "engram/core/text.h"
+
 #include <cstdlib>
 #include <sstream>
 
@@ -36,7 +38,7 @@ Result<Values> Spec::load(const Env& env) const {
             if (s.required) problems.push_back(s.name + " is required (" + s.description + ")");
         } else if (s.check) {
             if (auto why = s.check(value)) {
-                problems.push_back(s.name + " " + *why + (s.secret ? "" : " (got '" + value + "')"));
+                problems.push_back(s.name + " " + *why + (s.secret ? "" : " (got '" + redact_credentials(value) + "')"));
             }
         }
         out.set(s.name, value);

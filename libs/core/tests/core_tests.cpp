@@ -83,3 +83,23 @@ TEST_CASE("trim and utf8_length", "[unit][core]") {
     CHECK(utf8_length("日本") == 2);
     CHECK(utf8_length("\xF0\x9F\x98\x80") == 1);  // one emoji, 4 bytes
 }
+
+TEST_CASE("redact_credentials masks the secrets of connection strings", "[unit][core]") {
+    CHECK(redact_credentials("nats://s3cret@127.0.0.1:4222") == "nats://***@127.0.0.1:4222");
+    CHECK(redact_credentials("nats://tok@a:1,nats://u:pw@b:2") == "nats://***@a:1,nats://u:***@b:2");
+    CHECK(redact_credentials("postgresql://engram:hunter2@db:5432/engram?sslmode=require") ==
+          "postgresql://engram:***@db:5432/engram?sslmode=require");
+    CHECK(redact_credentials("postgresql://db/engram?user=x&password=hunter2&sslmode=disable") ==
+          "postgresql://db/engram?user=x&password=***&sslmode=disable");
+    CHECK(redact_credentials("host=a,b user=engram password='p w\\'d' target_session_attrs=read-write") ==
+          "host=a,b user=engram password=*** target_session_attrs=read-write");
+    CHECK(redact_credentials("http://127.0.0.1:8080/events") == "http://127.0.0.1:8080/events");
+    CHECK(redact_credentials("no url here") == "no url here");
+    // The password may hold '@': user info ends at the last '@' of the authority.
+    CHECK(redact_credentials("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db");
+    for (const char* secret : {"hunter2", "s3cret"}) {
+        auto out =
+            redact_credentials(std::string("x postgresql://u:") + secret + "@h/db nats://" + secret + "@n:1 password=" + secret);
+        CHECK(out.find(secret) == std::string::npos);
+    }
+}

@@ -1,5 +1,7 @@
 #include "engram/nats/nats.h"
 
+#include "engram/core/text.h"
+
 #include <nats/nats.h>
 #include <spdlog/spdlog.h>
 
@@ -150,7 +152,7 @@ void on_pub_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* clos
 void on_connected(natsConnection* nc, void*) {
     char url[256] = {0};
     natsConnection_GetConnectedUrl(nc, url, sizeof url);
-    spdlog::info("nats: connected to {}", url);
+    spdlog::info("nats: connected to {}", redact_credentials(url));
 }
 void on_disconnected(natsConnection* nc, void*) {
     if (natsConnection_IsClosed(nc)) return;  // our own close
@@ -159,7 +161,7 @@ void on_disconnected(natsConnection* nc, void*) {
 void on_reconnected(natsConnection* nc, void*) {
     char url[256] = {0};
     natsConnection_GetConnectedUrl(nc, url, sizeof url);
-    spdlog::info("nats: reconnected to {}", url);
+    spdlog::info("nats: reconnected to {}", redact_credentials(url));
 }
 void on_async_error(natsConnection*, natsSubscription*, natsStatus err, void*) {
     spdlog::warn("nats: asynchronous error: {}", natsStatus_GetText(err));
@@ -302,14 +304,15 @@ Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& o)
     if (s == NATS_OK && o.retry_on_failed_connect) s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, nullptr);
     if (s != NATS_OK) {
         natsOptions_Destroy(opts);
-        return nats_error(s, "setting connection options (url " + o.url + ")");
+        return nats_error(s, "setting connection options (url " + redact_credentials(o.url) + ")");
     }
 
     natsConnection* nc = nullptr;
     s = natsConnection_Connect(&nc, opts);
     natsOptions_Destroy(opts);
-    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) return nats_error(s, "connecting to " + o.url);
-    if (s == NATS_NOT_YET_CONNECTED) spdlog::warn("nats: {} not reachable yet, connecting in the background", o.url);
+    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) return nats_error(s, "connecting to " + redact_credentials(o.url));
+    if (s == NATS_NOT_YET_CONNECTED)
+        spdlog::warn("nats: {} not reachable yet, connecting in the background", redact_credentials(o.url));
 
     auto st = std::make_shared<PubState>();
     std::uint64_t id;
@@ -359,6 +362,11 @@ Connection::~Connection() {
 
 bool Connection::connected() const {
     return natsConnection_Status(static_cast<natsConnection*>(nc_)) == NATS_CONN_STATUS_CONNECTED;
+}
+
+std::int64_t Connection::max_payload() const {
+    // NATS.c keeps the last server INFO across disconnects; it answers 0 before the first one.
+    return std::max<std::int64_t>(0, natsConnection_GetMaxPayload(static_cast<natsConnection*>(nc_)));
 }
 
 Status Connection::flush(std::chrono::milliseconds timeout) {

@@ -458,7 +458,9 @@ TEST_CASE("connect: retry in the background, or fail at once", "[integration][na
     auto fail = nats::Connection::connect(o);
     REQUIRE_FALSE(fail);
     CHECK(fail.error().code == "nats");
-    CHECK(fail.error().detail.find("connecting to " + server.url()) != std::string::npos);
+    // The address, never the token.
+    CHECK(fail.error().detail.find("connecting to nats://***@127.0.0.1:" + std::to_string(server.port())) != std::string::npos);
+    CHECK(fail.error().detail.find(server.token()) == std::string::npos);
 
     o.retry_on_failed_connect = true;
     auto later = nats::Connection::connect(o);
@@ -557,4 +559,29 @@ TEST_CASE("expected last msg id keeps the stream in publish order - duplicates a
     REQUIRE(info);
     CHECK(info->messages == 3);
     REQUIRE(c->delete_stream("ORDER"));
+}
+
+TEST_CASE("a server that requires a token refuses a client without it, and learns max_payload", "[integration][nats]") {
+    auto& server = testing::Nats::shared();  // configured like the run command's: a token, 8 MiB
+    REQUIRE_FALSE(server.token().empty());
+    nats::ConnectOptions o;
+    o.url = server.url_without_token();
+    o.retry_on_failed_connect = false;
+    auto refused = nats::Connection::connect(o);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().detail.find("uthoriz") != std::string::npos);
+    o.url = "nats://wrong-token@127.0.0.1:" + std::to_string(server.port());
+    REQUIRE_FALSE(nats::Connection::connect(o));
+    // The error must not echo a token given in the URL.
+    auto again = nats::Connection::connect(o);
+    CHECK(again.error().detail.find("wrong-token") == std::string::npos);
+
+    auto c = connect_to(server.url());
+    CHECK(c->max_payload() == 8 * 1024 * 1024);
+    testing::NatsOptions plain;
+    plain.auth = false;
+    plain.max_payload = 0;
+    testing::Nats defaults(plain);
+    auto d = connect_to(defaults.url());
+    CHECK(d->max_payload() == 1024 * 1024);
 }

@@ -14,7 +14,18 @@ namespace {
 constexpr long long kRelayLock = 0x656e6772616d03;  // one publishing relay per database
 constexpr std::size_t kMaxFresh = 50000;            // committed events kept in memory for publishing
 
+// A JSON string's dumped length, escapes included.
+std::size_t dumped_size(const std::string& s) { return nlohmann::json(s).dump().size(); }
+
 }  // namespace
+
+std::size_t published_bytes_bound(const events::NewEvent& e) {
+    // {"id":"<36>","type":..,"aggregate_id":..,"aggregate_version":<19>,"position":<19>,
+    //  "timestamp":"<24>","data":..,"metadata":..}
+    constexpr std::size_t kEnvelopeFixed = 200;
+    return kEnvelopeFixed + dumped_size(e.type) + dumped_size(e.aggregate_id) + e.data.dump().size() + e.metadata.dump().size() +
+           kPublishHeaderBytes;
+}
 
 struct Relay::Impl {
     Options opts;
@@ -36,6 +47,8 @@ struct Relay::Impl {
     // a reconnect can never be overtaken by the next one. (Not expected_last_msg_id: the server
     // forgets the last msg id when it restarts after the duplicate window has passed.)
     std::uint64_t last_seq = 0;
+    std::optional<Blocked> blocked;  // guarded by mu
+    std::chrono::steady_clock::time_point blocked_logged{};
 
     Impl(Options o, nats::Connection& n, metrics::Registry& m)
         : opts(std::move(o)),
@@ -61,6 +74,11 @@ void Relay::stop() {
     impl_->cv.notify_all();
     if (impl_->thread.joinable()) impl_->thread.join();
     active_ = false;
+}
+
+std::optional<Relay::Blocked> Relay::blocked() const {
+    std::lock_guard lk(impl_->mu);
+    return impl_->blocked;
 }
 
 void Relay::notify(const std::vector<events::Event>& committed) {
@@ -125,6 +143,32 @@ bool Relay::sync_with_stream() {
     if (w != persisted) d.log->info("relay resumes after position {} (persisted watermark {})", w, persisted);
     published_ = w;
     return true;
+}
+
+void Relay::block(const Blocked& b) {
+    auto& d = *impl_;
+    auto now = std::chrono::steady_clock::now();
+    bool first;
+    {
+        std::lock_guard lk(d.mu);
+        first = !d.blocked || d.blocked->position != b.position;
+        d.blocked = b;
+    }
+    if (first || now - d.blocked_logged > std::chrono::minutes(1)) {
+        d.blocked_logged = now;
+        d.log->error(
+            "relay blocked: the event at position {} is {} bytes published, over the NATS server's max_payload of {} bytes; "
+            "no later event reaches stream {} until max_payload is raised (nats-server config) and the server restarted",
+            b.position.value(), b.bytes, b.max_payload, d.opts.stream);
+    }
+}
+
+void Relay::unblock() {
+    auto& d = *impl_;
+    std::lock_guard lk(d.mu);
+    if (!d.blocked) return;
+    d.log->info("relay unblocked: position {} published", d.blocked->position.value());
+    d.blocked.reset();
 }
 
 void Relay::run() {
@@ -213,6 +257,25 @@ void Relay::run() {
                 continue;
             }
 
+            // Serialise the round; stop before the first event the server would refuse as too large.
+            std::vector<std::string> bodies;
+            bodies.reserve(evs.size());
+            const std::int64_t limit = d.nats.max_payload();
+            for (const auto& ev : evs) {
+                auto body = ev.to_json().dump();
+                auto bytes = body.size() + kPublishHeaderBytes;
+                if (limit > 0 && static_cast<std::int64_t>(bytes) > limit) {
+                    if (bodies.empty()) {
+                        block(Blocked{ev.position, bytes, limit});
+                        if (!pause(std::chrono::seconds(5))) break;
+                    }
+                    break;
+                }
+                bodies.push_back(std::move(body));
+            }
+            if (bodies.empty()) continue;
+            evs.resize(bodies.size());
+
             // Publish the round with a bounded window; each message must land right after its
             // predecessor (expected_last_seq; 0 means "no check", only for an empty stream).
             struct Round {
@@ -223,21 +286,22 @@ void Relay::run() {
             auto round = std::make_shared<Round>();
             std::size_t sent = 0;
             std::uint64_t expect = d.last_seq;
-            for (const auto& ev : evs) {
+            for (std::size_t i = 0; i < evs.size(); ++i) {
+                const auto& ev = evs[i];
                 nats::PublishOptions po;
                 po.msg_id = ev.id.str();
                 po.expected_last_seq = expect;
                 po.headers["Engram-Position"] = std::to_string(ev.position.value());
-                auto s = d.nats.publish_async(d.opts.subject_prefix + "." + ev.type, ev.to_json().dump(), po,
-                                              [round](const nats::PubAck& a) {
-                                                  if (a.ok) {
-                                                      round->ok++;
-                                                  } else {
-                                                      std::lock_guard lk(round->mu);
-                                                      if (round->first_error.empty()) round->first_error = a.error;
-                                                      round->failed++;
-                                                  }
-                                              });
+                auto s =
+                    d.nats.publish_async(d.opts.subject_prefix + "." + ev.type, bodies[i], po, [round](const nats::PubAck& a) {
+                        if (a.ok) {
+                            round->ok++;
+                        } else {
+                            std::lock_guard lk(round->mu);
+                            if (round->first_error.empty()) round->first_error = a.error;
+                            round->failed++;
+                        }
+                    });
                 if (!s) {
                     std::lock_guard lk(round->mu);
                     if (round->first_error.empty()) round->first_error = s.error().detail;
@@ -250,6 +314,7 @@ void Relay::run() {
             if (sent == evs.size() && done && round->ok.load() == sent && round->failed.load() == 0) {
                 published_ = evs.back().position.value();
                 d.last_seq = expect;
+                unblock();
                 d.published_total.inc(sent);
                 pqxx::work tx(*d.conn);
                 tx.exec("INSERT INTO relay_state (stream, published) VALUES (" + tx.quote(d.opts.stream) + "," +

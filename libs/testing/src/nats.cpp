@@ -6,12 +6,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <thread>
 
+#include "engram/core/uuid.h"
 #include "engram/testing/process.h"
 #include "engram/testing/util.h"
 #include "internal.h"
@@ -60,11 +62,20 @@ bool nats_ready(int port) {
 
 }  // namespace
 
-Nats::Nats() : Nats(std::vector<std::string>{}) {}
+Nats::Nats() : Nats(NatsOptions{}) {}
 
-Nats::Nats(std::vector<std::string> extra_args) : extra_args_(std::move(extra_args)) {
+Nats::Nats(NatsOptions options) : options_(std::move(options)) {
     bin_ = find_nats_server();
     dir_ = make_temp_dir("engram-nats");
+    if (options_.auth) {
+        token_ = Uuid::v4().str();
+        token_.erase(std::remove(token_.begin(), token_.end(), '-'), token_.end());
+    }
+    {
+        std::ofstream conf(dir_ + "/nats.conf");
+        if (options_.max_payload > 0) conf << "max_payload: " << options_.max_payload << "\n";
+        if (!token_.empty()) conf << "authorization { token: \"" << token_ << "\" }\n";
+    }
     try {
         watchdog_ = std::make_unique<Watchdog>("kill -9 $(cat " + shell_quote(dir_ + "/pid") +
                                                " 2>/dev/null) 2>/dev/null; sleep 0.2; rm -rf " + shell_quote(dir_));
@@ -95,15 +106,19 @@ Nats& Nats::shared() {
     return instance;
 }
 
-std::string Nats::url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+std::string Nats::url() const {
+    return token_.empty() ? url_without_token() : "nats://" + token_ + "@127.0.0.1:" + std::to_string(port_);
+}
+std::string Nats::url_without_token() const { return "nats://127.0.0.1:" + std::to_string(port_); }
 
 bool Nats::running() const { return proc_ && proc_->alive(); }
 
 std::string Nats::log() const { return tail_file(dir_ + "/nats.log", 16000); }
 
 bool Nats::try_start() {
-    std::vector<std::string> argv{bin_, "-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd", dir_ + "/js"};
-    argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+    std::vector<std::string> argv{bin_,        "-c", dir_ + "/nats.conf",   "-js", "-a",
+                                  "127.0.0.1", "-p", std::to_string(port_), "-sd", dir_ + "/js"};
+    argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
     proc_ = std::make_unique<Process>(argv, std::map<std::string, std::string>{}, dir_ + "/nats.log");
     { std::ofstream(dir_ + "/pid") << proc_->pid() << "\n"; }
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);

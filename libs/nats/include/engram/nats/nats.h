@@ -150,6 +150,9 @@ public:
 
     bool connected() const;
     const ConnectOptions& options() const { return options_; }
+    // The largest message (headers + body) the server accepts, from its INFO (nats-server's
+    // `max_payload`, 1 MiB by default); 0 until the first connection succeeded.
+    std::int64_t max_payload() const;
 
     // --- JetStream streams -------------------------------------------------------------------
     // Creates the stream if missing (file storage, limits retention); an existing stream is left

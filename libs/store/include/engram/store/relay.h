@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +26,17 @@ class Counter;
 }  // namespace engram::metrics
 
 namespace engram::store {
+
+// What NATS counts against the server's max_payload besides the envelope JSON: the headers the
+// relay sends (NATS/1.0 line, Nats-Msg-Id, Engram-Position, Nats-Expected-Last-Sequence), at their
+// longest.
+constexpr std::size_t kPublishHeaderBytes = 160;
+// The nats-server default max_payload, assumed while the store has not yet learned the real one.
+constexpr std::int64_t kDefaultMaxPayload = 1024 * 1024;
+
+// An upper bound of the published size (envelope JSON + headers) of an event not yet stored: the
+// fields the store assigns (id, version, position, timestamp) at their longest.
+std::size_t published_bytes_bound(const events::NewEvent& e);
 
 class Relay {
 public:
@@ -52,9 +64,22 @@ public:
     GlobalPosition published() const { return GlobalPosition(published_.load()); }
     bool active() const { return active_.load(); }  // holds the relay lock and is publishing
 
+    // The next event is larger than the server's max_payload (the store refuses such events at
+    // append, so only a server whose limit was lowered after the event was stored gets here): the
+    // relay cannot publish it and, to keep the stream in position order, nothing after it either.
+    // It retries every few seconds (the limit may be raised) and says so loudly meanwhile.
+    struct Blocked {
+        GlobalPosition position;
+        std::size_t bytes = 0;
+        std::int64_t max_payload = 0;
+    };
+    std::optional<Blocked> blocked() const;
+
 private:
     void run();
     bool sync_with_stream();
+    void block(const Blocked& b);
+    void unblock();
     struct Impl;
     std::unique_ptr<Impl> impl_;
     std::atomic<std::int64_t> published_{0};

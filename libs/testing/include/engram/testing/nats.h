@@ -5,6 +5,7 @@
 // shared(): at normal process exit); if the process dies without that, a watchdog shell does it.
 //
 // Binary: $ENGRAM_NATS_SERVER, else nats-server from PATH.
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,17 +15,27 @@ namespace engram::testing {
 class Process;
 class Watchdog;
 
+// Configured like the run command's server: a token every client must present (in url()), and an
+// 8 MiB max_payload, so that every event the store accepts is publishable.
+struct NatsOptions {
+    bool auth = true;                            // a random token; url() carries it
+    std::int64_t max_payload = 8 * 1024 * 1024;  // 0 = the server's default (1 MiB)
+    std::vector<std::string> extra_args;
+};
+
 class Nats {
 public:
     Nats();  // starts the server and waits until it accepts clients with JetStream on; throws
-    explicit Nats(std::vector<std::string> extra_args);
+    explicit Nats(NatsOptions options);
     ~Nats();
     Nats(const Nats&) = delete;
     Nats& operator=(const Nats&) = delete;
 
     static Nats& shared();
 
-    std::string url() const;  // nats://127.0.0.1:<port>
+    std::string url() const;                // nats://<token>@127.0.0.1:<port> (no token without auth)
+    std::string url_without_token() const;  // nats://127.0.0.1:<port>
+    const std::string& token() const { return token_; }
     int port() const { return port_; }
     // hard = false: SIGTERM (clean shutdown, JetStream flushed); hard = true: SIGKILL (a crash).
     void stop(bool hard = false);
@@ -37,7 +48,8 @@ public:
 private:
     bool try_start();
 
-    std::vector<std::string> extra_args_;
+    NatsOptions options_;
+    std::string token_;
     std::string bin_;
     std::string dir_;
     int port_ = 0;
