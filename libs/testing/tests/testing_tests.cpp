@@ -164,7 +164,8 @@ TEST_CASE("Postgres: a test process that dies leaves no server or directory behi
 TEST_CASE("Nats: start, stop, start on the same port and store", "[integration][testing]") {
     Nats nats;
     int port = nats.port();
-    CHECK(nats.url() == "nats://127.0.0.1:" + std::to_string(port));
+    CHECK(nats.url() == "nats://" + nats.token() + "@127.0.0.1:" + std::to_string(port));
+    CHECK(nats.url_without_token() == "nats://127.0.0.1:" + std::to_string(port));
     CHECK(port_open(port));
     nats.stop();
     CHECK_FALSE(nats.running());
