@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# .env.example must list every setting of every service (SPEC §9): compares it with what each binary
+# .env.example must list every setting of every service: compares it with what each binary
 # declares (`--env-example` prints the settings the binary validates at start).
 set -euo pipefail
 build="$1"

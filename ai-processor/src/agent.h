@@ -1,5 +1,5 @@
 #pragma once
-// engram-ai-processor: the agent loop (SPEC §6) with crash-safe resume.
+// engram-ai-processor: the agent loop with crash-safe resume.
 //
 // A run answers one trigger T (TriggerReceived / MessageReceived). Every event of the run lives on the
 // session aggregate (MemoryStored on user:<user_id>) with id Uuid::v5(T.id, step):

@@ -1,5 +1,5 @@
 #pragma once
-// engram-event-store: the HTTP API of SPEC §4 over the group-commit writer and the log readers.
+// engram-event-store: the HTTP API (docs/http-api.md) over the group-commit writer and the log readers.
 #include "engram/config/config.h"
 #include "engram/core/result.h"
 

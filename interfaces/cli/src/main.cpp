@@ -1,4 +1,4 @@
-// engram: the command-line tool of the engram event store (SPEC §8).
+// engram: the command-line tool of the engram event store (docs/operations.md).
 #include <CLI/CLI.hpp>
 
 #include <cstdio>

@@ -56,7 +56,7 @@ int run_main(int argc, char** argv, Options defaults, config::Spec extra,
     for (const auto& s : extra.settings()) spec.add(s);
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
-            std::cout << prog << ": engram processor '" << defaults.name << "' (SPEC §5, §6).\n\n" << spec.help();
+            std::cout << prog << ": engram processor '" << defaults.name << "'.\n\n" << spec.help();
             return 0;
         }
         if (!std::strcmp(argv[i], "--env-example")) {

@@ -68,7 +68,8 @@ bool is_loopback(const std::string& host);
 
 // The settings every service shares: LOG_LEVEL, LOG_FORMAT.
 void add_logging(Spec& spec);
-// SPEC §4: a service bound to a non-loopback address without ENGRAM_API_TOKEN refuses to start.
+// A service bound to a non-loopback address without ENGRAM_API_TOKEN refuses to start: anyone who
+// can reach it could write to the log.
 Status check_exposure(const std::string& listen_setting, const Values& v);
 
 }  // namespace engram::config

@@ -1,5 +1,5 @@
 #pragma once
-// engram::processor — the runtime every processor executable is built on (SPEC §5): a durable
+// engram::processor — the runtime every processor executable is built on: a durable
 // JetStream pull consumer, per-aggregate ordered queues served by a bounded worker pool, in-process
 // retries with doubling back-off, parking of events that keep failing (table processor_parked,
 // retryable), deterministic derived-event appends, and a health/metrics HTTP server.

@@ -1,6 +1,6 @@
 #pragma once
 // The outbox relay: publishes every committed event, in position order, to the JetStream stream
-// (SPEC §5). See README.md ("Outbox relay") for the design.
+// (docs/guarantees.md). See README.md ("Outbox relay") for the design.
 #include "engram/core/strong.h"
 #include "engram/events/event.h"
 
