@@ -1,11 +1,5 @@
 // What a stranger can make the client buffer (ClientOptions::response_limit), what is redacted, and
 // (below) the caps of the server: connections, idle keep-alive, the handler queue.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -15,11 +9,14 @@
 #include "engram/http/client.h"
 #include "engram/http/server.h"
 #include "engram/http/url.h"
+#include "raw_conn.h"
 
 using namespace engram;
 using namespace engram::http;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+using engram::http::test::eventually;
+using engram::http::test::RawConn;
 
 namespace {
 
@@ -128,4 +125,166 @@ TEST_CASE("credentials in a target are redacted", "[unit][http]") {
     CHECK(r.error().code == "timeout");
     CHECK(r.error().detail.find("s3cret-value") == std::string::npos);
     CHECK(r.error().detail.find("access_token=<redacted>") != std::string::npos);
+}
+
+namespace {
+
+// A server whose /block handler waits until release(); /hold opens a stream the test drives.
+struct Gate {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool open = false;
+    int blocked = 0;
+    std::atomic<int> echoes{0};
+    std::shared_ptr<Stream> stream;
+    std::unique_ptr<Server> server;
+
+    explicit Gate(ServerOptions opts) {
+        server = std::make_unique<Server>(opts, [this](Request& req, std::shared_ptr<Responder> res) {
+            if (req.path == "/block") {
+                std::unique_lock lk(mu);
+                ++blocked;
+                cv.notify_all();
+                cv.wait(lk, [&] { return open; });
+                return res->respond(Response::json(200, {{"unblocked", true}}));
+            }
+            if (req.path == "/hold") {
+                std::lock_guard lk(mu);
+                stream = res->start_stream(200, "text/event-stream");
+                cv.notify_all();
+                return;
+            }
+            ++echoes;
+            res->respond(Response::json(200, {{"echo", req.param("i").value_or("")}}));
+        });
+        server->start();
+    }
+    ~Gate() {
+        release();
+        server->stop();
+    }
+    void release() {
+        std::lock_guard lk(mu);
+        open = true;
+        cv.notify_all();
+    }
+    bool wait_blocked(int n) {
+        std::unique_lock lk(mu);
+        return cv.wait_for(lk, 5s, [&] { return blocked >= n; });
+    }
+    std::shared_ptr<Stream> wait_stream() {
+        std::unique_lock lk(mu);
+        cv.wait_for(lk, 5s, [&] { return stream != nullptr; });
+        return stream;
+    }
+    std::string base() const { return "http://127.0.0.1:" + std::to_string(server->port()); }
+};
+
+const std::string kGet = "GET /echo?i=raw HTTP/1.1\r\nHost: x\r\n\r\n";
+
+}  // namespace
+
+TEST_CASE("connections over max_connections get a short 503 and are closed; the server serves on", "[unit][http]") {
+    ServerOptions o;
+    o.max_connections = 3;
+    Gate g(o);
+    std::vector<std::unique_ptr<RawConn>> idle;
+    for (int i = 0; i < 3; ++i) idle.push_back(std::make_unique<RawConn>(g.server->port()));
+    REQUIRE(eventually([&] { return g.server->open_connections() == 3; }));
+
+    RawConn over(g.server->port());
+    over.send(kGet);
+    REQUIRE(over.read_to_eof());
+    const auto& reply = over.data();
+    CHECK(reply.rfind("HTTP/1.1 503", 0) == 0);
+    CHECK(reply.find("Retry-After: 1\r\n") != std::string::npos);
+    CHECK(reply.find("Connection: close\r\n") != std::string::npos);
+    CHECK(reply.find(R"("error":"overloaded")") != std::string::npos);
+    CHECK(reply.find("too many open connections (limit 3)") != std::string::npos);
+
+    Client c(g.base());
+    auto refused = c.get("/echo");
+    REQUIRE(refused.ok());
+    CHECK(refused->status == 503);
+    CHECK(refused->json()["error"] == "overloaded");
+    CHECK(refused->header("retry-after") == "1");
+    CHECK(g.echoes == 0);  // no handler ran for a refused connection
+    CHECK(g.server->open_connections() == 3);
+
+    idle.pop_back();  // one leaves: a place for the next
+    REQUIRE(eventually([&] { return g.server->open_connections() == 2; }));
+    auto served = c.get("/echo?i=1");
+    REQUIRE(served.ok());
+    CHECK(served->status == 200);
+    CHECK(served->json()["echo"] == "1");
+    CHECK(g.echoes == 1);
+}
+
+TEST_CASE("a connection without a request within idle_timeout is closed, an open stream is not", "[unit][http]") {
+    ServerOptions o;
+    o.idle_timeout = 300ms;
+    Gate g(o);
+
+    RawConn silent(g.server->port());  // never sends a byte
+    auto t0 = Clock::now();
+    CHECK(silent.read_to_eof(5000ms));
+    CHECK(Clock::now() - t0 >= 250ms);  // not before the timeout
+
+    RawConn kept(g.server->port());  // one request, then silence
+    kept.send(kGet);
+    CHECK(kept.read_until("}").find("HTTP/1.1 200") == 0);
+    CHECK(kept.read_to_eof(5000ms));
+
+    RawConn slow(g.server->port());  // a header that never ends
+    slow.send("GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+    CHECK(slow.read_to_eof(5000ms));
+    CHECK(slow.data().empty());
+
+    RawConn stream(g.server->port());
+    stream.send("GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
+    auto s = g.wait_stream();
+    REQUIRE(s);
+    std::this_thread::sleep_for(1000ms);  // three idle timeouts without a byte either way
+    CHECK_FALSE(s->closed());
+    CHECK(s->write("data: still here\n\n"));
+    CHECK(stream.read_until("still here").find("still here") != std::string::npos);
+    CHECK(g.server->open_streams() == 1);
+    s->close();
+    CHECK(stream.read_to_eof());
+
+    Client c(g.base());
+    auto r = c.get("/echo");
+    REQUIRE(r.ok());
+    CHECK(r->status == 200);
+}
+
+TEST_CASE("a full handler queue answers 503 overloaded with Retry-After, never queues without bound", "[unit][http]") {
+    ServerOptions o;
+    o.worker_threads = 1;
+    o.max_queued = 2;
+    Gate g(o);
+    RawConn a(g.server->port()), b(g.server->port()), c(g.server->port()), d(g.server->port());
+    a.send("GET /block HTTP/1.1\r\nHost: x\r\n\r\n");
+    REQUIRE(g.wait_blocked(1));  // the only worker is busy
+    b.send(kGet);
+    c.send(kGet);
+    REQUIRE(eventually([&] { return g.server->queued_requests() == 2; }));
+
+    d.send(kGet);
+    auto refused = d.read_until("}");
+    CHECK(refused.rfind("HTTP/1.1 503", 0) == 0);
+    CHECK(refused.find("Retry-After: 1\r\n") != std::string::npos);
+    CHECK(refused.find(R"("error":"overloaded")") != std::string::npos);
+    CHECK(refused.find("request queue is full (2 waiting)") != std::string::npos);
+    CHECK(g.server->queued_requests() == 2);
+
+    g.release();
+    CHECK(a.read_until("}").find(R"({"unblocked":true})") != std::string::npos);
+    CHECK(b.read_until("}").find(R"({"echo":"raw"})") != std::string::npos);
+    CHECK(c.read_until("}").find(R"({"echo":"raw"})") != std::string::npos);
+    // The refused connection was kept alive and is served now.
+    d.send("GET /echo?i=again HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(d.read_until("}", 2).find(R"({"echo":"again"})") != std::string::npos);
+    CHECK(g.echoes == 3);
+    CHECK(g.server->queued_requests() == 0);
 }
