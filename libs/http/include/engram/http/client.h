@@ -41,6 +41,10 @@ struct ClientOptions {
     std::size_t response_limit = 16 << 20;
 };
 
+// The response_limit for clients that read pages of engram's own event store (up to 1000 events of
+// up to 1 MiB each, bounded by the store's own limits): more than the default allows.
+inline constexpr std::size_t kStorePageResponseLimit = std::size_t{1100} << 20;
+
 // Blocking client for one base URL ("http://127.0.0.1:8080" or "https://host[:port][/prefix]"), reusing
 // one keep-alive connection; reconnects transparently once when a reused connection turns out closed.
 // Not thread-safe: one per thread.
