@@ -3,6 +3,7 @@
 // segment, chunked bodies in several chunks, bodies that end when the connection closes — which
 // our Beast-based fakes (one write per answer) never exercise.
 #include <catch2/catch.hpp>
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -212,4 +213,58 @@ TEST_CASE("the response limit holds for every framing of Python's http.server", 
     auto refused = c.sse("/refused", {}, cb, 5000ms);
     REQUIRE(refused.ok());
     CHECK(*refused == 429);
+}
+
+TEST_CASE("through nginx in front of the real event store: 200 requests and the event stream, caught up and live",
+          "[integration][http]") {
+    testing::Stack s("http-nginx-store");
+    testing::Nginx nginx(s.url());
+    http::Client c(nginx.url());
+    int failures = 0;
+    std::string last_id;
+    for (int i = 0; i < 200; ++i) {
+        Result<http::ClientResponse> r = Error::make("none", "");
+        switch (i % 3) {
+            case 0:
+                r = c.post_json("/events", {{"type", "NoteTaken"}, {"aggregate_id", "user:nginx"}, {"data", {{"n", i}}}});
+                if (r && r->status == 201) last_id = r->json()["events"][0]["id"];
+                failures += !(r && r->status == 201);
+                break;
+            case 1:
+                r = c.get("/events/" + last_id);
+                failures += !(r && r->status == 200 && r->json()["id"] == last_id);
+                break;
+            default:
+                r = c.get("/aggregates/user:nginx/events?limit=1000");
+                failures += !(r && r->status == 200 && r->json()["events"].size() == static_cast<std::size_t>(i / 3 + 1));
+        }
+        if (!r) UNSCOPED_INFO("request " << i << ": " << r.error().detail);
+    }
+    CHECK(failures == 0);
+
+    // Catch-up (67 past events), then live ones appended while the stream is open.
+    std::vector<std::int64_t> positions;
+    std::atomic<std::size_t> seen{0};
+    std::thread writer([&] {
+        http::Client w(s.url());
+        testing::eventually([&] { return seen.load() >= 67; });  // the writer only starts once caught up
+        for (int i = 0; i < 5; ++i)
+            (void)w.post_json("/events", {{"type", "NoteTaken"}, {"aggregate_id", "user:nginx"}, {"data", {{"live", i}}}});
+    });
+    auto r = c.sse(
+        "/events/stream?aggregate_id=user:nginx", {},
+        [&](const std::string& id, const std::string& type, const std::string& data) {
+            positions.push_back(std::stoll(id));
+            seen = positions.size();
+            return type == "NoteTaken" && json::parse(data)["data"].value("live", -1) != 4;
+        },
+        10000ms);
+    writer.join();
+    REQUIRE(r.ok());
+    CHECK(*r == 200);
+    REQUIRE(positions.size() == 72);
+    for (std::size_t i = 1; i < positions.size(); ++i) CHECK(positions[i] == positions[i - 1] + 1);
+    INFO(nginx.error_log());
+    CHECK(nginx.access_log().find("200 \"GET /events/stream?aggregate_id=user:nginx HTTP/1.1\" upstream=200") !=
+          std::string::npos);
 }
