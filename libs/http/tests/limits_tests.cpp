@@ -1,9 +1,13 @@
 // What a stranger can make the client buffer (ClientOptions::response_limit), what is redacted, and
 // (below) the caps of the server: connections, idle keep-alive, the handler queue.
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "engram/http/client.h"
@@ -287,4 +291,25 @@ TEST_CASE("a full handler queue answers 503 overloaded with Retry-After, never q
     CHECK(d.read_until("}", 2).find(R"({"echo":"again"})") != std::string::npos);
     CHECK(g.echoes == 3);
     CHECK(g.server->queued_requests() == 0);
+}
+
+TEST_CASE("a logged request target never carries an access_token", "[unit][http]") {
+    std::ostringstream captured;
+    auto previous = spdlog::default_logger();
+    spdlog::set_default_logger(
+        std::make_shared<spdlog::logger>("capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(captured)));
+    {
+        Server server({}, [](Request&, std::shared_ptr<Responder>) -> void { throw std::runtime_error("boom"); });
+        server.start();
+        Client c("http://127.0.0.1:" + std::to_string(server.port()));
+        auto r = c.get("/events/stream?aggregate_id=a&access_token=s3cret-value");
+        REQUIRE(r.ok());
+        CHECK(r->status == 500);
+        server.stop();
+    }
+    spdlog::set_default_logger(previous);
+    auto log = captured.str();
+    INFO(log);
+    CHECK(log.find("/events/stream?aggregate_id=a&access_token=<redacted>") != std::string::npos);
+    CHECK(log.find("s3cret-value") == std::string::npos);
 }
