@@ -50,6 +50,10 @@ int main(int argc, char** argv) {
                            {{"DATABASE_URL", db},
                             {"NATS_URL", nats.url()},
                             {"EVENT_STORE_LISTEN", "127.0.0.1:" + std::to_string(port)},
+                            // Every reader connects from 127.0.0.1: the caps must admit them all.
+                            {"EVENT_STORE_SSE_MAX_STREAMS", std::to_string(std::max(512, clients + 16))},
+                            {"EVENT_STORE_SSE_MAX_PER_CLIENT", std::to_string(std::max(320, clients + 16))},
+                            {"EVENT_STORE_MAX_CONNECTIONS", std::to_string(std::max(1024, clients + 64))},
                             {"LOG_LEVEL", "warn"}},
                            testing::make_temp_dir("bench-sse") + "/store.log");
     http::Client c(url);

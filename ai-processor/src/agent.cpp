@@ -105,6 +105,7 @@ private:
     static http::ClientOptions opts(const std::string& token) {
         http::ClientOptions o;
         o.timeout = std::chrono::seconds(15);
+        o.response_limit = http::kStorePageResponseLimit;  // pages of up to 1000 events
         if (!token.empty()) o.default_headers.emplace_back("Authorization", "Bearer " + token);
         return o;
     }

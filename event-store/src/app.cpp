@@ -32,6 +32,14 @@ config::Spec config_spec() {
     s.add({"EVENT_STORE_SSE_KEEPALIVE_MS", "interval of the keep-alive comment on event streams", "15000", false,
            config::int_range(10, 3600000)});
     s.add({"EVENT_STORE_DB_POOL", "PostgreSQL connections for reads", "8", false, config::int_range(1, 256)});
+    s.add({"EVENT_STORE_MAX_CONNECTIONS", "open HTTP connections at most (one more: 503 overloaded)", "1024", false,
+           config::int_range(1, 1000000)});
+    s.add({"EVENT_STORE_SSE_MAX_STREAMS", "open event streams at most (one more: 503 too_many_streams)", "512", false,
+           config::int_range(1, 1000000)});
+    s.add({"EVENT_STORE_SSE_MAX_PER_CLIENT",
+           "open event streams per remote address (one more: 429); keep it above the gateway's 256 web chat streams, "
+           "which all come from the gateway's address",
+           "320", false, config::int_range(1, 1000000)});
     config::add_logging(s);
     return s;
 }
@@ -80,7 +88,9 @@ struct App::Impl {
           pool(cfg.get("DATABASE_URL"), static_cast<std::size_t>(cfg.get_int("EVENT_STORE_DB_POOL"))),
           writer(store::Writer::Options{cfg.get("DATABASE_URL"), static_cast<std::size_t>(cfg.get_int("EVENT_STORE_MAX_BATCH"))},
                  metrics),
-          sse(reader, metrics, std::chrono::milliseconds(cfg.get_int("EVENT_STORE_SSE_KEEPALIVE_MS"))),
+          sse(reader, metrics, std::chrono::milliseconds(cfg.get_int("EVENT_STORE_SSE_KEEPALIVE_MS")),
+              SseHub::Limits{static_cast<std::size_t>(cfg.get_int("EVENT_STORE_SSE_MAX_STREAMS")),
+                             static_cast<std::size_t>(cfg.get_int("EVENT_STORE_SSE_MAX_PER_CLIENT"))}),
           token(cfg.get("ENGRAM_API_TOKEN")) {}
 
     bool authorized(const http::Request& req) const {
@@ -287,6 +297,7 @@ Status App::start() {
     so.host = hp->host;
     so.port = hp->port;
     so.worker_threads = static_cast<int>(d.cfg.get_int("EVENT_STORE_HTTP_THREADS"));
+    so.max_connections = static_cast<std::size_t>(d.cfg.get_int("EVENT_STORE_MAX_CONNECTIONS"));
     d.server = std::make_unique<http::Server>(
         so, [this](http::Request& req, std::shared_ptr<http::Responder> res) { impl_->handle(req, res); });
     try {

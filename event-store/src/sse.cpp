@@ -5,6 +5,7 @@
 #include "engram/store/query.h"
 
 #include <algorithm>
+#include <string>
 
 namespace engram::event_store {
 namespace {
@@ -13,9 +14,21 @@ namespace {
 // buffer is dropped and the catch-up simply reads further from the log.
 constexpr std::size_t kMaxCatchupBuffer = 10000;
 
+// "ip:port" -> "ip": the per-client cap counts addresses, whatever the source ports.
+std::string address_of(const std::string& remote) {
+    auto colon = remote.rfind(':');
+    return colon == std::string::npos ? remote : remote.substr(0, colon);
+}
+
 }  // namespace
 
 struct SseHub::Subscriber {
+    SseHub* hub = nullptr;  // set once the stream holds a place (reserve), given back on destruction
+    std::string client;
+    ~Subscriber() {
+        if (hub) hub->release(client);
+    }
+
     std::string aggregate_id;
     std::optional<std::string> type_glob;
     std::shared_ptr<http::Stream> stream;
@@ -28,9 +41,46 @@ struct SseHub::Subscriber {
     bool matches(const events::Event& e) const { return !type_glob || glob_match(*type_glob, e.type); }
 };
 
-SseHub::SseHub(store::Reader& reader, metrics::Registry& metrics, std::chrono::milliseconds keepalive)
-    : reader_(reader), keepalive_(keepalive) {
+SseHub::SseHub(store::Reader& reader, metrics::Registry& metrics, std::chrono::milliseconds keepalive, Limits limits)
+    : reader_(reader), keepalive_(keepalive), limits_(limits) {
     metrics.gauge_fn("engram_sse_clients", "open Server-Sent Events streams", [this] { return static_cast<double>(clients()); });
+    refused_global_ = &metrics.counter("engram_sse_refused_total", "event streams refused by a cap", "cap=\"max_streams\"");
+    refused_client_ = &metrics.counter("engram_sse_refused_total", "event streams refused by a cap", "cap=\"per_client\"");
+}
+
+std::optional<http::Response> SseHub::reserve(const std::string& client) {
+    std::lock_guard lk(places_mu_);
+    if (places_ >= limits_.max_streams) {
+        refused_global_->inc();
+        auto r = http::Response::error(503, "too_many_streams",
+                                       "the event store serves at most " + std::to_string(limits_.max_streams) +
+                                           " event streams at once (EVENT_STORE_SSE_MAX_STREAMS); retry later",
+                                       {{"limit", limits_.max_streams}});
+        r.headers.emplace_back("Retry-After", "5");
+        return r;
+    }
+    auto& mine = places_by_client_[client];
+    if (mine >= limits_.max_per_client) {
+        refused_client_->inc();
+        auto r = http::Response::error(429, "too_many_client_streams",
+                                       "this client (" + client + ") already has " + std::to_string(mine) +
+                                           " event streams open, the most one address may hold "
+                                           "(EVENT_STORE_SSE_MAX_PER_CLIENT); close one or retry later",
+                                       {{"limit", limits_.max_per_client}});
+        r.headers.emplace_back("Retry-After", "5");
+        return r;
+    }
+    ++mine;
+    ++places_;
+    return std::nullopt;
+}
+
+void SseHub::release(const std::string& client) {
+    std::lock_guard lk(places_mu_);
+    if (places_ > 0) --places_;
+    auto it = places_by_client_.find(client);
+    if (it == places_by_client_.end()) return;
+    if (--it->second == 0) places_by_client_.erase(it);
 }
 
 SseHub::~SseHub() { stop(); }
@@ -183,6 +233,10 @@ void SseHub::serve(http::Request& req, const std::shared_ptr<http::Responder>& r
                 http::Response::error(400, "invalid_parameter", resume_name + " must be a non-negative integer position"));
         sub->last_sent = *p;
     }
+    auto client = address_of(req.remote);
+    if (auto refused = reserve(client)) return res->respond(std::move(*refused));
+    sub->hub = this;  // from here on every way out gives the place back (~Subscriber)
+    sub->client = std::move(client);
     // Probe the database before committing to a 200 stream, so an outage is a clear 503.
     if (auto ping = reader_.ping(); !ping) return res->respond(http::Response::error(503, "unavailable", ping.error().detail));
 

@@ -5,6 +5,11 @@
 // Threading: publish() is called by the writer thread and only queues; one fan-out thread formats
 // each event once and writes it to the matching streams (Stream::write never blocks: a client whose
 // queue overflows is cut off). Catch-up runs on the HTTP worker that accepted the request.
+//
+// Caps: at most `max_streams` streams open at once (one more: 503 too_many_streams) and at most
+// `max_per_client` from one remote address (one more: 429 too_many_client_streams), both with
+// Retry-After. The gateway's web chat proxies every browser's stream from its own one address, so
+// the per-client default stays above the gateway's own cap on web chat streams.
 #include "engram/events/event.h"
 #include "engram/http/server.h"
 
@@ -12,6 +17,8 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 #include <unordered_map>
 
@@ -19,14 +26,19 @@ namespace engram::store {
 class Reader;
 }
 namespace engram::metrics {
+class Counter;
 class Registry;
-}
+}  // namespace engram::metrics
 
 namespace engram::event_store {
 
 class SseHub {
 public:
-    SseHub(store::Reader& reader, metrics::Registry& metrics, std::chrono::milliseconds keepalive);
+    struct Limits {
+        std::size_t max_streams = 512;
+        std::size_t max_per_client = 320;
+    };
+    SseHub(store::Reader& reader, metrics::Registry& metrics, std::chrono::milliseconds keepalive, Limits limits);
     ~SseHub();
     void start();
     void stop();
@@ -44,6 +56,9 @@ private:
     struct Subscriber;
     void run();
     void remove(const std::shared_ptr<Subscriber>& s);
+    // Takes a place for one more stream of `client` (a remote address), or gives the refusal.
+    std::optional<http::Response> reserve(const std::string& client);
+    void release(const std::string& client);
 
     store::Reader& reader_;
     std::chrono::milliseconds keepalive_;
@@ -55,6 +70,15 @@ private:
     std::int64_t last_seen_ = 0;  // last position committed through this process (guarded by mu_)
     bool stopping_ = false;
     std::thread thread_;
+
+    // The places taken by open (or opening) streams, by remote address. A mutex of its own: a
+    // Subscriber gives its place back when destroyed, wherever its last reference goes.
+    const Limits limits_;
+    std::mutex places_mu_;
+    std::size_t places_ = 0;
+    std::unordered_map<std::string, std::size_t> places_by_client_;
+    metrics::Counter* refused_global_ = nullptr;
+    metrics::Counter* refused_client_ = nullptr;
 };
 
 }  // namespace engram::event_store

@@ -404,4 +404,94 @@ TEST_CASE("an event the relay cannot publish blocks it loudly until max_payload 
     check_stream_equals_log(f, *nc);
     REQUIRE(testing::eventually([&] { return f.get("/readyz").status == 200; }, std::chrono::seconds(20)));
     CHECK(f.get("/metrics").body.find("engram_relay_blocked_position 0") != std::string::npos);
+
+// A raw event stream request from `source` (any 127.x.y.z: all of 127/8 is loopback); reads until the
+// end of the answer's head plus `until`, or 5 s.
+struct RawStream {
+    int fd = -1;
+    std::string got;
+    RawStream(const char* source, std::uint16_t port, const std::string& aggregate, const std::string& until) {
+        fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        REQUIRE(fd >= 0);
+        sockaddr_in from{};
+        from.sin_family = AF_INET;
+        ::inet_pton(AF_INET, source, &from.sin_addr);
+        REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) == 0);
+        REQUIRE(connect_loopback(fd, port));
+        std::string req = "GET /events/stream?aggregate_id=" + aggregate + " HTTP/1.1\r\nHost: x\r\n\r\n";
+        REQUIRE(::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size()));
+        timeval tv{5, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char buf[4096];
+        while (got.find("\r\n\r\n") == std::string::npos || got.find(until, got.find("\r\n\r\n")) == std::string::npos) {
+            auto n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) break;
+            got.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+    ~RawStream() { close(); }
+    void close() {
+        if (fd >= 0) ::close(fd);
+        fd = -1;
+    }
+    json body() const { return json::parse(got.substr(got.find("\r\n\r\n") + 4), nullptr, false); }
+};
+
+}  // namespace
+
+TEST_CASE("event streams are capped in all and per client address, each with a clear error", "[integration][sse]") {
+    StoreFixture f(
+        std::map<std::string, std::string>{{"EVENT_STORE_SSE_MAX_STREAMS", "3"}, {"EVENT_STORE_SSE_MAX_PER_CLIENT", "2"}});
+    auto clients = [&](int n) {
+        return testing::eventually(
+            [&] { return f.get("/metrics").body.find("engram_sse_clients " + std::to_string(n) + "\n") != std::string::npos; });
+    };
+    std::vector<std::unique_ptr<RawStream>> mine;
+    for (int i = 0; i < 2; ++i) {
+        mine.push_back(std::make_unique<RawStream>("127.0.0.1", f.app->port(), "session:web:cap", "retry: 1000"));
+        REQUIRE(mine.back()->got.rfind("HTTP/1.1 200", 0) == 0);
+    }
+    REQUIRE(clients(2));
+
+    // A third from the same address: 429, nothing registered.
+    RawStream third("127.0.0.1", f.app->port(), "session:web:cap", "}");
+    CHECK(third.got.rfind("HTTP/1.1 429", 0) == 0);
+    CHECK(third.got.find("Retry-After: 5\r\n") != std::string::npos);
+    auto err = third.body();
+    CHECK(err["error"] == "too_many_client_streams");
+    CHECK(err["limit"] == 2);
+    CHECK(err["detail"].get<std::string>().find("127.0.0.1") != std::string::npos);
+    // The client sees the status too (the store's JSON body is dropped).
+    http::Client c(f.app->url());
+    auto status = c.sse(
+        "/events/stream?aggregate_id=session:web:cap", {}, [](auto&, auto&, auto&) { return true; }, std::chrono::seconds(5));
+    REQUIRE(status.ok());
+    CHECK(*status == 429);
+
+    // Another address still gets a stream, up to the cap in all; then 503.
+    RawStream other("127.0.0.2", f.app->port(), "session:web:cap", "retry: 1000");
+    CHECK(other.got.rfind("HTTP/1.1 200", 0) == 0);
+    REQUIRE(clients(3));
+    RawStream over("127.0.0.3", f.app->port(), "session:web:cap", "}");
+    CHECK(over.got.rfind("HTTP/1.1 503", 0) == 0);
+    CHECK(over.got.find("Retry-After: 5\r\n") != std::string::npos);
+    CHECK(over.body()["error"] == "too_many_streams");
+    CHECK(over.body()["limit"] == 3);
+    auto metrics = f.get("/metrics").body;
+    CHECK(metrics.find("engram_sse_clients 3\n") != std::string::npos);
+    CHECK(metrics.find("engram_sse_refused_total{cap=\"per_client\"} 2") != std::string::npos);
+    CHECK(metrics.find("engram_sse_refused_total{cap=\"max_streams\"} 1") != std::string::npos);
+
+    // A stream that ends gives its place back; the store serves on.
+    mine.pop_back();
+    REQUIRE(clients(2));
+    REQUIRE(f.post(ev("session:web:cap", 1)).status == 201);
+    int events = 0;
+    auto again = c.sse(
+        "/events/stream?aggregate_id=session:web:cap", {}, [&](auto&, auto&, auto&) { return ++events < 1; },
+        std::chrono::seconds(5));
+    REQUIRE(again.ok());
+    CHECK(*again == 200);
+    CHECK(events == 1);
+    CHECK(f.get("/events?limit=10").json()["events"].size() == 1);
 }

@@ -30,7 +30,9 @@ namespace {
 // redelivery that arrives after later events of the same aggregate).
 Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, const std::string& aggregate, std::int64_t from,
                                                   std::int64_t to) {
-    http::Client c(store.url);
+    http::ClientOptions co;
+    co.response_limit = http::kStorePageResponseLimit;  // pages of up to 1000 events
+    http::Client c(store.url, co);
     http::Headers h;
     if (!store.token.empty()) h.emplace_back("Authorization", "Bearer " + store.token);
     std::vector<events::Event> out;

@@ -31,6 +31,7 @@ std::string one_line(std::string_view s) {
 Store::Store(const Globals& g)
     : url_(g.url), client_(g.url, [&] {
           http::ClientOptions o;
+          o.response_limit = http::kStorePageResponseLimit;  // pages of up to 1000 events
           if (!g.token.empty()) o.default_headers.emplace_back("Authorization", "Bearer " + g.token);
           return o;
       }()) {}

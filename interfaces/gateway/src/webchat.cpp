@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <cctype>
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
@@ -287,7 +288,9 @@ private:
     void read_header() {
         if (done_) return;
         parser_.emplace();
-        parser_->body_limit(boost::none);
+        // A number, never boost::none: Beast 1.74 compares a Content-Length against the empty optional
+        // as if it were 0, so every refusal with a JSON body (429, 503) failed as "body limit exceeded".
+        parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
         with_stream([&](auto& s) {
             bhttp::async_read_header(s, buffer_, *parser_, [self = shared_from_this()](error_code ec, std::size_t) {
                 if (ec) return self->fail(503, "unavailable", "reading the event store's answer failed: " + ec.message());
@@ -300,7 +303,9 @@ private:
         if (done_) return;
         int status = static_cast<int>(parser_->get().result_int());
         if (status != 200) {
-            if (status == 503) return fail(503, "unavailable", "the event store is unavailable; retry later");
+            if (status == 429 || status == 503)  // the store's caps on streams, or its database is down
+                return fail(503, "unavailable",
+                            "the event store cannot open the stream now (HTTP " + std::to_string(status) + "); retry later");
             return fail(502, "bad_gateway", "the event store answered the event stream with HTTP " + std::to_string(status));
         }
         out_ = res_->start_stream(

@@ -9,9 +9,12 @@
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <atomic>
 #include <boost/asio/post.hpp>
+#include <limits>
 #include <optional>
 
 #include "beast.h"
+#include "sse_parser.h"
+#include "engram/http/url.h"
 
 namespace engram::http {
 
@@ -80,66 +83,9 @@ bool closed_by_peer(const error_code& ec) {
            ec == net::error::broken_pipe || ec == net::error::connection_aborted || ec == ssl::error::stream_truncated;
 }
 
-// Incremental text/event-stream parser (WHATWG rules, minus `retry`).
-class SseParser {
-public:
-    using Callback = std::function<bool(const std::string&, const std::string&, const std::string&)>;
-    explicit SseParser(const Callback& cb) : cb_(cb) {}
-
-    // false once the callback asked to stop.
-    bool feed(const char* p, std::size_t n) {
-        for (std::size_t i = 0; i < n; ++i) {
-            char c = p[i];
-            if (c != '\n') {
-                line_.push_back(c);
-                continue;
-            }
-            if (!line_.empty() && line_.back() == '\r') line_.pop_back();
-            bool go_on = process_line();
-            line_.clear();
-            if (!go_on) return false;
-        }
-        return true;
-    }
-
-private:
-    bool process_line() {
-        if (line_.empty()) {
-            if (!has_data_) {
-                event_.clear();
-                return true;
-            }
-            std::string event = event_.empty() ? std::string("message") : std::move(event_);
-            bool go_on = cb_(last_id_, event, data_);
-            event_.clear();
-            data_.clear();
-            has_data_ = false;
-            return go_on;
-        }
-        if (line_.front() == ':') return true;  // comment / keep-alive
-        auto colon = line_.find(':');
-        std::string field = line_.substr(0, colon);
-        std::string value;
-        if (colon != std::string::npos) {
-            value = line_.substr(colon + 1);
-            if (!value.empty() && value.front() == ' ') value.erase(0, 1);
-        }
-        if (field == "data") {
-            if (has_data_) data_.push_back('\n');
-            data_ += value;
-            has_data_ = true;
-        } else if (field == "event") {
-            event_ = std::move(value);
-        } else if (field == "id") {
-            if (value.find('\0') == std::string::npos) last_id_ = std::move(value);
-        }
-        return true;
-    }
-
-    const Callback& cb_;
-    std::string line_, last_id_, event_, data_;
-    bool has_data_ = false;
-};
+// Response headers beyond this are refused like a body over the limit (Beast's default is 8 KiB,
+// which some real servers' headers approach).
+constexpr std::uint32_t kHeaderLimit = 64 * 1024;
 
 }  // namespace
 
@@ -217,11 +163,20 @@ struct Client::Impl {
 
     std::string where() const { return fmt::format("{}:{}", url.host, url.port); }
 
-    Error failure(const error_code& ec, std::string_view method, std::string_view target, std::string_view doing) {
+    Error failure(const error_code& ec, std::string_view method, std::string_view raw_target, std::string_view doing) {
         if (cancelled) return cancelled_error();
+        auto target = redact_target(raw_target);
         if (ec == beast::error::timeout)
             return scrub(Error::make("timeout", fmt::format("{} {}{} timed out while {} (limit {} ms)", method, where(), target,
                                                             doing, opts.timeout.count())));
+        if (ec == bhttp::error::body_limit)
+            return scrub(
+                Error::make("response_too_large", fmt::format("{} {}{}: the response body exceeds the client's limit of {} bytes "
+                                                              "(ClientOptions::response_limit)",
+                                                              method, where(), target, opts.response_limit)));
+        if (ec == bhttp::error::header_limit)
+            return scrub(Error::make("response_too_large", fmt::format("{} {}{}: the response header exceeds {} bytes", method,
+                                                                       where(), target, kHeaderLimit)));
         return scrub(Error::make("io", fmt::format("{} {}{} failed while {}: {}", method, where(), target, doing, ec.message())));
     }
 
@@ -330,18 +285,21 @@ struct Client::Impl {
                 lowest().expires_after(*read_timeout);
             else
                 lowest().expires_at(deadline);
-            ec = with_stream([&](auto& s) {
-                return run([&](auto h) {
-                    if (header_only)
-                        bhttp::async_read_header(s, buffer, *parser, std::move(h));
-                    else
-                        bhttp::async_read(s, buffer, *parser, std::move(h));
-                });
-            });
+            // The header first, then the body: Beast 1.74 checks a Content-Length against the body limit
+            // only at the end of the header and, reading eagerly, loses that error when body bytes
+            // follow in the same buffer. Reading the header alone keeps the check.
+            ec = with_stream(
+                [&](auto& s) { return run([&](auto h) { bhttp::async_read_header(s, buffer, *parser, std::move(h)); }); });
             if (ec) {
                 bool retry = reused && attempt == 0 && !parser->got_some() && closed_by_peer(ec);
                 drop();
                 if (retry) continue;
+                return failure(ec, method, target, "reading the response");
+            }
+            if (header_only) return ok();
+            ec = with_stream([&](auto& s) { return run([&](auto h) { bhttp::async_read(s, buffer, *parser, std::move(h)); }); });
+            if (ec) {
+                drop();
                 return failure(ec, method, target, "reading the response");
             }
             return ok();
@@ -365,18 +323,23 @@ Result<ClientResponse> Client::request(std::string_view method, std::string_view
     std::optional<bhttp::response_parser<bhttp::string_body>> parser;
     auto st = im.exchange(
         req, parser,
-        [head](auto& p) {
-            p.body_limit(boost::none);
+        [head, limit = im.opts.response_limit](auto& p) {
+            // A number, never boost::none: Beast 1.74 compares the Content-Length against the empty
+            // optional as if it were 0 and fails every answer whose header arrives in a segment of its
+            // own (the error is only overwritten when body bytes follow in the same buffer).
+            p.body_limit(static_cast<std::uint64_t>(limit));
+            p.header_limit(kHeaderLimit);
             if (head) p.skip(true);
         },
         deadline, false, std::nullopt);
     if (!st) return std::move(st).error();
+    bool reusable = !parser->need_eof();  // a body that ended with the connection
     auto msg = parser->release();
     ClientResponse out;
     out.status = static_cast<int>(msg.result_int());
     out.body = std::move(msg.body());
     copy_headers(msg, out.headers);
-    if (!msg.keep_alive()) im.drop();
+    if (!msg.keep_alive() || !reusable) im.drop();
     return out;
 }
 
@@ -401,7 +364,13 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
     auto req = im.make_request("GET", path, {}, headers);
     std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
     auto st = im.exchange(
-        req, parser, [](auto& p) { p.body_limit(boost::none); }, Clock::now() + im.opts.timeout, true, idle_timeout);
+        req, parser,
+        [](auto& p) {
+            // An event stream has no total size: SseParser bounds each line and event instead.
+            p.body_limit(std::numeric_limits<std::uint64_t>::max());
+            p.header_limit(kHeaderLimit);
+        },
+        Clock::now() + im.opts.timeout, true, idle_timeout);
     if (!st) return std::move(st).error();
     struct DropAtExit {
         Impl& im;
@@ -410,8 +379,8 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
 
     auto& p = *parser;
     int status = static_cast<int>(p.get().result_int());
-    bool events = status >= 200 && status < 300;
-    SseParser sse(on_event);
+    if (status < 200 || status >= 300) return status;  // the body is dropped with the connection
+    SseParser sse(on_event, im.opts.response_limit);
     std::array<char, 16 * 1024> buf;
     for (;;) {
         if (p.is_done()) return status;
@@ -422,17 +391,25 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
             [&](auto& s) { return im.run([&](auto hnd) { bhttp::async_read_some(s, im.buffer, p, std::move(hnd)); }); });
         if (ec == bhttp::error::need_buffer) ec = {};
         std::size_t n = buf.size() - p.get().body().size;
-        if (events && n > 0 && !sse.feed(buf.data(), n)) return status;
+        if (n > 0) {
+            auto fed = sse.feed({buf.data(), n});
+            if (fed == SseParser::Feed::stopped) return status;
+            if (fed == SseParser::Feed::too_large)
+                return im.scrub(Error::make("response_too_large",
+                                            fmt::format("GET {}{}: an event stream line or event exceeds the client's limit of "
+                                                        "{} bytes (ClientOptions::response_limit)",
+                                                        im.base_url, redact_target(path), im.opts.response_limit)));
+        }
         if (!ec) continue;
         if (ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message || ec == net::error::eof ||
             ec == ssl::error::stream_truncated)
             return status;
         if (im.cancelled) return im.cancelled_error();
         if (ec == beast::error::timeout)
-            return im.scrub(Error::make(
-                "timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url, path, idle_timeout.count())));
-        return im.scrub(Error::make(
-            "io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url, path, ec.message())));
+            return im.scrub(Error::make("timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url,
+                                                               redact_target(path), idle_timeout.count())));
+        return im.scrub(Error::make("io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url,
+                                                      redact_target(path), ec.message())));
     }
 }
 

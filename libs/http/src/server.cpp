@@ -23,22 +23,33 @@ using namespace detail;
 constexpr std::size_t kHeaderLimit = 16 * 1024;
 constexpr std::size_t kLingerBytes = 8 << 20;   // drained after an error answer at most
 constexpr std::chrono::seconds kLingerTime{2};  // ... for at most this long
+// Connections over max_connections still get their 503 (and a linger, so the client reads it rather
+// than a reset); past this many being refused at once, further ones are closed without a word.
+constexpr std::size_t kMaxRefusing = 64;
 
-// Handlers run here. stop() drops what is queued (their Responders answer nothing: the server is
-// stopping) and joins the threads once the running handlers return.
+// Handlers run here, at most `max_queued` waiting. stop() drops what is queued (their Responders
+// answer nothing: the server is stopping) and joins the threads once the running handlers return.
 class WorkerPool {
 public:
-    void start(int n) {
+    enum class Submit { queued, full, stopping };
+
+    void start(int n, std::size_t max_queued) {
+        max_queued_ = max_queued;
         for (int i = 0; i < std::max(1, n); ++i) threads_.emplace_back([this] { run(); });
     }
-    bool submit(std::function<void()> task) {
+    Submit submit(std::function<void()> task) {
         {
             std::lock_guard lk(mu_);
-            if (stopping_) return false;
+            if (stopping_) return Submit::stopping;
+            if (tasks_.size() >= max_queued_) return Submit::full;
             tasks_.push_back(std::move(task));
         }
         cv_.notify_one();
-        return true;
+        return Submit::queued;
+    }
+    std::size_t queued() const {
+        std::lock_guard lk(mu_);
+        return tasks_.size();
     }
     void stop() {
         std::deque<std::function<void()>> dropped;
@@ -69,10 +80,11 @@ private:
         }
     }
 
-    std::mutex mu_;
+    mutable std::mutex mu_;
     std::condition_variable cv_;
     std::deque<std::function<void()>> tasks_;
     std::vector<std::thread> threads_;
+    std::size_t max_queued_ = 0;
     bool stopping_ = false;
 };
 
@@ -93,15 +105,27 @@ struct Core : std::enable_shared_from_this<Core> {
         net::post(ex, std::forward<F>(f));
         return true;
     }
-    bool add(Session* s, std::weak_ptr<Session> w) {
+    enum class Admit { serve, refuse, drop };
+    // Registers a new connection: served while under max_connections, else refused with a 503 (or,
+    // when too many are being refused already or the server stops, dropped at once).
+    Admit add(Session* s, std::weak_ptr<Session> w) {
         std::lock_guard lk(mu);
-        if (stopped) return false;
+        if (stopped) return Admit::drop;
+        Admit a = Admit::serve;
+        if (served >= opts.max_connections) a = refusing < kMaxRefusing ? Admit::refuse : Admit::drop;
+        if (a == Admit::drop) return a;
+        ++(a == Admit::serve ? served : refusing);
         sessions.emplace(s, std::move(w));
-        return true;
+        return a;
     }
-    void remove(Session* s) {
+    void remove(Session* s, bool refused) {
         std::lock_guard lk(mu);
-        sessions.erase(s);
+        if (sessions.erase(s) == 0) return;
+        --(refused ? refusing : served);
+    }
+    std::size_t open_connections() {
+        std::lock_guard lk(mu);
+        return served;
     }
     void invoke(Request& req, const std::shared_ptr<Responder>& res);
     void do_accept();
@@ -119,7 +143,9 @@ struct Core : std::enable_shared_from_this<Core> {
 
     std::mutex mu;
     bool stopped = false;
-    std::unordered_map<Session*, std::weak_ptr<Session>> sessions;
+    std::unordered_map<Session*, std::weak_ptr<Session>> sessions;  // served and refused ones
+    std::size_t served = 0;                                         // counted against max_connections
+    std::size_t refusing = 0;                                       // being answered 503 and closed
 };
 
 std::string frame_chunk(std::string chunk, bool chunked) {
@@ -283,12 +309,26 @@ public:
         auto ep = stream_.socket().remote_endpoint(ec);
         if (!ec) remote_ = fmt::format("{}:{}", ep.address().to_string(), ep.port());
     }
-    ~Session() { core_->remove(this); }
+    ~Session() { core_->remove(this, refused_); }
 
     const net::any_io_executor& executor() const { return ex_; }
 
     void start() {
         net::dispatch(ex_, [self = shared_from_this()] { self->do_read(); });
+    }
+    // Closes a connection that is neither served nor refused (too many refused at once, stopping).
+    void drop() {
+        net::dispatch(ex_, [self = shared_from_this()] { self->close_now(); });
+    }
+    // Over max_connections: the 503 at once, without reading the request (the linger drains it).
+    void refuse() {
+        refused_ = true;
+        net::dispatch(ex_, [self = shared_from_this()] {
+            self->write_error(503, "overloaded",
+                              fmt::format("the server has too many open connections (limit {}); retry later",
+                                          self->core_->opts.max_connections),
+                              {{"Retry-After", "1"}});
+        });
     }
 
     // Any thread.
@@ -341,6 +381,7 @@ private:
     void on_header(error_code ec, std::size_t n) {
         if (closed_) return;
         if (ec || parser_->is_done()) return on_read(ec, n);
+        stream_.expires_after(core_->opts.idle_timeout);  // the body gets a window of its own
         // A client that asks before sending its body (curl does for large ones) gets the go-ahead;
         // a too-large body has already been refused by the parser at this point.
         if (beast::iequals(parser_->get()[bhttp::field::expect], "100-continue")) {
@@ -396,18 +437,28 @@ private:
         parser_.reset();
 
         auto responder = std::make_shared<ResponderImpl>(shared_from_this(), version_);
-        bool queued = core_->pool.submit([core = core_, req = std::move(req), responder = std::move(responder)]() mutable {
+        auto queued = core_->pool.submit([core = core_, req = std::move(req), responder]() mutable {
             std::shared_ptr<Responder> r = std::move(responder);
             core->invoke(req, r);
         });
-        if (!queued) close_now();
+        if (queued == WorkerPool::Submit::stopping) return close_now();
+        if (queued == WorkerPool::Submit::full) {
+            // Answered here, on the I/O thread, without a worker; the connection stays usable.
+            auto r = Response::error(
+                503, "overloaded",
+                fmt::format("the server's request queue is full ({} waiting); retry later", core_->opts.max_queued));
+            r.headers.emplace_back("Retry-After", "1");
+            responder->respond(std::move(r));
+        }
     }
 
-    void write_error(int status, std::string_view code, std::string detail) {
+    void write_error(int status, std::string_view code, std::string detail, Headers headers = {}) {
         version_ = 11;
         keep_alive_ = false;
         head_ = false;
-        write_response(Response::error(status, code, detail));
+        auto r = Response::error(status, code, detail);
+        r.headers = std::move(headers);
+        write_response(std::move(r));
     }
 
     void write_response(Response r) {
@@ -577,6 +628,7 @@ private:
     bool keep_alive_ = true;
     bool head_ = false;
     bool closed_ = false;
+    bool refused_ = false;  // over max_connections: answered 503 and closed
 
     bool streaming_ = false;
     bool writing_ = false;
@@ -648,10 +700,10 @@ void Core::invoke(Request& req, const std::shared_ptr<Responder>& res) {
         handler(req, res);
         return;
     } catch (const std::exception& e) {
-        spdlog::warn("http: handler for {} {} threw: {}", req.method, req.target, e.what());
+        spdlog::warn("http: handler for {} {} threw: {}", req.method, redact_target(req.target), e.what());
         res->respond(Response::error(500, "internal", e.what()));
     } catch (...) {
-        spdlog::warn("http: handler for {} {} threw a non-exception", req.method, req.target);
+        spdlog::warn("http: handler for {} {} threw a non-exception", req.method, redact_target(req.target));
         res->respond(Response::error(500, "internal", "unknown error"));
     }
 }
@@ -671,7 +723,17 @@ void Core::do_accept() {
         error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);
         auto session = std::make_shared<Session>(self, std::move(socket));
-        if (self->add(session.get(), session)) session->start();
+        switch (self->add(session.get(), session)) {
+            case Admit::serve:
+                session->start();
+                break;
+            case Admit::refuse:
+                session->refuse();
+                break;
+            case Admit::drop:
+                session->drop();
+                break;
+        }
         self->do_accept();
     });
 }
@@ -721,7 +783,7 @@ void Server::start() {
     if (ec) throw std::runtime_error(fmt::format("cannot listen on {}: {}", where, ec.message()));
     im.port = acc.local_endpoint(ec).port();
 
-    core->pool.start(im.opts.worker_threads);
+    core->pool.start(im.opts.worker_threads, std::max<std::size_t>(1, im.opts.max_queued));
     core->do_accept();
     for (int i = 0; i < std::max(1, im.opts.io_threads); ++i) {
         im.io_threads.emplace_back([core] {
@@ -769,5 +831,9 @@ void Server::stop() {
 std::uint16_t Server::port() const { return impl_->port; }
 
 std::size_t Server::open_streams() const { return impl_->core ? impl_->core->open_streams.load() : 0; }
+
+std::size_t Server::open_connections() const { return impl_->core ? impl_->core->open_connections() : 0; }
+
+std::size_t Server::queued_requests() const { return impl_->core ? impl_->core->pool.queued() : 0; }
 
 }  // namespace engram::http

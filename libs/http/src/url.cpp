@@ -62,4 +62,33 @@ std::map<std::string, std::string> parse_query(std::string_view query) {
     return out;
 }
 
+std::string redact_target(std::string_view target) {
+    auto q = target.find('?');
+    if (q == std::string_view::npos) return std::string(target);
+    std::string out(target.substr(0, q + 1));
+    auto query = target.substr(q + 1);
+    bool first = true;
+    while (true) {
+        auto amp = query.find('&');
+        auto part = query.substr(0, amp);
+        if (!first) out.push_back('&');
+        first = false;
+        auto eq = part.find('=');
+        std::string name = url_decode(part.substr(0, eq), true);
+        for (auto& c : name)
+            if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+        bool secret = name == "access_token" || name == "token" || name == "api_key" || name == "key" || name == "password" ||
+                      name == "secret";
+        if (secret && eq != std::string_view::npos) {
+            out.append(part.substr(0, eq + 1));
+            out += "<redacted>";
+        } else {
+            out.append(part);
+        }
+        if (amp == std::string_view::npos) break;
+        query = query.substr(amp + 1);
+    }
+    return out;
+}
+
 }  // namespace engram::http

@@ -60,7 +60,9 @@ std::unique_ptr<Process> Stack::start(const std::string& relative_binary, const 
 }
 
 std::vector<nlohmann::json> Stack::aggregate(const std::string& aggregate_id) {
-    http::Client c(url());
+    http::ClientOptions o;
+    o.response_limit = http::kStorePageResponseLimit;
+    http::Client c(url(), o);
     auto r = c.get("/aggregates/" + http::url_encode(aggregate_id) + "/events?limit=1000");
     if (!r.ok() || r->status != 200) return {};
     auto evs = r->json()["events"];

@@ -2,6 +2,7 @@
 // Blocking HTTP/1.1 client (plain or HTTPS) for tests, the CLI and services calling each other or an
 // OpenAI-compatible LLM. Boost.Beast/Asio stay behind a pimpl.
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <map>
 #include <memory>
@@ -34,14 +35,23 @@ struct ClientOptions {
     bool verify_tls = true;                    // verify the certificate chain and host name
     std::vector<std::string> redact;           // replaced by "<redacted>" in error details (e.g. a
                                                // token inside the path, as in Telegram's /bot<token>/)
+    // The largest response body request() reads, and the largest event sse() buffers (one line, or
+    // the joined data of one event); beyond it the Error "response_too_large" (the limit in its detail)
+    // and the connection is dropped. A server cannot make the client's memory grow without bound.
+    std::size_t response_limit = 16 << 20;
 };
+
+// The response_limit for clients that read pages of engram's own event store (up to 1000 events of
+// up to 1 MiB each, bounded by the store's own limits): more than the default allows.
+inline constexpr std::size_t kStorePageResponseLimit = std::size_t{1100} << 20;
 
 // Blocking client for one base URL ("http://127.0.0.1:8080" or "https://host[:port][/prefix]"), reusing
 // one keep-alive connection; reconnects transparently once when a reused connection turns out closed.
 // Not thread-safe: one per thread.
 //
 // Errors are engram::Error values with code "bad_url", "connect" (resolve, TCP or TLS handshake),
-// "timeout" or "io", and a detail naming the host.
+// "timeout", "io", "response_too_large" (over ClientOptions::response_limit) or "cancelled", and a
+// detail naming the host. Any `access_token` query parameter is shown as "<redacted>" in details.
 class Client {
 public:
     explicit Client(std::string base_url, ClientOptions opts = {});
@@ -57,9 +67,10 @@ public:
 
     // Server-Sent Events: GET path, calls on_event(id, event, data) for each event until it returns
     // false, the timeout since the last byte passes, or the server closes. Returns the status (also for
-    // a non-200 answer, whose body is dropped), or an Error (code "timeout"/"connect"/"io"); the idle
-    // timeout passing is the Error "timeout". `id` is the last event id seen (SSE rules), `event`
-    // defaults to "message", multi-line data is joined with '\n'. Uses its own connection, closed after.
+    // a non-2xx answer, returned as soon as its header is read; its body is dropped), or an Error (code
+    // "timeout"/"connect"/"io"/"response_too_large"); the idle timeout passing is the Error "timeout".
+    // `id` is the last event id seen (SSE rules), `event` defaults to "message", multi-line data is
+    // joined with '\n'; lines may end with CR LF, LF or CR. Uses its own connection, closed after.
     Result<int> sse(std::string_view path, const Headers& h,
                     const std::function<bool(const std::string& id, const std::string& event, const std::string& data)>& on_event,
                     std::chrono::milliseconds idle_timeout);

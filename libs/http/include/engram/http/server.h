@@ -81,14 +81,25 @@ public:
 
 using Handler = std::function<void(Request& req, std::shared_ptr<Responder> res)>;
 
+// The caps are what a stranger can hold open; the defaults never bother a normal user. See the limits
+// table in libs/http/README.md.
 struct ServerOptions {
     std::string host = "127.0.0.1";
-    std::uint16_t port = 0;                 // 0 = pick a free port
-    int io_threads = 2;                     // socket I/O only
-    int worker_threads = 16;                // handlers run here and may block (database reads)
-    std::size_t body_limit = 1 << 20;       // larger body -> 413 {"error":"payload_too_large",...}, handler not called
-    std::chrono::seconds idle_timeout{60};  // keep-alive connections idle longer are closed
+    std::uint16_t port = 0;            // 0 = pick a free port
+    int io_threads = 2;                // socket I/O only
+    int worker_threads = 16;           // handlers run here and may block (database reads)
+    std::size_t body_limit = 1 << 20;  // larger body -> 413 {"error":"payload_too_large",...}, handler not called
+    // A connection with no request within this is closed: kept-alive ones between requests, new ones
+    // before the first; it also bounds receiving a request's header, and separately its body. An open
+    // stream is never idle.
+    std::chrono::milliseconds idle_timeout{60000};
     std::size_t stream_queue_limit = 4 << 20;
+    // Open connections (streams included). One more is answered 503 {"error":"overloaded"} with
+    // Retry-After and closed, without reading its request.
+    std::size_t max_connections = 1024;
+    // Requests read and waiting for a worker. One more is answered 503 {"error":"overloaded"} with
+    // Retry-After (the connection stays usable), never queued without bound.
+    std::size_t max_queued = 4096;
 };
 
 class Server {
@@ -105,6 +116,8 @@ public:
     void stop();
     std::uint16_t port() const;
     std::size_t open_streams() const;
+    std::size_t open_connections() const;  // counted against max_connections (refused ones are not)
+    std::size_t queued_requests() const;   // read, waiting for a worker (counted against max_queued)
 
 private:
     struct Impl;

@@ -12,5 +12,10 @@ std::string url_encode(std::string_view s);
 std::string url_decode(std::string_view s, bool plus_as_space = false);
 // "a=1&b=x+y&c" -> {a:"1", b:"x y", c:""}; percent-decoded, '+' = space, the last duplicate wins.
 std::map<std::string, std::string> parse_query(std::string_view query);
+// `target` (path and query) with the value of every query parameter that carries a credential
+// (access_token, token, api_key, key, password, secret; names compared case-insensitively after
+// decoding) replaced by "<redacted>", for logs and error details:
+// "/events/stream?aggregate_id=a&access_token=s3cret" -> "/events/stream?aggregate_id=a&access_token=<redacted>".
+std::string redact_target(std::string_view target);
 
 }  // namespace engram::http

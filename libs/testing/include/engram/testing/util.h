@@ -14,8 +14,13 @@ int free_port();
 // final value (it is evaluated once more at the deadline).
 bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
+// True once something accepts TCP connections on 127.0.0.1:port (polled), false after `timeout`.
+bool wait_for_port(int port, std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
 // CMAKE_BINARY_DIR of the build the tests belong to, to find the service binaries under test.
 std::string build_dir();
+// CMAKE_SOURCE_DIR of that build, to find scripts the tests run (tests/fakes/*.py).
+std::string source_dir();
 
 // The whole contents of a file ("" when it cannot be read), and its last `max_bytes` bytes.
 std::string read_file(const std::string& path);
