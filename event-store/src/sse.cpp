@@ -5,6 +5,7 @@
 #include "engram/store/query.h"
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 
 namespace engram::event_store {
@@ -23,11 +24,16 @@ std::string address_of(const std::string& remote) {
 }  // namespace
 
 struct SseHub::Subscriber {
-    SseHub* hub = nullptr;  // set once the stream holds a place (reserve), given back on destruction
+    // The place taken by reserve(), given back once: when the stream leaves the hub (so that the
+    // streams counted and the places taken agree at every moment), or when a stream that never
+    // joined is dropped.
+    SseHub* hub = nullptr;
     std::string client;
-    ~Subscriber() {
-        if (hub) hub->release(client);
+    std::atomic<bool> holds_place{false};
+    void give_back_place() {
+        if (holds_place.exchange(false)) hub->release(client);
     }
+    ~Subscriber() { give_back_place(); }
 
     std::string aggregate_id;
     std::optional<std::string> type_glob;
@@ -136,6 +142,7 @@ void SseHub::remove(const std::shared_ptr<Subscriber>& s) {
     auto& v = it->second;
     auto before = v.size();
     v.erase(std::remove(v.begin(), v.end(), s), v.end());
+    if (v.size() != before) s->give_back_place();  // before count_ drops: a reader of clients() may retry at once
     count_ -= before - v.size();
     if (v.empty()) by_aggregate_.erase(it);
 }
@@ -235,8 +242,9 @@ void SseHub::serve(http::Request& req, const std::shared_ptr<http::Responder>& r
     }
     auto client = address_of(req.remote);
     if (auto refused = reserve(client)) return res->respond(std::move(*refused));
-    sub->hub = this;  // from here on every way out gives the place back (~Subscriber)
+    sub->hub = this;  // from here on every way out gives the place back
     sub->client = std::move(client);
+    sub->holds_place = true;
     // Probe the database before committing to a 200 stream, so an outage is a clear 503.
     if (auto ping = reader_.ping(); !ping) return res->respond(http::Response::error(503, "unavailable", ping.error().detail));
 

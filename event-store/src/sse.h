@@ -71,8 +71,8 @@ private:
     bool stopping_ = false;
     std::thread thread_;
 
-    // The places taken by open (or opening) streams, by remote address. A mutex of its own: a
-    // Subscriber gives its place back when destroyed, wherever its last reference goes.
+    // The places taken by open (or opening) streams, by remote address. A mutex of its own, taken
+    // inside mu_ (remove) or alone (reserve, a Subscriber destroyed wherever its last reference goes).
     const Limits limits_;
     std::mutex places_mu_;
     std::size_t places_ = 0;

@@ -35,12 +35,6 @@ json text_update(std::int64_t update_id, const std::string& chat, const std::str
               {"text", text}}}};
 }
 
-std::size_t count_lines(const std::string& text, const std::string& needle) {
-    std::size_t n = 0;
-    for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
-    return n;
-}
-
 // A browser of the web chat: its cookie from GET /.
 std::string new_session(http::Client& gw) {
     auto r = gw.get("/");
@@ -123,9 +117,8 @@ TEST_CASE("gateway: Telegram long polling against Python's http.server, appends 
     REQUIRE(m.ok());
     CHECK(m->body.find("engram_gateway_telegram_updates_total{outcome=\"stored\"} 199") != std::string::npos);
     // Each append went through nginx and was committed.
-    auto log = nginx.access_log();
     INFO(nginx.error_log());
-    CHECK(count_lines(log, "201 \"POST /events HTTP/1.1\" upstream=201") == static_cast<std::size_t>(total));
+    CHECK(testing::eventually([&] { return nginx.count("201 \"POST /events HTTP/1.1\" upstream=201") == std::size_t(total); }));
     auto ready = gw.client->get("/readyz");
     REQUIRE(ready.ok());
     CHECK(ready->json()["checks"]["telegram"]["state"] == "ok");
@@ -161,7 +154,7 @@ TEST_CASE("web chat through nginx: messages appended and the browser's event str
     REQUIRE(texts.size() == static_cast<std::size_t>(total + 1));
     CHECK(texts.front() == "hello 0");
     CHECK(texts[total - 1] == "hello 49");
-    CHECK(count_lines(nginx.access_log(), "\"POST /events HTTP/1.1\" upstream=201") == static_cast<std::size_t>(total + 1));
+    CHECK(testing::eventually([&] { return nginx.count("\"POST /events HTTP/1.1\" upstream=201") == std::size_t(total + 1); }));
 }
 
 TEST_CASE("web chat: the store's per-client cap on streams reaches the browser as 503, and the next one opens",

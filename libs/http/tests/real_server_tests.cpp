@@ -139,7 +139,7 @@ TEST_CASE("through nginx: 200 requests to the Python fake and to our server, and
         CHECK(*r == 200);
         check_frames(got);
         INFO(nginx.error_log());
-        CHECK(nginx.access_log().find("200 \"GET /events/stream HTTP/1.1\" upstream=200") != std::string::npos);
+        CHECK(testing::eventually([&] { return nginx.count("200 \"GET /events/stream HTTP/1.1\" upstream=200") == 1; }));
     }
 
     SECTION("nginx in front of engram::http::Server, live events unbuffered") {
@@ -265,6 +265,6 @@ TEST_CASE("through nginx in front of the real event store: 200 requests and the 
     REQUIRE(positions.size() == 72);
     for (std::size_t i = 1; i < positions.size(); ++i) CHECK(positions[i] == positions[i - 1] + 1);
     INFO(nginx.error_log());
-    CHECK(nginx.access_log().find("200 \"GET /events/stream?aggregate_id=user:nginx HTTP/1.1\" upstream=200") !=
-          std::string::npos);
+    CHECK(testing::eventually(
+        [&] { return nginx.count("200 \"GET /events/stream?aggregate_id=user:nginx HTTP/1.1\" upstream=200") == 1; }));
 }

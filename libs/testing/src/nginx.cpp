@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -90,5 +91,12 @@ std::string Nginx::url() const { return "http://127.0.0.1:" + std::to_string(por
 std::string Nginx::error_log() const { return tail_file(dir_ + "/error.log", 8000); }
 
 std::string Nginx::access_log() const { return read_file(dir_ + "/access.log"); }
+
+std::size_t Nginx::count(const std::string& needle) const {
+    std::size_t n = 0;
+    std::istringstream in(access_log());
+    for (std::string line; std::getline(in, line);) n += line.find(needle) != std::string::npos;
+    return n;
+}
 
 }  // namespace engram::testing

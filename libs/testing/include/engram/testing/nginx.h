@@ -26,7 +26,10 @@ public:
     std::string url() const;  // http://127.0.0.1:<port>
     int port() const { return port_; }
     std::string error_log() const;
-    std::string access_log() const;  // one line per request: "<status> <request line> <upstream status>"
+    std::string access_log() const;  // one line per request: <status> "<request line>" upstream=<status>
+    // Lines of the access log containing `needle`. nginx writes a line once it has sent the answer, so
+    // a client may see the answer a moment before its line: poll with eventually().
+    std::size_t count(const std::string& needle) const;
 
 private:
     std::string dir_;
