@@ -404,6 +404,9 @@ TEST_CASE("an event the relay cannot publish blocks it loudly until max_payload 
     check_stream_equals_log(f, *nc);
     REQUIRE(testing::eventually([&] { return f.get("/readyz").status == 200; }, std::chrono::seconds(20)));
     CHECK(f.get("/metrics").body.find("engram_relay_blocked_position 0") != std::string::npos);
+}
+
+namespace {
 
 // A raw event stream request from `source` (any 127.x.y.z: all of 127/8 is loopback); reads until the
 // end of the answer's head plus `until`, or 5 s.
