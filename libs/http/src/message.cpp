@@ -46,7 +46,10 @@ Response Response::text(int status, std::string body, std::string content_type) 
     return r;
 }
 
-nlohmann::json ClientResponse::json() const { return nlohmann::json::parse(body, nullptr, false); }
+nlohmann::json ClientResponse::json(int max_depth) const {
+    auto r = parse_json(body, "the answer", max_depth);
+    return r ? std::move(*r) : nlohmann::json(nlohmann::json::value_t::discarded);
+}
 
 std::string ClientResponse::header(std::string_view lower_name) const {
     auto it = headers.find(std::string(lower_name));

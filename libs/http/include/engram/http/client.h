@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engram/core/json.h"
 #include "engram/core/result.h"
 #include "engram/http/server.h"  // Headers
 #include "engram/http/url.h"
@@ -21,8 +22,9 @@ struct ClientResponse {
     int status = 0;
     std::string body;
     std::map<std::string, std::string> headers;  // names lower-case
-    // The body parsed as JSON; a discarded value (is_discarded()) when it is not JSON.
-    nlohmann::json json() const;
+    // The body parsed with parse_json (nesting at most max_depth levels, numbers in range); a discarded
+    // value (is_discarded()) when it is not JSON or is refused.
+    nlohmann::json json(int max_depth = kMaxJsonDepth) const;
     std::string header(std::string_view lower_name) const;  // "" when absent
 };
 
