@@ -140,14 +140,9 @@ struct App::Impl {
     }
 
     void append(http::Request& req, const std::shared_ptr<http::Responder>& res) {
-        nlohmann::json body;
-        try {
-            body = nlohmann::json::parse(req.body);
-        } catch (const nlohmann::json::parse_error& e) {
-            return res->respond(
-                http::Response::error(400, "invalid_json", std::string("the body is not valid JSON: ") + e.what()));
-        }
-        auto parsed = store::parse_append(body);
+        // Bounded: a body nested deeper than kMaxJsonDepth, or with a number out of range, is a 400
+        // invalid_json before anything copies it.
+        auto parsed = store::parse_append_body(req.body);
         if (!parsed) return res->respond(error_response(parsed.error()));
         if (auto fits = publishable(*parsed, req.body.size()); !fits) return res->respond(error_response(fits.error()));
         writer.submit(std::move(*parsed), [res](Result<store::AppendOutcome> r) {

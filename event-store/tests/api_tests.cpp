@@ -174,7 +174,7 @@ TEST_CASE("bad input is rejected with a clear 400 and nothing is written", "[int
         {"batch with a repeated id",
          R"({"aggregate_id":"a","events":[{"type":"X","id":"6f9619ff-8b86-d011-b42d-00cf4fc964ff"},{"type":"Y","id":"6f9619ff-8b86-d011-b42d-00cf4fc964ff"}]})",
          "invalid_event", "duplicates"},
-        {"NUL in a string", R"({"type":"X","aggregate_id":"a","data":{"t":"a\u0000b"}})", "invalid_event", ""},
+        {"NUL in a string", R"({"type":"X","aggregate_id":"a","data":{"t":"a\u0000b"}})", "invalid_event", "U+0000"},
     };
     for (const auto& c : cases) {
         SECTION(c.name) {

@@ -17,6 +17,15 @@ std::string field_msg(std::string_view field, std::string_view what) {
     return "field '" + std::string(field) + "' " + std::string(what);
 }
 
+// PostgreSQL's jsonb refuses U+0000 in a string or key; checked here so the answer is a 400 that
+// names the field instead of a refused insert.
+std::optional<Error> nul_problem(std::string_view field, const json& v) {
+    auto at = find_nul(v);
+    if (!at) return std::nullopt;
+    return invalid(
+        field_msg(field, "holds U+0000 at " + (at->empty() ? std::string("its top") : *at) + " (PostgreSQL cannot store it)"));
+}
+
 // Decodes one UTF-8 sequence at s[i]; returns the code point and advances i. Invalid bytes decode as
 // U+FFFD (nlohmann's parser already refuses invalid UTF-8 in request bodies).
 char32_t next_code_point(std::string_view s, std::size_t& i) {
@@ -97,6 +106,7 @@ Result<NewEvent> parse_event(const json& j, const std::string* inherited_aggrega
 
     if (auto it = j.find("data"); it != j.end()) {
         if (!it->is_object()) return invalid(field_msg("data", "must be a JSON object"));
+        if (auto p = nul_problem("data", *it)) return *p;
         e.data = *it;
     }
 
@@ -106,6 +116,7 @@ Result<NewEvent> parse_event(const json& j, const std::string* inherited_aggrega
             auto m = it->find(std::string(key));
             if (m != it->end() && !m->is_string()) return invalid(field_msg("metadata." + std::string(key), "must be a string"));
         }
+        if (auto p = nul_problem("metadata", *it)) return *p;
         e.metadata = *it;
     }
     return e;
@@ -173,6 +184,12 @@ Result<AppendRequest> parse_append_request(const json& body) {
         req.events.push_back(std::move(e.value()));
     }
     return req;
+}
+
+Result<AppendRequest> parse_append_body(std::string_view body) {
+    auto j = parse_json(body, "the body");
+    if (!j) return std::move(j).error();
+    return parse_append_request(*j);
 }
 
 bool same_content(const NewEvent& n, const Event& s) {

@@ -333,3 +333,34 @@ TEST_CASE("valid_type_name and valid_aggregate_id", "[unit][events]") {
     CHECK_FALSE(valid_aggregate_id(""));
     CHECK_FALSE(valid_aggregate_id("a\rb"));
 }
+
+TEST_CASE("parse_append_body: bounded JSON first, then the envelope rules", "[unit][events]") {
+    auto deep = parse_append_body(std::string(100000, '[') + std::string(100000, ']'));
+    REQUIRE_FALSE(deep.ok());
+    CHECK(deep.error().code == codes::invalid_json);
+    CHECK(deep.error().detail == "the body has nesting deeper than 64 levels (at byte 66)");
+    auto big = parse_append_body(R"({"type":"X","aggregate_id":"a","data":{"x":1e400}})");
+    REQUIRE_FALSE(big.ok());
+    CHECK(big.error().code == codes::invalid_json);
+    CHECK(big.error().detail == "the body has a number out of range: 1e400");
+    auto bad = parse_append_body(R"({"type":"X"})");
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.error().code == codes::invalid_event);
+    auto ok = parse_append_body(R"({"type":"X","aggregate_id":"a","data":{"a":1,"a":2}})");
+    REQUIRE(ok.ok());
+    CHECK(ok->events.at(0).data == json{{"a", 2}});  // the last of repeated keys, as jsonb keeps it
+}
+
+TEST_CASE("U+0000 in data or metadata, strings or keys, is refused naming where", "[unit][events]") {
+    const std::string nul("\0", 1);
+    CHECK(parse_error(with(minimal(), "data", {{"t", "a" + nul}})) ==
+          "field 'data' holds U+0000 at /t (PostgreSQL cannot store it)");
+    CHECK(parse_error(with(minimal(), "data", {{"k" + nul, 1}})) ==
+          "field 'data' holds U+0000 at /k" + nul + " (PostgreSQL cannot store it)");
+    CHECK(parse_error(with(minimal(), "data", {{"a/b", {1, {{"c~", nul}}}}})).find("at /a~1b/1/c~0") != std::string::npos);
+    CHECK(parse_error(with(minimal(), "metadata", {{"note", nul}})).rfind("field 'metadata' holds U+0000 at /note", 0) == 0);
+    CHECK(append_error({{"aggregate_id", "session:web:1"}, {"events", {minimal(), with(minimal(), "data", {{"t", nul}})}}})
+              .rfind("events[1]: field 'data' holds U+0000", 0) == 0);
+    // Other control characters are fine in data (jsonb stores them).
+    CHECK(parse_error(with(minimal(), "data", {{"t", "\x01\x1f"}})).empty());
+}

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "engram/core/json.h"
+#include "engram/events/catalog.h"
 #include "engram/events/codes.h"
 #include "engram/events/schema.h"
 
@@ -245,4 +247,27 @@ TEST_CASE("check_schema accepts the subset and names what it refuses", "[unit][e
     CHECK(refuse(R"({"anyOf":{}})") == "#/anyOf: must be a non-empty array of schemas");
     CHECK(refuse(R"({"items":{"type":"nope"}})") == R"(#/items/type: unknown type "nope")");
     CHECK(refuse(R"({"additionalProperties":5})") == "#/additionalProperties: a schema must be an object or a boolean");
+}
+
+TEST_CASE("schema: every catalog schema answers on data at the depth limit and on odd numbers", "[unit][events]") {
+    const auto& catalog = Catalog::builtin();
+    json deep = json::object();
+    for (int i = 1; i < kMaxJsonDepth; ++i) deep = json{{"text", std::move(deep)}, {"attachments", {deep}}};
+    json odd = {{"text", "x"},      {"update_id", 1e19},   {"chat_id", -0},     {"message_id", 18446744073709551615ULL},
+                {"size", -1e308},   {"attachments", {{}}}, {"user_id", json()}, {"session_id", std::string(1000, 'x')},
+                {"iteration", 1.5}, {"results", {1, "a"}}, {"from", {1, 2, 3}}, {"sent_at", "2026-02-30T10:00:00Z"}};
+    for (const auto& entry : catalog.entries()) {
+        INFO(entry.type);
+        for (const json* data : {&deep, &odd}) {
+            auto s = catalog.validate(entry.type, *data);
+            if (!s) {
+                CHECK(s.error().code == "schema_violation");
+                CHECK(s.error().detail.rfind(entry.type + ".data", 0) == 0);
+            }
+        }
+    }
+    // A schema as deep as a document may be, validating itself.
+    json schema = true;
+    for (int i = 0; i < kMaxJsonDepth / 2; ++i) schema = json{{"items", std::move(schema)}, {"type", "array"}};
+    CHECK(validate_schema(schema, schema, "x").error().detail.rfind("x: expected array, got object", 0) == 0);
 }

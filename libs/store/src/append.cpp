@@ -18,6 +18,12 @@ Result<AppendRequest> parse_append(const nlohmann::json& body) {
     return req;
 }
 
+Result<AppendRequest> parse_append_body(std::string_view body) {
+    auto j = parse_json(body, "the body");
+    if (!j) return std::move(j).error();
+    return parse_append(*j);
+}
+
 nlohmann::json outcome_json(const AppendOutcome& o) {
     auto arr = nlohmann::json::array();
     for (const auto& a : o.events)

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engram/core/json.h"
 #include "engram/core/result.h"
 #include "engram/core/strong.h"
 #include "engram/core/time.h"
@@ -18,6 +19,12 @@ namespace engram::events {
 inline constexpr std::size_t kMaxTypeLength = 128;         // code points (type names are ASCII)
 inline constexpr std::size_t kMaxAggregateIdLength = 256;  // code points
 inline constexpr std::size_t kMaxBatchEvents = 1000;       // events in one POST /events batch
+
+// A POST /events body is parsed with parse_json's limit (kMaxJsonDepth), so a stored envelope nests at
+// most that deep: `data` of a single event may have 64 levels of its own, in a batch (three levels
+// down: events[i].data) 62. The store's answers wrap envelopes two levels down ({"events": [...]})
+// and a projection's state holds event data a few levels down: its clients parse answers with this.
+inline constexpr int kMaxStoreAnswerDepth = kMaxJsonDepth + 4;
 
 // Metadata fields the system understands; when present they must be strings.
 namespace meta {
@@ -63,7 +70,8 @@ struct Event {
 //  - `type` missing, not a string, or not PascalCase ([A-Z][A-Za-z0-9]*, at most 128 characters);
 //  - `aggregate_id` missing, not a string, empty, over 256 characters, or holding control characters;
 //  - `id` present but not a UUID string (the nil UUID is refused too);
-//  - `data` / `metadata` present but not an object (missing = {});
+//  - `data` / `metadata` present but not an object (missing = {}), or holding U+0000 in a string or a
+//    key (PostgreSQL's jsonb cannot store it): "field 'data' holds U+0000 at /a/0";
 //  - metadata fields source/correlation_id/causation_id/user_id/session_id present but not strings.
 // Store-assigned fields (`position`, `aggregate_version`, `timestamp`) and unknown fields are ignored.
 // Schema validation of `data` is separate: Catalog::validate.
@@ -81,6 +89,9 @@ struct AppendRequest {
     bool batch = false;  // the body used the {"events": [...]} form
 };
 Result<AppendRequest> parse_append_request(const nlohmann::json& body);
+// The same from the text of the body: parse_json first (Error "invalid_json": not JSON, nesting
+// deeper than kMaxJsonDepth, a number out of range), then parse_append_request.
+Result<AppendRequest> parse_append_body(std::string_view body);
 
 // True when a stored event holds what was submitted (type, aggregate, data, metadata): the test of
 // idempotent re-sends (same id + same content -> 200, different content -> 409 id_conflict).

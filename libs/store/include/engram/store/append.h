@@ -30,6 +30,8 @@ struct AppendOutcome {
 // Parses a POST /events body (events::parse_append_request) and checks the `data` of catalog types
 // against their schemas. Errors: invalid_event, schema_violation (both 400).
 Result<AppendRequest> parse_append(const nlohmann::json& body);
+// The same from the body's text, parsed with parse_json (invalid_json, 400): what POST /events runs.
+Result<AppendRequest> parse_append_body(std::string_view body);
 
 nlohmann::json outcome_json(const AppendOutcome& o);
 
