@@ -1,5 +1,7 @@
 #include "memory_processor.h"
 
+#include "engram/core/json.h"
+#include "engram/events/event.h"
 #include "engram/events/types.h"
 #include "engram/http/client.h"
 #include "engram/log/log.h"
@@ -45,7 +47,7 @@ Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, cons
         if (!r) return std::move(r).error();
         if (r->status != 200)
             return Error::make("event_store", "reading " + aggregate + " answered " + std::to_string(r->status));
-        auto evs = r->json()["events"];
+        auto evs = r->json(events::kMaxStoreAnswerDepth)["events"];
         if (evs.empty()) break;
         for (auto& j : evs) {
             auto e = events::Event::from_json(j);
@@ -168,11 +170,15 @@ Status SearchService::start() {
     nc_ = std::move(*c);
     auto sub = nc_->subscribe(kSearchSubject, kSearchQueue, [this](const nats::Message& m, nats::Replier& reply) {
         nlohmann::json out;
-        auto req = nlohmann::json::parse(m.data, nullptr, false);
-        if (req.is_discarded() || !req.is_object() || !req.contains("user_id") || !req["user_id"].is_string() ||
-            !req.contains("query") || !req["query"].is_string()) {
+        // From anyone on the bus: bounded like any outside input, and no U+0000 (the search is SQL).
+        auto parsed = parse_json(m.data, "the request");
+        auto req = parsed ? std::move(*parsed) : nlohmann::json();
+        if (!parsed) {
+            out = {{"error", "invalid_request"}, {"detail", parsed.error().detail}};
+        } else if (!req.is_object() || !req.contains("user_id") || !req["user_id"].is_string() || !req.contains("query") ||
+                   !req["query"].is_string() || find_nul(req)) {
             out = {{"error", "invalid_request"},
-                   {"detail", "expected {\"user_id\": string, \"query\": string, \"limit\"?: int}"}};
+                   {"detail", "expected {\"user_id\": string, \"query\": string, \"limit\"?: int} without U+0000"}};
         } else {
             int limit = req.contains("limit") && req["limit"].is_number_integer() ? req["limit"].get<int>() : 5;
             limit = std::clamp(limit, 1, 50);

@@ -182,6 +182,25 @@ TEST_CASE("memory.search finds stored memories over NATS request/reply", "[integ
     auto bad = (*nc)->request("memory.search", "{\"query\": 1}", std::chrono::seconds(2));
     REQUIRE(bad.ok());
     CHECK(json::parse(bad->data)["error"] == "invalid_request");
+    // Hostile requests from anyone on the bus: an answer each, and the service goes on answering.
+    struct Case {
+        std::string body, detail;
+    };
+    for (const auto& c :
+         std::vector<Case>{{std::string(100000, '[') + std::string(100000, ']'), "the request has nesting deeper than 64 levels"},
+                           {R"({"user_id":"frank","query":"dog","limit":1e400})", "the request has a number out of range"},
+                           {R"({"user_id":"frank","query":"d\u0000g"})", "without U+0000"},
+                           {"{\"user_id\":\"frank\",\"query\":\"\xff\"}", "not valid JSON"}}) {
+        auto r = (*nc)->request("memory.search", c.body, std::chrono::seconds(2));
+        REQUIRE(r.ok());
+        auto j = json::parse(r->data);
+        INFO(r->data);
+        CHECK(j["error"] == "invalid_request");
+        CHECK(j["detail"].get<std::string>().find(c.detail) != std::string::npos);
+    }
+    auto still = (*nc)->request("memory.search", json{{"user_id", "frank"}, {"query", "dog"}}.dump(), std::chrono::seconds(2));
+    REQUIRE(still.ok());
+    CHECK(json::parse(still->data)["results"][0]["text"] == "I have a dog called Rex");
 }
 
 TEST_CASE("a rebuild during live traffic: the processor continues without gap or double-apply",

@@ -3,6 +3,7 @@
 // crash the recorded results are reused (the search is not asked again).
 #include "tools.h"
 
+#include "engram/core/json.h"
 #include "engram/nats/nats.h"
 
 namespace engram::ai {
@@ -38,9 +39,10 @@ Tool make_recall_tool() {
             auto t0 = std::chrono::steady_clock::now();
             auto reply = ctx.nats->request("memory.search", req.dump(), ctx.recall_timeout);
             if (!reply) return ToolResult::error("recall: memory search failed: " + reply.error().detail);
-            auto body = nlohmann::json::parse(reply->data, nullptr, false);
-            if (body.is_discarded() || !body.is_object())
-                return ToolResult::error("recall: memory search answered something that is not JSON");
+            auto parsed = parse_json(reply->data, "the memory search's answer");
+            if (!parsed) return ToolResult::error("recall: " + parsed.error().detail);
+            auto& body = *parsed;
+            if (!body.is_object()) return ToolResult::error("recall: memory search answered something that is not a JSON object");
             if (body.contains("error"))
                 return ToolResult::error("recall: memory search failed: " + body.value("detail", body["error"].dump()));
             nlohmann::json results = nlohmann::json::array();

@@ -58,7 +58,7 @@ std::optional<nlohmann::json> Store::get(const std::string& path_and_query, bool
     if (!r) transport_failure(r.error());
     if (allow_404 && r->status == 404) return std::nullopt;
     if (r->status < 200 || r->status >= 300) http_failure(*r);
-    auto j = r->json();
+    auto j = r->json(events::kMaxStoreAnswerDepth);
     if (j.is_discarded()) fail("event store answered " + std::to_string(r->status) + " with a body that is not JSON");
     return j;
 }

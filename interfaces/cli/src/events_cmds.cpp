@@ -128,10 +128,11 @@ struct AppendOpts {
 };
 
 nlohmann::json parse_object(const std::string& flag, const std::string& text) {
-    auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) usage("bad " + flag + ": not valid JSON");
-    if (!j.is_object()) usage("bad " + flag + ": must be a JSON object");
-    return j;
+    // The object becomes the event's data or metadata, one level below the top of the body.
+    auto j = parse_json(text, flag, kMaxJsonDepth - 1);
+    if (!j) usage("bad " + flag + ": " + j.error().detail);
+    if (!j->is_object()) usage("bad " + flag + ": must be a JSON object");
+    return std::move(*j);
 }
 
 int append(const Globals& g, const AppendOpts& o) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engram/core/json.h"
 #include "engram/core/uuid.h"
 #include "engram/events/event.h"
 #include "engram/http/client.h"
@@ -215,6 +216,31 @@ TEST_CASE("append then events get and events tail --json show what was written",
         auto tl = f.run({"events", "tail", "--json"});
         REQUIRE(lines_of(tl.out).size() == 2);
     }
+}
+
+TEST_CASE("append bounds --data, and events as deep as the store allows are shown", "[integration][cli][json]") {
+    Fixture f;
+    std::string deep = std::string(1000, '[') + std::string(1000, ']');
+    require_one_line_failure(f.run({"append", "--type", "Custom", "--aggregate", "user:d", "--data", "{\"a\":" + deep + "}"}), 2,
+                             "engram: bad --data: --data has nesting deeper than 63 levels");
+    require_one_line_failure(f.run({"append", "--type", "Custom", "--aggregate", "user:d", "--data", R"({"n":1e400})"}), 2,
+                             "engram: bad --data: --data has a number out of range: 1e400");
+    require_one_line_failure(f.run({"append", "--type", "Custom", "--aggregate", "user:d", "--metadata", R"({"n":1)"}), 2,
+                             "engram: bad --metadata: --metadata is not valid JSON");
+    // An event whose data nests as deep as a store body allows: the list answers wrap it two levels
+    // further down, and the CLI still reads them.
+    json data = json::object();
+    for (int i = 1; i < engram::kMaxJsonDepth; ++i) data = json{{"a", std::move(data)}};
+    auto stored = f.append("Custom", "user:d", data);
+    auto got = f.run({"--json", "events", "get", stored["id"].get<std::string>()});
+    INFO(got.out);
+    REQUIRE(got.code == 0);
+    CHECK(json::parse(got.out)["data"] == data);
+    auto tail = f.run({"--json", "events", "tail"});
+    INFO(tail.out);
+    REQUIRE(tail.code == 0);
+    REQUIRE(lines_of(tail.out).size() == 1);
+    CHECK(json::parse(lines_of(tail.out)[0])["data"] == data);
 }
 
 TEST_CASE("events tail --follow prints new events until SIGINT then exits 0", "[integration][cli]") {

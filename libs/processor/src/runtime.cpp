@@ -238,9 +238,10 @@ struct Runtime::Impl {
         auto item = std::make_shared<Item>();
         item->seq = m->msg().stream_seq;
         item->delivered = m->msg().delivered;
-        json body = json::parse(m->msg().data, nullptr, false);
-        auto ev = body.is_discarded() ? Result<events::Event>(Error::make("invalid_event", "body is not JSON"))
-                                      : events::Event::from_json(body);
+        // A message that is not an acceptable envelope (not JSON, too deep, ...) is a poison message:
+        // terminated below, never redelivered, never blocking the others.
+        auto body = parse_json(m->msg().data, "the message");
+        auto ev = body ? events::Event::from_json(*body) : Result<events::Event>(std::move(body).error());
         item->msg = std::move(m);
         if (!ev) {
             undecodable->inc();
@@ -489,6 +490,7 @@ struct Runtime::Impl {
             });
             if (!r) return;
             for (auto& [env, attempts] : *r) {
+                // Our own row (jsonb text, which prints numbers without exponents): not parse_json.
                 auto ev = events::Event::from_json(json::parse(env, nullptr, false));
                 if (!ev) {
                     log->error("parked envelope cannot be decoded: {}", error_text(ev.error()));

@@ -1,7 +1,9 @@
 // engram::processor against real servers: a throwaway PostgreSQL database, a nats-server -js and
 // the real engram-event-store binary (its relay publishes what the tests append).
 #include "engram/http/client.h"
+#include "engram/core/json.h"
 #include "engram/log/log.h"
+#include "engram/nats/nats.h"
 #include "engram/processor/processor.h"
 #include "engram/testing/testing.h"
 
@@ -190,6 +192,50 @@ TEST_CASE("every event is handled once, in order per aggregate, other types skip
     CHECK(r->status == 200);
     CHECK(r->json()["nats"] == "ok");
     CHECK(r->json()["database"] == "ok");
+    rt.stop();
+}
+
+TEST_CASE("hostile messages on the stream are terminated as poison and never block the others",
+          "[integration][processor][json]") {
+    Env env;
+    Recorder rec;
+    processor::Runtime rt(env.options("poison-proc", {"TestStep"}), [&](processor::Context& ctx) -> Status {
+        rec.record(ctx.event());
+        return ok();
+    });
+    REQUIRE(rt.start().ok());
+    // Whoever can publish on the bus: a 200 KB nesting bomb, a number no double holds, and an
+    // envelope whose data nests one level more than any store body may.
+    nats::ConnectOptions o;
+    o.url = env.nats.url();
+    auto nc = nats::Connection::connect(o);
+    REQUIRE(nc.ok());
+    std::string deep_data;
+    for (int i = 0; i < kMaxJsonDepth; ++i) deep_data += "{\"a\":";
+    deep_data += "{}" + std::string(kMaxJsonDepth, '}');
+    const std::string envelope_start = R"({"id":"6f9619ff-8b86-d011-b42d-00cf4fc964ff","type":"TestStep","aggregate_id":"p",)"
+                                       R"("aggregate_version":1,"position":1,"timestamp":"2026-11-22T10:00:00.000Z",)"
+                                       R"("metadata":{},"data":)";
+    for (const std::string& body : {std::string(100000, '[') + std::string(100000, ']'), envelope_start + R"({"n":1e400}})",
+                                    envelope_start + deep_data + "}"}) {
+        auto ack = (*nc)->publish_sync("events.TestStep", body, Uuid::v4().str());
+        REQUIRE(ack.ok());
+        REQUIRE(ack->ok);
+    }
+    // The good event after them is handled.
+    env.append("TestStep", "agg-good", {{"n", 7}});
+    REQUIRE(testing::eventually([&] { return rec.count() == 1; }, 20s));
+    CHECK(rec.of("agg-good") == std::vector<int>{7});
+    REQUIRE(testing::eventually(
+        [&] {
+            auto m = get_metrics(rt);
+            return m.find("processor_events_undecodable_total{processor=\"poison-proc\"} 3") != std::string::npos &&
+                   m.find("processor_consumer_lag{processor=\"poison-proc\"} 0") != std::string::npos;
+        },
+        10s));
+    // Terminated: never redelivered, so nothing else arrives.
+    std::this_thread::sleep_for(500ms);
+    CHECK(rec.count() == 1);
     rt.stop();
 }
 

@@ -1,5 +1,6 @@
 #include "engram/testing/stack.h"
 
+#include "engram/events/event.h"
 #include "engram/http/client.h"
 #include "engram/http/url.h"
 #include "engram/testing/postgres.h"
@@ -65,7 +66,7 @@ std::vector<nlohmann::json> Stack::aggregate(const std::string& aggregate_id) {
     http::Client c(url(), o);
     auto r = c.get("/aggregates/" + http::url_encode(aggregate_id) + "/events?limit=1000");
     if (!r.ok() || r->status != 200) return {};
-    auto evs = r->json()["events"];
+    auto evs = r->json(events::kMaxStoreAnswerDepth)["events"];
     return std::vector<nlohmann::json>(evs.begin(), evs.end());
 }
 
