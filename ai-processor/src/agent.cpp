@@ -4,6 +4,7 @@
 #include <map>
 #include <set>
 
+#include "engram/core/json.h"
 #include "engram/core/uuid.h"
 #include "engram/http/client.h"
 #include "engram/log/log.h"
@@ -44,7 +45,7 @@ public:
             if (r->status == 404) return out;
             if (r->status != 200)
                 return Error::make("event_store", "reading " + session + ": HTTP " + std::to_string(r->status) + " " + r->body);
-            auto body = r->json();
+            auto body = r->json(events::kMaxStoreAnswerDepth);
             if (!body.is_object() || !body.contains("events") || !body["events"].is_array())
                 return Error::make("event_store", "reading " + session + ": unexpected answer");
             for (const auto& j : body["events"]) {
@@ -69,7 +70,7 @@ public:
             if (r->status != 404) logger()->warn("fast memory of {}: HTTP {}", user_id, r->status);
             return "";
         }
-        auto body = r->json();
+        auto body = r->json(events::kMaxStoreAnswerDepth);
         if (!body.is_object() || !body.contains("state")) return "";
         return projections::fast_memory_summary(body["state"]);
     }
@@ -311,6 +312,8 @@ Status Agent::run(const events::Event& t) {
                     for (const char* k : {"tool", "tool_call_id", "raw_arguments"})
                         if (err.extra.contains(k)) data[k] = err.extra[k];
                 }
+                // The model's words may reach the detail: keep the failure storable (no U+0000).
+                replace_nul(data);
                 if (auto s = store.append(
                         {stamp({.id = {}, .type = "AIProcessingFailed", .aggregate_id = session, .data = data}, "failed")});
                     !s)

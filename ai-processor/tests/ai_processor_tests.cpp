@@ -213,6 +213,50 @@ TEST_CASE("model failures are recorded with their reason", "[integration][ai]") 
     CHECK(fake.request_count() == n);
 }
 
+TEST_CASE("hostile model answers: too deep is a model error recorded as such, U+0000 is stored as U+FFFD",
+          "[integration][ai][json]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    auto ai = s.start_ai(fake.base_url());
+
+    // An answer nested deeper than any outside document may be: llm_bad_response, recorded, not retried.
+    json deep = json::object();
+    for (int i = 0; i < 1000; ++i) deep = json{{"a", std::move(deep)}};
+    fake.push_json({{"choices", {{{"message", {{"role", "assistant"}, {"content", deep}}}}}}});
+    auto t1 = s.trigger("session:web:h1", "web:u", "hello");
+    wait_finished(s, "session:web:h1", t1, *ai);
+    auto f1 = s.last_of("session:web:h1", t1, "AIProcessingFailed");
+    REQUIRE(f1.is_object());
+    CHECK(f1["data"]["reason"] == "llm_bad_response");
+    CHECK(f1["data"]["detail"].get<std::string>().find("nesting deeper than 64 levels") != std::string::npos);
+    CHECK(f1["data"]["retryable"] == false);
+
+    // Tool arguments deeper than a ToolCalled event can carry: invalid_tool_call, with the raw text.
+    // (kMaxArgumentsDepth + 2 objects: the innermost one level beyond the limit.)
+    std::string args;
+    for (int i = 0; i < llm::kMaxArgumentsDepth + 2; ++i) args += "{\"a\":";
+    args += "1" + std::string(static_cast<std::size_t>(llm::kMaxArgumentsDepth + 2), '}');
+    fake.push_raw_tool_call("call_d", "send_message", args);
+    auto t2 = s.trigger("session:web:h2", "web:u", "hello");
+    wait_finished(s, "session:web:h2", t2, *ai);
+    auto f2 = s.last_of("session:web:h2", t2, "AIProcessingFailed");
+    REQUIRE(f2.is_object());
+    CHECK(f2["data"]["reason"] == "invalid_tool_call");
+    CHECK(f2["data"]["detail"].get<std::string>().find("nesting deeper than 60 levels") != std::string::npos);
+    CHECK(f2["data"]["raw_arguments"] == args);
+    CHECK(s.last_of("session:web:h2", t2, "ToolCalled").is_null());
+
+    // U+0000 in the answer: the store cannot hold it, the user still gets the answer.
+    fake.push_text(std::string("tea\0time", 8));
+    auto t3 = s.trigger("session:web:h3", "web:u", "hello");
+    wait_finished(s, "session:web:h3", t3, *ai);
+    auto m = s.last_of("session:web:h3", t3, "MessageGenerated");
+    REQUIRE(m.is_object());
+    CHECK(m["data"]["text"] == "tea\xEF\xBF\xBDtime");
+    CHECK(s.last_of("session:web:h3", t3, "AIProcessingCompleted").is_object());
+    CHECK(fake.request_count() == 3);
+}
+
 TEST_CASE("kill -9 mid-run: the run resumes from the log", "[integration][ai]") {
     Stack s;
     fakes::FakeOpenAI fake;

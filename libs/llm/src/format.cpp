@@ -30,6 +30,14 @@ json message_json(const Message& m) {
 
 Error bad(std::string detail) { return Error::make("llm_bad_response", std::move(detail)); }
 
+// What the model says ends up in events, and PostgreSQL cannot store U+0000: it becomes U+FFFD.
+void clean(std::string& s) {
+    if (s.find('\0') == std::string::npos) return;
+    json j = std::move(s);
+    replace_nul(j);
+    s = j.get<std::string>();
+}
+
 const char* type_name(const json& j) { return j.type_name(); }
 
 }  // namespace
@@ -71,7 +79,7 @@ Result<Completion> from_openai(const json& body) {
 
     Completion c;
     c.raw = body;
-    c.message.role = msg.value("role", std::string("assistant"));
+    if (msg.contains("role") && msg["role"].is_string()) c.message.role = msg["role"].get<std::string>();
     if (c.message.role.empty()) c.message.role = "assistant";
     if (msg.contains("content")) {
         const json& content = msg["content"];
@@ -113,20 +121,22 @@ Result<Completion> from_openai(const json& body) {
                 if (blank) {
                     call.arguments = json::object();  // no-argument call from lenient servers
                 } else {
-                    try {
-                        call.arguments = json::parse(call.raw_arguments);
-                    } catch (const std::exception& ex) {
-                        return invalid(std::string("arguments are not valid JSON: ") + ex.what());
-                    }
+                    auto parsed = parse_json(call.raw_arguments, "the arguments string", kMaxArgumentsDepth);
+                    if (!parsed) return invalid(parsed.error().detail);
+                    call.arguments = std::move(*parsed);
                 }
             } else if (args.is_null()) {
                 call.arguments = json::object();
             } else {
                 call.arguments = args;  // already an object (some servers)
                 call.raw_arguments = args.dump();
+                if (json_depth(args) > kMaxArgumentsDepth)
+                    return invalid("the arguments object has nesting deeper than " + std::to_string(kMaxArgumentsDepth) +
+                                   " levels");
             }
             if (!call.arguments.is_object())
                 return invalid(std::string("arguments are not a JSON object (got ") + type_name(call.arguments) + ")");
+            replace_nul(call.arguments);
             c.message.tool_calls.push_back(std::move(call));
         }
     }
@@ -135,14 +145,28 @@ Result<Completion> from_openai(const json& body) {
     if (!c.message.tool_calls.empty()) c.finish_reason = "tool_calls";  // Ollama/llama.cpp may say "stop"
     if (body.contains("usage") && body["usage"].is_object()) {
         const json& u = body["usage"];
-        auto num = [&](const char* k) { return (u.contains(k) && u[k].is_number()) ? u[k].get<int>() : 0; };
+        // Counts only: anything that is not a plausible count is 0 (never a cast out of range).
+        auto num = [&](const char* k) {
+            if (!u.contains(k) || !u[k].is_number()) return 0;
+            double v = u[k].get<double>();
+            return v >= 0 && v <= 1e9 ? static_cast<int>(v) : 0;
+        };
         c.usage.prompt_tokens = num("prompt_tokens");
         c.usage.completion_tokens = num("completion_tokens");
         c.usage.total_tokens = num("total_tokens");
         if (c.usage.total_tokens == 0) c.usage.total_tokens = c.usage.prompt_tokens + c.usage.completion_tokens;
     }
     if (body.contains("model") && body["model"].is_string()) c.model = body["model"].get<std::string>();
+    for (std::string* s : {&c.message.role, &c.message.content, &c.finish_reason, &c.model}) clean(*s);
+    for (auto& call : c.message.tool_calls)
+        for (std::string* s : {&call.id, &call.name, &call.raw_arguments}) clean(*s);
     return c;
+}
+
+Result<Completion> from_openai_text(std::string_view body) {
+    auto j = parse_json(body, "the model's answer");
+    if (!j) return bad(j.error().detail);
+    return from_openai(*j);
 }
 
 }  // namespace engram::llm

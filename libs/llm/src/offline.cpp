@@ -30,8 +30,9 @@ Flow classify(const std::string& text) {
 // What a recall tool result says, in one line: accepts plain text, a JSON string, an array of strings
 // or of objects with "text", or an object holding such an array under memories/results/items.
 std::string recalled_text(const std::string& content) {
-    json j = json::parse(content, nullptr, false);
-    if (j.is_discarded()) return trim(content);
+    auto parsed = parse_json(content, "the tool result");
+    if (!parsed) return trim(content);
+    json j = std::move(*parsed);
     if (j.is_string()) return trim(j.get<std::string>());
     if (j.is_object()) {
         for (const char* k : {"memories", "results", "items", "matches"})

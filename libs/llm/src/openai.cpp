@@ -97,14 +97,14 @@ public:
                 const auto& resp = *res;
                 last_status = resp.status;
                 if (resp.status >= 200 && resp.status < 300) {
-                    json j = resp.json();
-                    if (j.is_discarded()) {
-                        Error e = Error::make("llm_bad_response",
-                                              "the model API answered with a body that is not JSON: " + resp.body.substr(0, 200));
+                    auto j = parse_json(resp.body, "the model's answer");
+                    if (!j) {
+                        // Not JSON, nested deeper than kMaxJsonDepth, a number out of range: a model error.
+                        Error e = Error::make("llm_bad_response", j.error().detail + "; it begins: " + resp.body.substr(0, 200));
                         e.extra = {{"status", resp.status}, {"attempts", attempt + 1}};
                         return e;
                     }
-                    auto c = from_openai(j);
+                    auto c = from_openai(*j);
                     if (c && c->model.empty()) c->model = o_.model;
                     return c;
                 }

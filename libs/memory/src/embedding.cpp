@@ -3,6 +3,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <limits>
 
 namespace engram::memory {
 namespace {
@@ -63,7 +64,12 @@ public:
             !j["data"][0].contains("embedding") || !j["data"][0]["embedding"].is_array())
             return Error::make("embeddings", "embeddings endpoint returned no data[0].embedding");
         std::vector<float> v;
-        for (auto& x : j["data"][0]["embedding"]) v.push_back(x.get<float>());
+        for (auto& x : j["data"][0]["embedding"]) {
+            // A value no float holds would be undefined behaviour to convert, a string an exception.
+            if (!x.is_number() || !(std::fabs(x.get<double>()) <= std::numeric_limits<float>::max()))
+                return Error::make("embeddings", "embeddings endpoint returned a value that is not a float: " + x.dump());
+            v.push_back(static_cast<float>(x.get<double>()));
+        }
         return v;
     }
     std::string name() const override { return "openai-compatible:" + model_; }

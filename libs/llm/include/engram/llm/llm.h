@@ -10,9 +10,14 @@
 #include <string>
 #include <vector>
 
+#include "engram/core/json.h"
 #include "engram/core/result.h"
 
 namespace engram::llm {
+
+// How deep a tool call's arguments may nest: the AI processor stores them in a ToolCalled event,
+// four levels below the top of the store body (events[i].data.arguments), whose limit is kMaxJsonDepth.
+inline constexpr int kMaxArgumentsDepth = kMaxJsonDepth - 4;
 
 struct ToolCall {
     std::string id;
@@ -63,9 +68,11 @@ public:
     //   llm_rate_limited  429 after the retries
     //   llm_error         a 4xx other than 429 (detail: the API's message), not retried
     //   context_too_long  a 4xx whose error code/message says the context length is exceeded
-    //   invalid_tool_call a tool call whose arguments are not a JSON object (detail names the tool and
-    //                     the parse error; extra: tool, tool_call_id, raw_arguments)
-    //   llm_bad_response  malformed JSON or an unexpected shape
+    //   invalid_tool_call a tool call whose arguments are not a JSON object, or nest deeper than
+    //                     kMaxArgumentsDepth (detail names the tool and the parse error; extra: tool,
+    //                     tool_call_id, raw_arguments)
+    //   llm_bad_response  malformed JSON (parse_json: also nesting deeper than kMaxJsonDepth, numbers
+    //                     out of range) or an unexpected shape
     // Error::extra carries "status" (last HTTP status, 0 if none) and "attempts" where relevant.
     virtual Result<Completion> complete(const Request& r) = 0;
 };
@@ -92,7 +99,10 @@ std::unique_ptr<Provider> make_offline();
 
 // The chat-completions request body (exposed for tests).
 nlohmann::json to_openai(const Request& r, const std::string& model);
-// Parses a chat-completions response body (exposed for tests).
+// Parses a chat-completions response body (exposed for tests). U+0000 in the content or the arguments
+// becomes U+FFFD: the answer is stored, and PostgreSQL cannot store U+0000.
 Result<Completion> from_openai(const nlohmann::json& body);
+// The same from the body's text, parsed with parse_json (llm_bad_response when it is refused).
+Result<Completion> from_openai_text(std::string_view body);
 
 }  // namespace engram::llm
