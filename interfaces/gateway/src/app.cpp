@@ -1,5 +1,6 @@
 #include "app.h"
 
+#include "engram/core/json.h"
 #include "engram/core/uuid.h"
 #include "engram/http/client.h"
 #include "engram/http/server.h"
@@ -32,11 +33,6 @@ config::Spec config_spec() {
     add_webchat_settings(s);
     config::add_logging(s);
     return s;
-}
-
-const Uuid& ingress_ns() {
-    static const Uuid ns = Uuid::v5(*Uuid::parse("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "https://engram/ingress");
-    return ns;
 }
 
 namespace {
@@ -87,13 +83,19 @@ struct App::Impl {
         auto code = j.is_object() && j.contains("error") && j["error"].is_string() ? j["error"].get<std::string>() : "";
         if (r->status == 409 && code == "id_conflict")
             return Error::make("id_conflict", "this delivery id was already used for different content");
-        if (r->status == 400 || r->status == 413)
-            return Error::make("refused", "the event store refused the event (" + std::to_string(r->status) + " " + code + ")");
+        if (r->status == 400 || r->status == 413) {
+            // What the client sent is what the store refused (a schema limit, U+0000...): say why.
+            auto why = j.is_object() && j.contains("detail") && j["detail"].is_string() ? j["detail"].get<std::string>() : "";
+            return Error::make("refused", "the event store refused the event (" + std::to_string(r->status) + " " + code +
+                                              (why.empty() ? "" : ": " + why) + ")");
+        }
         log->warn("the event store answered HTTP {} {} to an append; the sender is asked to retry", r->status, code);
         return Error::make("unavailable", "the event store is unavailable; retry later");
     }
 
     http::Response from_error(const Error& e) {
+        // A refused event was built from the request: the client's to fix, not a server error.
+        if (e.code == "refused") return reject(400, "invalid_request", e.detail);
         int status = e.code == "unavailable" ? 503 : e.code == "id_conflict" ? 409 : 500;
         return reject(status, e.code, e.detail);
     }
@@ -142,8 +144,9 @@ struct App::Impl {
     }
 
     http::Response trigger(http::Request& req) {
-        auto body = nlohmann::json::parse(req.body, nullptr, false);
-        if (body.is_discarded()) return reject(400, "invalid_json", "the body is not valid JSON");
+        auto parsed = parse_json(req.body, "the body");
+        if (!parsed) return reject(400, "invalid_json", parsed.error().detail);
+        auto& body = *parsed;
         if (!body.is_object()) return reject(400, "invalid_request", "the body must be a JSON object");
         auto str = [&](const char* k) -> std::optional<std::string> {
             if (!body.contains(k) || !body[k].is_string() || body[k].get<std::string>().empty()) return std::nullopt;
@@ -205,8 +208,9 @@ struct App::Impl {
             return reject(
                 401, "unauthorized",
                 "X-Webhook-Timestamp is more than " + std::to_string(skew) + " s away from now (a replay, or a clock problem)");
-        auto payload = nlohmann::json::parse(req.body, nullptr, false);
-        if (payload.is_discarded()) return reject(400, "invalid_json", "the body is not valid JSON");
+        // The payload is stored two levels down (data.payload): it keeps what is left of the limit.
+        auto payload = parse_json(req.body, "the body", kMaxJsonDepth - 2);
+        if (!payload) return reject(400, "invalid_json", payload.error().detail);
         std::string delivery = req.header("x-delivery-id");
         if (delivery.empty()) delivery = req.header("x-github-delivery");
         if (delivery.empty()) delivery = sha256_hex(req.body);
@@ -215,7 +219,7 @@ struct App::Impl {
         nlohmann::json ev = {{"id", id.str()},
                              {"type", "WebhookReceived"},
                              {"aggregate_id", "webhook:" + source},
-                             {"data", {{"source", source}, {"delivery_id", delivery}, {"payload", payload}}},
+                             {"data", {{"source", source}, {"delivery_id", delivery}, {"payload", std::move(*payload)}}},
                              {"metadata", {{"source", "gateway:webhook:" + source}, {"correlation_id", id.str()}}}};
         auto r = append(ev);
         if (!r) return from_error(r.error());

@@ -2,6 +2,7 @@
 
 #include "ingress.h"
 
+#include "engram/core/json.h"
 #include "engram/core/text.h"
 #include "engram/core/uuid.h"
 #include "engram/http/url.h"
@@ -445,8 +446,9 @@ struct WebChat::Impl {
         if (req.body.size() > kMaxBodyBytes)
             return reject(413, "payload_too_large",
                           "a chat message body is limited to " + std::to_string(kMaxBodyBytes) + " bytes");
-        auto body = json::parse(req.body, nullptr, false);
-        if (body.is_discarded()) return reject(400, "invalid_json", "the body is not valid JSON (UTF-8)");
+        auto parsed = parse_json(req.body, "the body");
+        if (!parsed) return reject(400, "invalid_json", parsed.error().detail);
+        const json& body = *parsed;
         if (!body.is_object()) return reject(400, "invalid_request", "the body must be a JSON object {\"id\", \"text\"}");
         if (!body.contains("id") || !body["id"].is_string() || !valid_message_id(body["id"].get<std::string>()))
             return reject(400, "invalid_request",
@@ -473,6 +475,7 @@ struct WebChat::Impl {
             if (e.code == "unavailable") return reject(503, "unavailable", e.detail);
             if (e.code == "id_conflict")
                 return reject(409, "id_conflict", "this message id was already used for a different text");
+            if (e.code == "refused") return reject(400, "invalid_request", e.detail);  // e.g. U+0000 in the text
             return reject(500, e.code, e.detail);
         }
         accepted->inc();

@@ -188,3 +188,49 @@ TEST_CASE("telegram settings: mode, token and secret are checked together, in on
     CHECK(bad_secret.error().detail.find("TELEGRAM_WEBHOOK_SECRET") != std::string::npos);
     CHECK_FALSE(load({{"TELEGRAM_MODE", "carrier-pigeon"}}));
 }
+
+TEST_CASE("telegram: odd values in an update never make an event the store refuses (fuzz finding)", "[unit][gateway][telegram]") {
+    auto s = settings({"111"});
+    // update_id beyond int64 (it used to wrap to a negative id), message_id an object, a date no
+    // RFC 3339 year holds (it used to overflow), reply_to an array, U+0000 in the text and a name.
+    auto u = json::parse(R"({"update_id":18446744073709551615,"message":{"message_id":7,"chat":{"id":111},"text":"x"}})");
+    CHECK(telegram::map_update(u, s).kind == telegram::Mapped::Kind::ignored);
+    u = json::parse(R"({"update_id":-1,"message":{"message_id":7,"chat":{"id":111},"text":"x"}})");
+    CHECK(telegram::map_update(u, s).kind == telegram::Mapped::Kind::ignored);
+
+    u = text_update(5, 111, std::string("a\0b", 3));
+    u["message"]["message_id"] = {{"odd", {1}}};
+    u["message"]["date"] = 99999999999999;
+    u["message"]["reply_to_message"] = {{"message_id", {1, 2}}};
+    u["message"]["from"]["username"] = std::string("x\0", 2);
+    auto m = telegram::map_update(u, s);
+    REQUIRE(m.kind == telegram::Mapped::Kind::message);
+    const auto& d = m.event["data"];
+    CHECK(d["text"] ==
+          "a\xEF\xBF\xBD"
+          "b");
+    CHECK(d["from"]["username"] == "x\xEF\xBF\xBD");
+    CHECK_FALSE(d.contains("message_id"));
+    CHECK_FALSE(d.contains("reply_to"));
+    CHECK_FALSE(d.contains("sent_at"));
+    check_valid(m.event);
+    CHECK(events::parse_new_event(m.event).ok());
+    // The same for a stranger's AccessDenied.
+    auto refused = telegram::map_update(u, settings({"222"}));
+    REQUIRE(refused.kind == telegram::Mapped::Kind::refused);
+    CHECK_FALSE(refused.event["data"].contains("message_id"));
+    check_valid(refused.event);
+    CHECK(events::parse_new_event(refused.event).ok());
+    // Found by the fuzzer: U+0000 in a command's arguments.
+    auto cmd = telegram::map_update(text_update(6, 111, std::string("/start@MyBot a\0b", 16)), s);
+    REQUIRE(cmd.kind == telegram::Mapped::Kind::message);
+    CHECK(cmd.event["data"]["command"] == "/start");
+    CHECK(cmd.event["data"]["command_args"] ==
+          "a\xEF\xBF\xBD"
+          "b");
+    check_valid(cmd.event);
+    CHECK(events::parse_new_event(cmd.event).ok());
+    // Dates at the ends of the range still format.
+    u["message"]["date"] = 253402300799;  // 9999-12-31T23:59:59Z
+    CHECK(telegram::map_update(u, s).event["data"]["sent_at"] == "9999-12-31T23:59:59.000Z");
+}
