@@ -62,6 +62,9 @@ TEST_CASE("hostile JSON is a 400 with its reason, nothing is written, the store 
     require_refused(f, R"({"type":"X","aggregate_id":"a","data":{"t":"\ud800"}})", "invalid_json", "surrogate");
     require_refused(f, R"({"type":"X","aggregate_id":"a","data":{"t":"\udc00x"}})", "invalid_json", "surrogate");
     require_refused(f, "{\"type\":\"X\",\"aggregate_id\":\"a\",\"data\":{\"t\":\"\xc3\x28\"}}", "invalid_json", "UTF-8");
+    // A NUL byte used to end the document for the parser, the rest ignored (a fuzz finding).
+    require_refused(f, std::string("{\"type\":\"X\",\"aggregate_id\":\"a\"}\0garbage", 39), "invalid_json",
+                    "a NUL byte (at byte 32)");
     // U+0000: valid JSON, but jsonb cannot hold it; refused before the database, naming where.
     require_refused(f, R"({"type":"X","aggregate_id":"a","data":{"t":"a\u0000b"}})", "invalid_event",
                     "field 'data' holds U+0000 at /t");

@@ -151,6 +151,11 @@ private:
 }  // namespace
 
 Result<json> parse_json(std::string_view text, std::string_view what, int max_depth) {
+    // nlohmann's lexer takes a NUL byte for the end of the input: `{...}\0anything` would parse as
+    // `{...}` with the rest ignored. A raw NUL is never valid JSON (inside a string it must be \u0000).
+    if (auto nul = text.find('\0'); nul != std::string_view::npos)
+        return Error::make("invalid_json",
+                           std::string(what) + " is not valid JSON: a NUL byte (at byte " + std::to_string(nul + 1) + ")");
     json root;
     Builder b(root, max_depth < 0 ? 0 : max_depth, text.size());
     bool ok = json::sax_parse(text.data(), text.data() + text.size(), &b);

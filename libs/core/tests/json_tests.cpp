@@ -55,6 +55,11 @@ TEST_CASE("parse_json refuses what is not JSON, saying where", "[unit][core][jso
         INFO(text);
         CHECK(detail_of(text).find("is not valid JSON") != std::string::npos);
     }
+    // Found by the fuzzer: nlohmann stops at a NUL byte and ignores the rest, so this was accepted.
+    auto nul_end = std::string("{\"a\":1}\0{\"b\":", 13);
+    CHECK_FALSE(json::parse(nul_end, nullptr, false).is_discarded());
+    CHECK(detail_of(nul_end) == "the body is not valid JSON: a NUL byte (at byte 8)");
+    CHECK(detail_of(std::string("\"a\0\"", 4)) == "the body is not valid JSON: a NUL byte (at byte 3)");
     // The bytes that broke the parse are not repeated: the detail is valid UTF-8 for any answer.
     CHECK(detail_of("\"\xff\xfe\"").find('\xff') == std::string::npos);
     CHECK_NOTHROW(json(detail_of("[\"\xc3\"]")).dump());

@@ -21,7 +21,8 @@ inline constexpr int kMaxJsonDepth = 64;
 
 // Parses `text` (one RFC 8259 document in UTF-8, nothing after it but whitespace). Errors are
 // Error{"invalid_json", detail}, the detail starting with `what` (e.g. "the body"):
-//  - not JSON: a syntax error, invalid UTF-8, a lone surrogate such as "\ud800", trailing bytes:
+//  - not JSON: a syntax error, invalid UTF-8, a lone surrogate such as "\ud800", trailing bytes, a
+//    raw NUL byte anywhere (nlohmann alone would stop reading there and ignore the rest):
 //    "the body is not valid JSON: syntax error while parsing object - unexpected end of input; expected
 //    string literal (at byte 12)";
 //  - "the body has nesting deeper than 64 levels (at byte 66)" (max_depth in the detail);
