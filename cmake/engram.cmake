@@ -31,3 +31,30 @@ function(engram_test name)
   catch_discover_tests(${name} PROPERTIES LABELS ${A_LABEL} TIMEOUT 600
     DISCOVERY_MODE PRE_TEST)
 endfunction()
+
+# engram_fuzzer(<name> SRCS ... [DEPS ...] [INCLUDES ...] [CORPUS <dir>]): a libFuzzer target. SRCS hold
+# one LLVMFuzzerTestOneInput (conventionally <lib>/fuzz/<name>_fuzz.cpp) and whatever sources it needs
+# that are not in DEPS; the seed corpus is CORPUS, by default fuzz/corpus/<name> beside the caller.
+#  - ENGRAM_FUZZ=ON (the `fuzz` preset, clang): the executable <name>_fuzz, built by the target
+#    `fuzzers` and listed in <build>/fuzzers.txt ("<name> <executable> <corpus>") for deploy/fuzz.sh.
+#  - otherwise: the unit test <name>_fuzz_corpus, which feeds every file of the corpus to the same
+#    entry point, so the normal build compiles every target and replays its seeds and regressions.
+function(engram_fuzzer name)
+  cmake_parse_arguments(A "" "CORPUS" "SRCS;DEPS;INCLUDES" ${ARGN})
+  if(NOT A_CORPUS)
+    set(A_CORPUS ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/${name})
+  endif()
+  if(ENGRAM_FUZZ)
+    add_executable(${name}_fuzz ${A_SRCS})
+    target_link_libraries(${name}_fuzz PRIVATE ${A_DEPS} nlohmann_json::nlohmann_json)
+    target_include_directories(${name}_fuzz PRIVATE ${A_INCLUDES})
+    target_link_options(${name}_fuzz PRIVATE -fsanitize=fuzzer)
+    add_dependencies(fuzzers ${name}_fuzz)
+    set_property(GLOBAL APPEND PROPERTY ENGRAM_FUZZERS "${name} $<TARGET_FILE:${name}_fuzz> ${A_CORPUS}")
+  else()
+    engram_test(${name}_fuzz_corpus LABEL unit SRCS ${A_SRCS} ${PROJECT_SOURCE_DIR}/cmake/fuzz_corpus_test.cpp
+      DEPS ${A_DEPS})
+    target_include_directories(${name}_fuzz_corpus PRIVATE ${A_INCLUDES})
+    target_compile_definitions(${name}_fuzz_corpus PRIVATE ENGRAM_FUZZ_NAME="${name}" ENGRAM_FUZZ_CORPUS="${A_CORPUS}")
+  endif()
+endfunction()

@@ -10,6 +10,7 @@ PKGS=(
   libcli11-dev libssl-dev libcurl4-openssl-dev
   postgresql postgresql-contrib
   curl python3 python3-aiosmtpd nginx docker-compose clang-format
+  clang libclang-rt-14-dev
   chromium nodejs
 )
 

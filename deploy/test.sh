@@ -3,6 +3,7 @@
 # their own throwaway PostgreSQL and nats-server on free loopback ports.
 # The compose test (label `compose`: the docker-compose stack built and run in a private Docker engine)
 # runs alone after the others, so it does not compete with them for the cores.
+# Then every libFuzzer target runs for FUZZ_SECONDS (default 20) through deploy/fuzz.sh.
 # Usage: deploy/test.sh [preset: default|asan] [extra ctest arguments, e.g. -L unit]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,4 +38,6 @@ if [ "$preset" != "asan" ]; then
   # ctest hides a skipped test's output: show why it was skipped.
   grep -h '^SKIPPED: ' "$dir/Testing/Temporary/LastTest.log" 2>/dev/null || true
 fi
+# The libFuzzer targets, FUZZ_SECONDS each (default 20), on copies of their corpora (deploy/fuzz.sh).
+"$root/deploy/fuzz.sh" "${FUZZ_SECONDS:-20}" || rc=$?
 exit $rc
