@@ -32,15 +32,16 @@ function(engram_test name)
     DISCOVERY_MODE PRE_TEST)
 endfunction()
 
-# engram_fuzzer(<name> SRCS ... [DEPS ...] [INCLUDES ...] [CORPUS <dir>]): a libFuzzer target. SRCS hold
+# engram_fuzzer(<name> SRCS ... [DEPS ...] [INCLUDES ...] [CORPUS <dir>] [FUZZ_ONLY]): a libFuzzer target. SRCS hold
 # one LLVMFuzzerTestOneInput (conventionally <lib>/fuzz/<name>_fuzz.cpp) and whatever sources it needs
 # that are not in DEPS; the seed corpus is CORPUS, by default fuzz/corpus/<name> beside the caller.
 #  - ENGRAM_FUZZ=ON (the `fuzz` preset, clang): the executable <name>_fuzz, built by the target
 #    `fuzzers` and listed in <build>/fuzzers.txt ("<name> <executable> <corpus>") for deploy/fuzz.sh.
 #  - otherwise: the unit test <name>_fuzz_corpus, which feeds every file of the corpus to the same
 #    entry point, so the normal build compiles every target and replays its seeds and regressions.
+#    FUZZ_ONLY: none, for a target whose corpus another test already replays.
 function(engram_fuzzer name)
-  cmake_parse_arguments(A "" "CORPUS" "SRCS;DEPS;INCLUDES" ${ARGN})
+  cmake_parse_arguments(A "FUZZ_ONLY" "CORPUS" "SRCS;DEPS;INCLUDES" ${ARGN})
   if(NOT A_CORPUS)
     set(A_CORPUS ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/${name})
   endif()
@@ -51,7 +52,7 @@ function(engram_fuzzer name)
     target_link_options(${name}_fuzz PRIVATE -fsanitize=fuzzer)
     add_dependencies(fuzzers ${name}_fuzz)
     set_property(GLOBAL APPEND PROPERTY ENGRAM_FUZZERS "${name} $<TARGET_FILE:${name}_fuzz> ${A_CORPUS}")
-  else()
+  elseif(NOT A_FUZZ_ONLY)
     engram_test(${name}_fuzz_corpus LABEL unit SRCS ${A_SRCS} ${PROJECT_SOURCE_DIR}/cmake/fuzz_corpus_test.cpp
       DEPS ${A_DEPS})
     target_include_directories(${name}_fuzz_corpus PRIVATE ${A_INCLUDES})
