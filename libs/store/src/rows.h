@@ -19,6 +19,8 @@ inline events::Event to_event(const pqxx::row& row) {
     ev.aggregate_id = row[3].c_str();
     ev.version = AggregateVersion(row[4].as<std::int64_t>());
     ev.timestamp = SysTime(std::chrono::milliseconds(row[5].as<std::int64_t>()));
+    // Not parse_json: the value passed it when appended, and jsonb prints numbers without exponents
+    // (1e20 comes back as 100000000000000000000, which parse_json would refuse as beyond 64 bits).
     ev.data = nlohmann::json::parse(row[6].c_str());
     ev.metadata = nlohmann::json::parse(row[7].c_str());
     return ev;
