@@ -65,7 +65,8 @@ struct WholeStack {
         notify =
             s.start("notification-processor/engram-notification-processor", {{"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
                                                                              {"TELEGRAM_BOT_TOKEN", tg.token()},
-                                                                             {"TELEGRAM_API_BASE", tg.base_url()}});
+                                                                             {"TELEGRAM_API_BASE", tg.base_url()},
+                                                                             {"TELEGRAM_ALLOWED_CHAT_IDS", kChat}});
         std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:" + std::to_string(gw_port)},
                                                   {"TELEGRAM_BOT_TOKEN", tg.token()},
                                                   {"TELEGRAM_API_BASE", tg.base_url()},
