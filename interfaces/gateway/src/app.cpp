@@ -263,8 +263,8 @@ App::App(config::Values cfg, std::function<std::int64_t()> now_s) : impl_(std::m
     };
     impl_->guard = http::Guard(http::guard_options(impl_->cfg));
     if (impl_->cfg.has("WEBHOOK_SECRETS")) impl_->secrets = *parse_secrets(impl_->cfg.get("WEBHOOK_SECRETS"));
-    impl_->webchat = std::make_unique<WebChat>(impl_->cfg, impl_->metrics,
-                                               [im = impl_.get()](const nlohmann::json& e) { return im->append(e); });
+    impl_->webchat = std::make_unique<WebChat>(
+        impl_->cfg, impl_->metrics, [im = impl_.get()](const nlohmann::json& e) { return im->append(e); }, impl_->now_s);
 }
 
 App::~App() { stop(); }

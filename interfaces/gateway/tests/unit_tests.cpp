@@ -2,6 +2,8 @@
 
 #include "app.h"
 #include "signature.h"
+#include "webchat_cookie.h"
+#include "webchat_limits.h"
 
 #include <map>
 
@@ -157,6 +159,74 @@ TEST_CASE("the replay guard: a signature keeps its delivery id while it is accep
     CHECK(g.admit("gh", "sig1", "d-2", 1000, 300, 1301));        // past the window (the signature no longer verifies anyway)
     for (int i = 0; i < 10; ++i) CHECK(g.admit("gh", "s" + std::to_string(i), "d", 2000, 300, 2000));
     CHECK(g.size() <= 3);
+}
+
+TEST_CASE("the session cookie carries its issue time, expires, and is rotated", "[unit][gateway][webchat]") {
+    CookieSigner s("a-test-secret-of-enough-length");
+    const std::string uuid = "6f1c1a52-3d4e-4e1a-9d43-0d6b1f0f7a11";
+    const std::int64_t t = 1'800'000'000;
+    auto v = s.sign(uuid, t);
+    CHECK(v.rfind(uuid + ".1800000000.", 0) == 0);
+    CHECK(v.size() == 36 + 1 + 10 + 1 + 64);
+    auto c = s.verify(v, t);
+    REQUIRE(c);
+    CHECK(c->uuid == uuid);
+    CHECK_FALSE(CookieSigner::needs_rotation(*c, t + CookieSigner::kRotateAfter));
+    CHECK(CookieSigner::needs_rotation(*c, t + CookieSigner::kRotateAfter + 1));
+    CHECK(s.verify(v, t + CookieSigner::kMaxAge));
+    CHECK_FALSE(s.verify(v, t + CookieSigner::kMaxAge + 1));                    // expired
+    CHECK_FALSE(s.verify(v, t - CookieSigner::kFutureSkew - 1));                // issued in the future
+    CHECK_FALSE(s.verify(uuid + ".1800000001." + v.substr(48), t));             // a younger issue time, same MAC
+    CHECK_FALSE(CookieSigner("another-secret-of-enough-length").verify(v, t));  // another key
+    CHECK_FALSE(s.verify(uuid + "." + v.substr(48), t));                        // the v1 form (no issue time)
+    CHECK(s.from_header("theme=dark; engram_chat=garbage; engram_chat=" + v, t)->uuid == uuid);
+    auto sc = CookieSigner::set_cookie(v, false);
+    CHECK(sc == "engram_chat=" + v + "; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax");
+    CHECK(CookieSigner::set_cookie(v, true).find("; Secure") != std::string::npos);
+}
+
+TEST_CASE("rate limiter: bursts, refill, Retry-After and a bounded map", "[unit][gateway][webchat]") {
+    auto now = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+    RateLimiter rl(30, 3, 2, [&] { return now; });
+    CHECK_FALSE(rl.take("a"));
+    CHECK_FALSE(rl.take("a"));
+    CHECK_FALSE(rl.take("a"));
+    auto wait = rl.take("a");
+    REQUIRE(wait);
+    CHECK(wait->count() == 2);  // 30 a minute: one every 2 s
+    now += std::chrono::seconds(2);
+    CHECK_FALSE(rl.take("a"));
+    CHECK(rl.take("a"));
+    CHECK_FALSE(rl.take("b"));  // another key has its own bucket
+    // A third key while two are busy is refused: the map never grows past its bound.
+    CHECK(rl.take("c"));
+    CHECK(rl.size() == 2);
+    // Once a bucket has refilled it is forgotten, and a new key finds room.
+    now += std::chrono::minutes(1);
+    CHECK_FALSE(rl.take("c"));
+    CHECK(rl.size() <= 2);
+    RateLimiter off(0, 0, 1);
+    for (int i = 0; i < 100; ++i) CHECK_FALSE(off.take("x" + std::to_string(i)));
+    CHECK(off.size() == 0);
+}
+
+TEST_CASE("stream counter and address keys", "[unit][gateway][webchat]") {
+    StreamCounter sc(2);
+    CHECK(sc.acquire("a"));
+    CHECK(sc.acquire("a"));
+    CHECK_FALSE(sc.acquire("a"));
+    CHECK(sc.acquire("b"));
+    sc.release("a");
+    CHECK(sc.acquire("a"));
+    sc.release("a");
+    sc.release("a");
+    sc.release("b");
+    sc.release("zzz");  // never acquired: no-op
+    CHECK(sc.keys() == 0);
+    CHECK(address_key("127.0.0.1:5555") == "127.0.0.1");
+    CHECK(address_key("2001:db8:1:2:aaaa::1:443") == "2001:0db8:0001:0002::/64");
+    CHECK(address_key("2001:db8:1:2:bbbb::7:80") == address_key("2001:db8:1:2:aaaa::1:443"));
+    CHECK(address_key("::ffff:10.1.2.3:80") == "10.1.2.3");
 }
 
 TEST_CASE("webhooks: WEBHOOK_SECRETS with a malformed whsec_ secret stops the gateway at start", "[unit][gateway][webhooks]") {
