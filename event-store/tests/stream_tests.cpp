@@ -421,7 +421,7 @@ struct RawStream {
         ::inet_pton(AF_INET, source, &from.sin_addr);
         REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) == 0);
         REQUIRE(connect_loopback(fd, port));
-        std::string req = "GET /events/stream?aggregate_id=" + aggregate + " HTTP/1.1\r\nHost: x\r\n\r\n";
+        std::string req = "GET /events/stream?aggregate_id=" + aggregate + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
         REQUIRE(::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size()));
         timeval tv{5, 0};
         ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
