@@ -37,6 +37,23 @@ esac
 # The run command wires the services to its own PostgreSQL and NATS (whose URL carries the token
 # the server requires), whatever .env says for the containers or another setup.
 eval "$("$root/deploy/stack.sh" env)"
+# Every service requires a token: without one, any web page the user visits could POST to the
+# local store and gateway. Unless .env sets ENGRAM_API_TOKEN, one is made once and kept in .run/.
+token_file="$run/api-token"
+if [ -z "${ENGRAM_API_TOKEN:-}" ]; then
+  mkdir -p "$run"
+  if [ ! -s "$token_file" ]; then
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$token_file")
+  fi
+  chmod 600 "$token_file"
+  ENGRAM_API_TOKEN="$(cat "$token_file")"
+  token_note="in $token_file (made once; set ENGRAM_API_TOKEN in .env to choose it)"
+  token_ref="\$(cat $token_file)"
+else
+  token_note="ENGRAM_API_TOKEN from .env"
+  token_ref="<ENGRAM_API_TOKEN of .env>"
+fi
+export ENGRAM_API_TOKEN
 export EVENT_STORE_LISTEN="${EVENT_STORE_LISTEN:-127.0.0.1:8080}"
 export EVENT_STORE_URL="${EVENT_STORE_URL:-http://$EVENT_STORE_LISTEN}"
 export MEMORY_PROCESSOR_LISTEN="${MEMORY_PROCESSOR_LISTEN:-127.0.0.1:8083}"
@@ -74,5 +91,7 @@ echo "  memory processor: http://$MEMORY_PROCESSOR_LISTEN/metrics"
 if [ -n "${LLM_BASE_URL:-}" ]; then model="${LLM_MODEL:-gpt-4.1} at $LLM_BASE_URL"; else model="the offline provider (rule-based, no model; set LLM_BASE_URL/LLM_API_KEY/LLM_MODEL)"; fi
 echo "  ai processor:     http://$AI_PROCESSOR_LISTEN/metrics, answering with $model"
 echo "  notifications:    http://$NOTIFICATION_PROCESSOR_LISTEN/metrics (Telegram, email, Slack when configured)"
-echo "  CLI:              build/interfaces/cli/engram --help"
+echo "  API token:        $token_note; the web chat needs none"
+echo "                    curl -H \"Authorization: Bearer $token_ref\" -H 'Content-Type: application/json' ..."
+echo "  CLI:              ENGRAM_API_TOKEN=$token_ref build/interfaces/cli/engram --help"
 echo "  stop with:        deploy/run.sh stop"

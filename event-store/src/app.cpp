@@ -2,6 +2,7 @@
 #include "sse.h"
 
 #include "engram/core/uuid.h"
+#include "engram/http/guard.h"
 #include "engram/http/server.h"
 #include "engram/log/log.h"
 #include "engram/metrics/metrics.h"
@@ -12,8 +13,6 @@
 #include "engram/store/reader.h"
 #include "engram/store/relay.h"
 #include "engram/store/writer.h"
-
-#include <openssl/crypto.h>
 
 namespace engram::event_store {
 
@@ -26,6 +25,7 @@ config::Spec config_spec() {
     s.add({"EVENTS_STREAM", "JetStream stream the relay publishes to (subjects events.<type>)", "EVENTS", false, nullptr});
     s.add({"EVENT_STORE_LISTEN", "host:port the event store listens on", "127.0.0.1:8080", false, config::listen_address()});
     s.add({"ENGRAM_API_TOKEN", "bearer token required on every request when set", "", false, nullptr, true});
+    http::add_guard_settings(s);
     s.add({"EVENT_STORE_MAX_BATCH", "most events written by one group commit", "5000", false, config::int_range(1, 100000)});
     s.add({"EVENT_STORE_HTTP_THREADS", "HTTP worker threads (read queries block one each)", "16", false,
            config::int_range(1, 512)});
@@ -64,10 +64,6 @@ nlohmann::json events_json(const std::vector<events::Event>& evs) {
     return arr;
 }
 
-bool constant_time_equal(const std::string& a, const std::string& b) {
-    return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
-}
-
 }  // namespace
 
 struct App::Impl {
@@ -81,7 +77,7 @@ struct App::Impl {
     std::unique_ptr<nats::Connection> nats;
     std::unique_ptr<store::Relay> relay;
     SseHub sse;
-    std::string token;
+    http::Guard guard;
 
     explicit Impl(config::Values c)
         : cfg(std::move(c)),
@@ -91,26 +87,19 @@ struct App::Impl {
           sse(reader, metrics, std::chrono::milliseconds(cfg.get_int("EVENT_STORE_SSE_KEEPALIVE_MS")),
               SseHub::Limits{static_cast<std::size_t>(cfg.get_int("EVENT_STORE_SSE_MAX_STREAMS")),
                              static_cast<std::size_t>(cfg.get_int("EVENT_STORE_SSE_MAX_PER_CLIENT"))}),
-          token(cfg.get("ENGRAM_API_TOKEN")) {}
-
-    bool authorized(const http::Request& req) const {
-        if (token.empty()) return true;
-        auto h = req.header("authorization");
-        if (h.rfind("Bearer ", 0) == 0 && constant_time_equal(h.substr(7), token)) return true;
-        // Browsers' EventSource cannot set headers.
-        if (req.method == "GET")
-            if (auto t = req.param("access_token"); t && constant_time_equal(*t, token)) return true;
-        return false;
-    }
+          guard(http::guard_options(cfg)) {}
 
     void handle(http::Request& req, const std::shared_ptr<http::Responder>& res) {
         const auto& path = req.path;
+        if (auto refused = guard.check_host(req)) return res->respond(std::move(*refused));
         if (path == "/healthz" && req.method == "GET") return res->respond(http::Response::json(200, {{"status", "ok"}}));
-        if (!authorized(req))
-            return res->respond(
-                http::Response::error(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required"));
+        // Browsers' EventSource cannot set headers: a GET may carry ?access_token=.
+        if (auto refused = guard.check_token(req, true)) return res->respond(std::move(*refused));
         if (path == "/events") {
-            if (req.method == "POST") return append(req, res);
+            if (req.method == "POST") {
+                if (auto refused = http::require_json(req)) return res->respond(std::move(*refused));
+                return append(req, res);
+            }
             if (req.method == "GET") return res->respond(read_events(req));
             return res->respond(method_not_allowed("GET, POST"));
         }

@@ -248,7 +248,8 @@ TEST_CASE("the bearer token guards every endpoint but liveness", "[integration][
     require_error(*wrong, 401, "unauthorized");
     CHECK(f.count_rows() == 0);
     CHECK(f.get("/healthz").status == 200);
-    auto r = f.client->request("POST", "/events", custom("a").dump(), {{"Authorization", "Bearer s3cret"}});
+    auto r = f.client->request("POST", "/events", custom("a").dump(),
+                               {{"Authorization", "Bearer s3cret"}, {"Content-Type", "application/json"}});
     CHECK(r->status == 201);
     CHECK(f.get("/events?access_token=s3cret").status == 200);
 }

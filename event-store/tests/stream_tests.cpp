@@ -281,7 +281,7 @@ TEST_CASE("a stalled SSE client is cut off without slowing appends", "[integrati
     int small = 4096;
     ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     REQUIRE(connect_loopback(fd, f.app->port()));
-    std::string req = "GET /events/stream?aggregate_id=session:web:slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    std::string req = "GET /events/stream?aggregate_id=session:web:slow HTTP/1.1\r\nHost: localhost\r\n\r\n";
     REQUIRE(::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size()));
     REQUIRE(testing::eventually([&] { return f.get("/metrics").body.find("engram_sse_clients 1") != std::string::npos; }));
 
@@ -306,7 +306,7 @@ TEST_CASE("SSE streams carry a keep-alive comment", "[integration][sse]") {
     StoreFixture f(std::map<std::string, std::string>{{"EVENT_STORE_SSE_KEEPALIVE_MS", "50"}});
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     REQUIRE(connect_loopback(fd, f.app->port()));
-    std::string req = "GET /events/stream?aggregate_id=a HTTP/1.1\r\nHost: x\r\n\r\n";
+    std::string req = "GET /events/stream?aggregate_id=a HTTP/1.1\r\nHost: localhost\r\n\r\n";
     ::send(fd, req.data(), req.size(), 0);
     timeval tv{3, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -421,7 +421,7 @@ struct RawStream {
         ::inet_pton(AF_INET, source, &from.sin_addr);
         REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) == 0);
         REQUIRE(connect_loopback(fd, port));
-        std::string req = "GET /events/stream?aggregate_id=" + aggregate + " HTTP/1.1\r\nHost: x\r\n\r\n";
+        std::string req = "GET /events/stream?aggregate_id=" + aggregate + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
         REQUIRE(::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size()));
         timeval tv{5, 0};
         ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);

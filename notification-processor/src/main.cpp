@@ -25,6 +25,9 @@ int main(int argc, char** argv) {
         if (!conn) throw std::runtime_error(conn.error().detail);
         notification::migrate(**conn);
         auto s = notification::settings_from(v);
+        if (!s.telegram_token.empty() && !s.telegram_allowed.all && s.telegram_allowed.ids.empty())
+            log::get("notification-processor")
+                ->warn("TELEGRAM_ALLOWED_CHAT_IDS is empty: every Telegram delivery will fail with chat_not_allowed");
         log::get("notification-processor")
             ->info("channels: telegram {} ({}), email {}, slack {}", s.telegram_token.empty() ? "off" : "on", s.telegram_api_base,
                    s.smtp_url.empty() || s.email_from.empty() ? "off" : "on", s.slack_webhook_url.empty() ? "off" : "on");

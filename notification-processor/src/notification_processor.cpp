@@ -495,6 +495,17 @@ std::vector<std::string> email_recipients(const events::Event& e) {
     return to;
 }
 
+// A decimal chat id as Telegram writes it ("007" -> "7"), the form TELEGRAM_ALLOWED_CHAT_IDS holds;
+// anything else (an @channel name) as it is, which only "*" allows.
+std::string canonical_chat(const std::string& chat) {
+    if (!std::regex_match(chat, std::regex("-?[0-9]{1,19}"))) return chat;
+    try {
+        return std::to_string(std::stoll(chat));
+    } catch (...) {
+        return chat;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 class Delivery {
@@ -544,6 +555,9 @@ private:
         std::string chat = telegram_chat_id(e);
         if (chat.empty())
             return not_possible(ctx, "telegram", "invalid_recipient", "no chat_id and no session:telegram:<id> session");
+        if (!s_.telegram_allowed.allows(canonical_chat(chat)))
+            return not_possible(ctx, "telegram", "chat_not_allowed",
+                                "chat " + chat.substr(0, 40) + " is not in TELEGRAM_ALLOWED_CHAT_IDS: nothing was sent");
         json chat_json = chat;
         if (e.data.contains("chat_id") && e.data["chat_id"].is_number_integer())
             chat_json = e.data["chat_id"];
@@ -708,6 +722,7 @@ config::Spec settings_spec() {
               true});
     spec.add(
         {"TELEGRAM_API_BASE", "Telegram Bot API base URL", "https://api.telegram.org", false, config::url({"http", "https"})});
+    config::add_telegram_allowed_chats(spec);
     spec.add({"SMTP_URL", "SMTP server for email delivery, e.g. smtp://127.0.0.1:2525 or smtps://user:pass@host:465", "", false,
               config::url({"smtp", "smtps"}), true});
     spec.add(
@@ -723,6 +738,7 @@ Settings settings_from(const config::Values& v) {
     Settings s;
     s.telegram_token = v.get("TELEGRAM_BOT_TOKEN");
     if (v.has("TELEGRAM_API_BASE")) s.telegram_api_base = v.get("TELEGRAM_API_BASE");
+    s.telegram_allowed = config::telegram_allowed_chats(v);
     while (!s.telegram_api_base.empty() && s.telegram_api_base.back() == '/') s.telegram_api_base.pop_back();
     s.smtp_url = v.get("SMTP_URL");
     s.email_from = v.get("EMAIL_FROM");

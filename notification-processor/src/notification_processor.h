@@ -1,6 +1,7 @@
 #pragma once
 // engram-notification-processor: delivers MessageGenerated to the session's channel (Telegram,
 // email over SMTP, Slack incoming webhook) exactly as far as a crash allows: at most once. See README.md.
+#include "engram/config/chats.h"
 #include "engram/config/config.h"
 #include "engram/processor/processor.h"
 #include <pqxx/pqxx>
@@ -17,9 +18,12 @@ namespace engram::notification {
 struct Settings {
     std::string telegram_token;                                  // TELEGRAM_BOT_TOKEN
     std::string telegram_api_base = "https://api.telegram.org";  // TELEGRAM_API_BASE
-    std::string smtp_url;                                        // SMTP_URL (smtp:// or smtps://)
-    std::string email_from;                                      // EMAIL_FROM
-    std::string slack_webhook_url;                               // SLACK_WEBHOOK_URL
+    // TELEGRAM_ALLOWED_CHAT_IDS, as in the gateway: the chats a message may be sent to (empty = none).
+    // Whoever wrote the MessageGenerated, a chat outside it is never sent anything.
+    config::ChatAllowList telegram_allowed;
+    std::string smtp_url;           // SMTP_URL (smtp:// or smtps://)
+    std::string email_from;         // EMAIL_FROM
+    std::string slack_webhook_url;  // SLACK_WEBHOOK_URL
     RateLimits limits;
     int max_send_attempts = 5;               // attempts of one part on transient errors (5xx, refused connection)
     int max_rate_limited = 10;               // 429 answers tolerated for one part

@@ -39,6 +39,8 @@ struct Stack : testing::Stack {
                                                   {"NOTIFICATION_PROCESSOR_ACK_WAIT_MS", "3000"},
                                                   {"TELEGRAM_BOT_TOKEN", telegram.token()},
                                                   {"TELEGRAM_API_BASE", telegram.base_url()},
+                                                  // the chats the tests deliver to; 666 is never one of them
+                                                  {"TELEGRAM_ALLOWED_CHAT_IDS", "4242,77,9,1,555,88"},
                                                   {"SLACK_WEBHOOK_URL", slack.url()}};
         for (auto& [k, v] : extra_env) env[k] = v;
         proc = std::make_unique<testing::Process>(
@@ -197,6 +199,50 @@ TEST_CASE("a 400 from Telegram is NotificationFailed at once, without retries", 
     // the processor still works afterwards
     auto ok = s.say("session:telegram:1", "telegram", "now fine");
     s.wait_for(ok, "TelegramMessageSent");
+}
+
+TEST_CASE("a chat outside TELEGRAM_ALLOWED_CHAT_IDS is sent nothing, whoever wrote the event", "[integration][notification]") {
+    Stack s;
+    s.start_processor();
+    // A session of a chat that never passed the gateway's list, and a chat named in the data of an
+    // allowed session's message.
+    auto stranger = s.say("session:telegram:666", "telegram", "your secrets");
+    auto redirected = s.say("session:telegram:4242", "telegram", "your secrets", {{"chat_id", 666}});
+    auto padded = s.say("session:telegram:0666", "telegram", "your secrets");
+    for (const auto& id : {stranger, redirected, padded}) {
+        auto failed = s.wait_for(id, "NotificationFailed");
+        REQUIRE(failed.size() == 1);
+        CHECK(failed[0]["reason"] == "chat_not_allowed");
+        CHECK(failed[0]["channel"] == "telegram");
+        CHECK(failed[0]["attempts"] == 0);
+        CHECK(failed[0]["retryable"] == false);
+        CHECK(failed[0]["detail"].get<std::string>().find("TELEGRAM_ALLOWED_CHAT_IDS") != std::string::npos);
+        CHECK(s.caused(id, "TelegramMessageSent").empty());
+        CHECK(s.delivery_status(id, 0).empty());  // not even an attempt was recorded
+    }
+    CHECK(s.telegram.send_calls() == 0);
+    // An allowed chat is still delivered to.
+    auto ok = s.say("session:telegram:4242", "telegram", "for you");
+    s.wait_for(ok, "TelegramMessageSent");
+    CHECK(s.telegram.send_calls() == 1);
+    REQUIRE(s.telegram.messages().size() == 1);
+    CHECK(s.telegram.messages()[0].chat_id == "4242");
+}
+
+TEST_CASE("an empty TELEGRAM_ALLOWED_CHAT_IDS means no chat as in the gateway, and * means every chat",
+          "[integration][notification]") {
+    Stack s;
+    s.extra_env["TELEGRAM_ALLOWED_CHAT_IDS"] = "";
+    s.start_processor();
+    auto none = s.say("session:telegram:4242", "telegram", "hello");
+    CHECK(s.wait_for(none, "NotificationFailed")[0]["reason"] == "chat_not_allowed");
+    CHECK(s.telegram.send_calls() == 0);
+    s.proc.reset();
+    s.extra_env["TELEGRAM_ALLOWED_CHAT_IDS"] = "*";
+    s.start_processor();
+    auto any = s.say("session:telegram:31337", "telegram", "hello");
+    s.wait_for(any, "TelegramMessageSent");
+    CHECK(s.telegram.send_calls() == 1);
 }
 
 TEST_CASE("kill -9 during a send: the message is delivered at most once and no TelegramMessageSent is duplicated",

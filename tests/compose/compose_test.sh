@@ -225,7 +225,7 @@ code="$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$gw/trigger" -d '{}')"
 trigger() {  # trigger <session> <message> -> prints the TriggerReceived event id
   local body
   body="$(curl -fsS "${auth[@]}" -XPOST "$gw/trigger" -H 'content-type: application/json' \
-    -d "{\"source\":\"web\",\"user_id\":\"web:compose\",\"session_id\":\"$1\",\"message\":\"$2\"}")" ||
+    -d "{\"source\":\"compose\",\"user_id\":\"compose\",\"session_id\":\"$1\",\"message\":\"$2\"}")" ||
     fail "POST /trigger failed"
   python3 -c 'import json,sys; print(json.load(sys.stdin)["event_id"])' <<<"$body"
 }
@@ -248,7 +248,7 @@ wait_for() {  # wait_for <seconds> <description> <command...>: until the command
 }
 has_type() { [[ " $(run_state "$1" "$2" 2>/dev/null | cut -d'|' -f1) " == *" $3 "* ]]; }
 
-session="session:web:compose-$$"
+session="session:api:compose-$$"  # /trigger writes only in its own namespace (api)
 t1="$(trigger "$session" "remember my cat is called Tom")"
 wait_for 60 "the first run to complete" has_type "$session" "$t1" AIProcessingCompleted
 state="$(run_state "$session" "$t1")"
@@ -259,7 +259,7 @@ started="$(events "$session" | python3 -c 'import json,sys; print([e for e in js
 [ "$started" = offline ] || fail "the run used provider '$started', not the offline provider"
 # The memory processor indexed it (the recall below needs it).
 wait_for 60 "the memory to be indexed" bash -c \
-  "curl -fsS -H 'Authorization: Bearer $ENGRAM_API_TOKEN' '$store/projections/fast_memory/user:web:compose' | grep -q Tom"
+  "curl -fsS -H 'Authorization: Bearer $ENGRAM_API_TOKEN' '$store/projections/fast_memory/user:api:compose' | grep -q Tom"
 
 # --- the AI processor killed in the middle of a run ---------------------------------------------
 # The memory processor is frozen, so a recall run stops at its recall tool call (ToolCalled written,

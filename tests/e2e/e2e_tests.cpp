@@ -65,7 +65,8 @@ struct WholeStack {
         notify =
             s.start("notification-processor/engram-notification-processor", {{"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
                                                                              {"TELEGRAM_BOT_TOKEN", tg.token()},
-                                                                             {"TELEGRAM_API_BASE", tg.base_url()}});
+                                                                             {"TELEGRAM_API_BASE", tg.base_url()},
+                                                                             {"TELEGRAM_ALLOWED_CHAT_IDS", kChat}});
         std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:" + std::to_string(gw_port)},
                                                   {"TELEGRAM_BOT_TOKEN", tg.token()},
                                                   {"TELEGRAM_API_BASE", tg.base_url()},
@@ -159,7 +160,7 @@ TEST_CASE("e2e: a Telegram webhook delivered twice is stored once and answered o
     auto now = std::to_string(
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
     http::Headers sig = {{"Content-Type", "application/json"},
-                         {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("gh-secret", gh)},
+                         {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("gh-secret", now + "." + gh)},
                          {"X-Webhook-Timestamp", now},
                          {"X-Delivery-Id", "delivery-1"}};
     CHECK(c.request("POST", "/webhooks/github", gh, sig)->status == 201);

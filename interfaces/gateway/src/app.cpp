@@ -3,6 +3,7 @@
 #include "engram/core/json.h"
 #include "engram/core/uuid.h"
 #include "engram/http/client.h"
+#include "engram/http/guard.h"
 #include "engram/http/server.h"
 #include "engram/log/log.h"
 #include "engram/metrics/metrics.h"
@@ -21,14 +22,19 @@ config::Spec config_spec() {
     s.add({"EVENT_STORE_URL", "the event store the gateway appends to", "http://127.0.0.1:8080", false,
            config::url({"http", "https"})});
     s.add({"ENGRAM_API_TOKEN", "bearer token: required from clients when set, and sent to the store", "", false, nullptr, true});
-    s.add({"WEBHOOK_SECRETS", "HMAC secrets of signed webhooks: source=secret,other=secret2", "", false,
+    http::add_guard_settings(s);
+    s.add({"WEBHOOK_SECRETS",
+           "secrets of signed webhooks, source=secret,other=whsec_<base64>: a plain secret signs "
+           "X-Signature-256 over \"<X-Webhook-Timestamp>.<body>\", a whsec_ one the Standard Webhooks headers",
+           "", false,
            [](const std::string& v) -> std::optional<std::string> {
-               if (parse_secrets(v)) return std::nullopt;
-               return "must be a list source=secret,source2=secret2";
+               auto p = parse_secrets(v);
+               if (p) return std::nullopt;
+               return "must be a list source=secret,source2=whsec_<base64> (" + p.error().detail + ")";
            },
            true});
-    s.add({"WEBHOOK_MAX_SKEW_S", "how far a webhook's X-Webhook-Timestamp may be from now (replays are refused)", "300", false,
-           config::int_range(1, 86400)});
+    s.add({"WEBHOOK_MAX_SKEW_S", "how far a webhook's signed timestamp may be from now (older requests are refused as replays)",
+           "300", false, config::int_range(1, 86400)});
     telegram::add_settings(s);
     add_webchat_settings(s);
     config::add_logging(s);
@@ -38,6 +44,32 @@ config::Spec config_spec() {
 namespace {
 
 constexpr std::size_t kBodyLimit = 1 << 20;
+constexpr std::size_t kMaxIdLength = 256;  // user and session ids (the event schemas' limit)
+
+// POST /trigger writes in its own namespace only: sessions session:api:<id>, users api:<id>, whose
+// answers no channel delivers (the caller reads them from the log). A channel's sessions and users
+// (telegram, web, email, ...) are written only by that channel's ingress, which derives them from
+// what the channel authenticated; a /trigger naming them could read a user's memories into another
+// conversation or make the notification processor send to any chat or address.
+constexpr std::string_view kTriggerNs = "api";
+
+Result<std::string> trigger_user(const std::string& given) {
+    auto colon = given.find(':');
+    if (colon == std::string::npos) return std::string(kTriggerNs) + ":" + given;
+    if (std::string_view(given).substr(0, colon) == kTriggerNs && colon + 1 < given.size()) return given;
+    return Error::make("namespace_not_allowed", "user_id '" + given.substr(0, 100) +
+                                                    "' is outside the namespace of /trigger: use a plain id (stored as api:<id>) "
+                                                    "or api:<id>; users of other channels are written only by their channel");
+}
+
+Result<std::string> trigger_session(const std::string& given) {
+    const std::string prefix = "session:" + std::string(kTriggerNs) + ":";
+    if (given.rfind("session:", 0) != 0) return prefix + given;
+    if (given.rfind(prefix, 0) == 0 && given.size() > prefix.size()) return given;
+    return Error::make("namespace_not_allowed", "session_id '" + given.substr(0, 100) +
+                                                    "' is outside the namespace of /trigger: use a plain id or " + prefix +
+                                                    "<id>; sessions of other channels are written only by their channel");
+}
 
 }  // namespace
 
@@ -46,7 +78,9 @@ struct App::Impl {
     std::function<std::int64_t()> now_s;
     std::shared_ptr<spdlog::logger> log = log::get("gateway");
     metrics::Registry metrics;
-    std::map<std::string, std::string> secrets;
+    http::Guard guard;
+    std::map<std::string, WebhookSecret> secrets;
+    ReplayGuard replays;
     std::unique_ptr<WebChat> webchat;  // declared before `server`: destroyed after it has stopped
     std::unique_ptr<http::Server> server;
     std::unique_ptr<telegram::Ingress> telegram;
@@ -64,6 +98,10 @@ struct App::Impl {
     http::Response reject(int status, const std::string& code, const std::string& detail) {
         rejected.inc();
         return http::Response::error(status, code, detail);
+    }
+    http::Response reject(http::Response r) {
+        rejected.inc();
+        return r;
     }
 
     // Appends one event and maps the store's answer: 201/200 pass through. Only answers that no
@@ -100,13 +138,8 @@ struct App::Impl {
         return reject(status, e.code, e.detail);
     }
 
-    bool authorized(const http::Request& req) const {
-        if (!cfg.has("ENGRAM_API_TOKEN")) return true;
-        auto h = req.header("authorization");
-        return h.rfind("Bearer ", 0) == 0 && constant_time_equal(h.substr(7), cfg.get("ENGRAM_API_TOKEN"));
-    }
-
     void handle(http::Request& req, const std::shared_ptr<http::Responder>& res) {
+        if (auto refused = guard.check_host(req)) return res->respond(reject(std::move(*refused)));
         if (req.path == "/healthz") return res->respond(http::Response::json(200, {{"status", "ok"}}));
         if (webchat->handle(req, res)) return;  // the browser's signed cookie, not the API token
         if (req.path.rfind("/webhooks/", 0) == 0) {
@@ -119,10 +152,10 @@ struct App::Impl {
             (r.status == 200 ? accepted : rejected).inc();
             return res->respond(std::move(r));
         }
-        if (!authorized(req))
-            return res->respond(reject(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required"));
+        if (auto refused = guard.check_token(req)) return res->respond(reject(std::move(*refused)));
         if (req.path == "/trigger") {
             if (req.method != "POST") return res->respond(http::Response::error(405, "method_not_allowed", "use POST"));
+            if (auto refused = http::require_json(req)) return res->respond(reject(std::move(*refused)));
             return res->respond(trigger(req));
         }
         if (req.path == "/metrics") {
@@ -157,12 +190,20 @@ struct App::Impl {
         if (body.contains("session_id") && !str("session_id"))
             return reject(400, "invalid_request", "field 'session_id' must be a non-empty string when present");
         if (str("source")->size() > 64) return reject(400, "invalid_request", "field 'source' is longer than 64 characters");
-        std::string session = str("session_id").value_or("");
-        if (!session.empty() && session.rfind("session:", 0) != 0) session = "session:api:" + session;
+        auto user = trigger_user(*str("user_id"));
+        if (!user) return reject(403, user.error().code, user.error().detail);
+        std::string session;
+        if (auto given = str("session_id")) {
+            auto s = trigger_session(*given);
+            if (!s) return reject(403, s.error().code, s.error().detail);
+            session = *s;
+        }
+        if (user->size() > kMaxIdLength || session.size() > kMaxIdLength)
+            return reject(400, "invalid_request",
+                          "fields 'user_id' and 'session_id' are limited to " + std::to_string(kMaxIdLength) + " characters");
         auto key = req.header("idempotency-key");
         if (key.size() > 256) return reject(400, "invalid_request", "the Idempotency-Key header is longer than 256 characters");
-        Uuid id =
-            key.empty() ? Uuid::v4() : Uuid::v5(ingress_ns(), "trigger:" + *str("source") + ":" + *str("user_id") + ":" + key);
+        Uuid id = key.empty() ? Uuid::v4() : Uuid::v5(ingress_ns(), "trigger:" + *str("source") + ":" + *user + ":" + key);
         // A new session without a key gets a random id; with a key, a stable one (the retry lands in
         // the same session).
         if (session.empty())
@@ -171,50 +212,39 @@ struct App::Impl {
             {"id", id.str()},
             {"type", "TriggerReceived"},
             {"aggregate_id", session},
-            {"data",
-             {{"source", *str("source")}, {"user_id", *str("user_id")}, {"session_id", session}, {"message", *str("message")}}},
+            {"data", {{"source", *str("source")}, {"user_id", *user}, {"session_id", session}, {"message", *str("message")}}},
             {"metadata",
-             {{"source", "gateway:trigger"},
-              {"correlation_id", id.str()},
-              {"user_id", *str("user_id")},
-              {"session_id", session}}}};
+             {{"source", "gateway:trigger"}, {"correlation_id", id.str()}, {"user_id", *user}, {"session_id", session}}}};
         auto r = append(ev);
         if (!r) return from_error(r.error());
         accepted.inc();
-        return http::Response::json(
-            r->first, {{"session_id", session}, {"event_id", id.str()}, {"position", r->second["events"][0]["position"]}});
+        return http::Response::json(r->first, {{"session_id", session},
+                                               {"user_id", *user},
+                                               {"event_id", id.str()},
+                                               {"position", r->second["events"][0]["position"]}});
     }
 
     http::Response webhook(const std::string& source, http::Request& req) {
         auto it = secrets.find(source);
         if (source.empty() || it == secrets.end())
             return reject(404, "not_found", "no webhook source '" + source + "' is configured");
-        auto sig = req.header("x-signature-256");
-        if (sig.rfind("sha256=", 0) != 0)
-            return reject(401, "unauthorized", "missing or malformed X-Signature-256 header (expected sha256=<hex>)");
-        if (!constant_time_equal(sig.substr(7), hmac_sha256_hex(it->second, req.body)))
-            return reject(401, "unauthorized", "the X-Signature-256 signature does not match the body");
-        auto ts_text = req.header("x-webhook-timestamp");
-        std::int64_t ts = 0;
-        try {
-            std::size_t used = 0;
-            ts = std::stoll(ts_text, &used);
-            if (used != ts_text.size()) throw std::invalid_argument("x");
-        } catch (...) {
-            return reject(401, "unauthorized", "missing or malformed X-Webhook-Timestamp header (Unix seconds)");
-        }
-        auto skew = cfg.get_int("WEBHOOK_MAX_SKEW_S");
-        if (std::llabs(now_s() - ts) > skew)
-            return reject(
-                401, "unauthorized",
-                "X-Webhook-Timestamp is more than " + std::to_string(skew) + " s away from now (a replay, or a clock problem)");
+        const auto skew = cfg.get_int("WEBHOOK_MAX_SKEW_S");
+        const auto now = now_s();
+        auto verified = verify_webhook(
+            it->second, [&](std::string_view name) { return req.header(name); }, req.body, now, skew);
+        if (!verified) return reject(401, verified.error().code, verified.error().detail);
         // The payload is stored two levels down (data.payload): it keeps what is left of the limit.
         auto payload = parse_json(req.body, "the body", kMaxJsonDepth - 2);
         if (!payload) return reject(400, "invalid_json", payload.error().detail);
-        std::string delivery = req.header("x-delivery-id");
+        std::string delivery = verified->delivery_id;  // Standard Webhooks: the signed webhook-id
+        if (delivery.empty()) delivery = req.header("x-delivery-id");
         if (delivery.empty()) delivery = req.header("x-github-delivery");
         if (delivery.empty()) delivery = sha256_hex(req.body);
         if (delivery.size() > 256) return reject(400, "invalid_request", "the delivery id is longer than 256 characters");
+        if (it->second.scheme == Scheme::timestamped_hmac &&
+            !replays.admit(source, verified->signature, delivery, verified->timestamp, skew, now))
+            return reject(401, "unauthorized",
+                          "this signature was already used with another delivery id: a replayed request is not stored again");
         auto id = Uuid::v5(ingress_ns(), "webhook:" + source + ":" + delivery);
         nlohmann::json ev = {{"id", id.str()},
                              {"type", "WebhookReceived"},
@@ -235,9 +265,10 @@ App::App(config::Values cfg, std::function<std::int64_t()> now_s) : impl_(std::m
         return static_cast<std::int64_t>(
             std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
     };
+    impl_->guard = http::Guard(http::guard_options(impl_->cfg));
     if (impl_->cfg.has("WEBHOOK_SECRETS")) impl_->secrets = *parse_secrets(impl_->cfg.get("WEBHOOK_SECRETS"));
-    impl_->webchat = std::make_unique<WebChat>(impl_->cfg, impl_->metrics,
-                                               [im = impl_.get()](const nlohmann::json& e) { return im->append(e); });
+    impl_->webchat = std::make_unique<WebChat>(
+        impl_->cfg, impl_->metrics, [im = impl_.get()](const nlohmann::json& e) { return im->append(e); }, impl_->now_s);
 }
 
 App::~App() { stop(); }

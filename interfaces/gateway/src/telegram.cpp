@@ -1,6 +1,7 @@
 #include "telegram.h"
 
 #include "engram/core/json.h"
+#include "engram/config/chats.h"
 #include "engram/core/text.h"
 #include "engram/core/time.h"
 #include "engram/http/client.h"
@@ -25,28 +26,6 @@ std::shared_ptr<spdlog::logger> lg() {
     return l;
 }
 
-std::optional<std::set<std::string>> parse_chat_ids(const std::string& v) {
-    std::set<std::string> out;
-    std::size_t start = 0;
-    while (start <= v.size()) {
-        auto comma = v.find(',', start);
-        auto item = trim(v.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
-        if (!item.empty()) {
-            std::size_t i = item[0] == '-' ? 1 : 0;
-            if (i == item.size() || item.size() > 20 ||
-                !std::all_of(item.begin() + static_cast<long>(i), item.end(), [](char c) { return c >= '0' && c <= '9'; }))
-                return std::nullopt;
-            try {
-                out.insert(std::to_string(std::stoll(item)));  // "007" is chat 7
-            } catch (const std::out_of_range&) {
-                return std::nullopt;
-            }
-        }
-        if (comma == std::string::npos) break;
-        start = comma + 1;
-    }
-    return out;
-}
 
 }  // namespace
 
@@ -70,12 +49,7 @@ void add_settings(config::Spec& s) {
            true});
     s.add({"TELEGRAM_WEBHOOK_URL", "public https URL of POST /telegram/webhook; registered with setWebhook at start when set", "",
            false, config::url({"https"})});
-    s.add({"TELEGRAM_ALLOWED_CHAT_IDS",
-           "chat ids that reach the assistant, comma-separated (* = every chat); others get one polite refusal", "", false,
-           [](const std::string& v) -> std::optional<std::string> {
-               if (trim(v) == "*" || parse_chat_ids(v)) return std::nullopt;
-               return "must be a comma-separated list of integer chat ids, or *";
-           }});
+    config::add_telegram_allowed_chats(s);
     s.add({"TELEGRAM_POLL_TIMEOUT_S", "long-polling timeout of getUpdates, seconds", "25", false, config::int_range(1, 50)});
 }
 
@@ -86,11 +60,9 @@ Result<Settings> settings_from(const config::Values& v) {
     while (!s.api_base.empty() && s.api_base.back() == '/') s.api_base.pop_back();
     s.webhook_secret = v.get("TELEGRAM_WEBHOOK_SECRET");
     s.webhook_url = v.get("TELEGRAM_WEBHOOK_URL");
-    auto allowed = trim(v.get("TELEGRAM_ALLOWED_CHAT_IDS"));
-    if (allowed == "*")
-        s.allow_all = true;
-    else
-        s.allowed = parse_chat_ids(allowed).value_or(std::set<std::string>{});
+    auto allowed = config::telegram_allowed_chats(v);
+    s.allow_all = allowed.all;
+    s.allowed = std::move(allowed.ids);
     if (v.has("TELEGRAM_POLL_TIMEOUT_S")) s.poll_timeout_s = static_cast<int>(v.get_int("TELEGRAM_POLL_TIMEOUT_S"));
     std::string mode = v.has("TELEGRAM_MODE") ? v.get("TELEGRAM_MODE") : "auto";
     if (mode == "auto") mode = s.token.empty() ? "off" : s.webhook_secret.empty() ? "polling" : "webhook";

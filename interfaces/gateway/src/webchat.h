@@ -6,6 +6,10 @@
 // name another session. The chat routes sit in front of the API-token check, since a browser
 // authenticates with the cookie.
 //
+// Caps (webchat_limits.h): messages per minute per session and per address (429 rate_limited with
+// Retry-After), open streams per session and per address (429 too_many_streams), and the cookie's
+// lifetime and rotation (webchat_cookie.h).
+//
 // Threading: event streams are proxied asynchronously on one I/O thread owned by WebChat (never a
 // server worker per stream); at most `kMaxStreams` at once. A browser that goes away closes its
 // upstream at once. Destroy WebChat only after the http::Server that calls handle() has stopped.
@@ -26,7 +30,7 @@ class Registry;
 
 namespace engram::gateway {
 
-// Adds WEBCHAT_SECRET (and friends) to the gateway's settings.
+// Adds WEBCHAT_SECRET, the caps and the cookie's Secure mode to the gateway's settings.
 void add_webchat_settings(config::Spec& spec);
 
 class WebChat {
@@ -35,7 +39,9 @@ public:
     static constexpr std::size_t kMaxTextChars = 8000;      // Unicode code points of one message
     static constexpr std::size_t kMaxBodyBytes = 64 << 10;  // POST /chat/messages body
 
-    WebChat(const config::Values& cfg, metrics::Registry& metrics, AppendFn append);
+    // `now_s`: Unix seconds (cookie issue times and expiry); injected by tests.
+    WebChat(const config::Values& cfg, metrics::Registry& metrics, AppendFn append,
+            std::function<std::int64_t()> now_s = nullptr);
     ~WebChat();
     WebChat(const WebChat&) = delete;
     WebChat& operator=(const WebChat&) = delete;
@@ -43,8 +49,10 @@ public:
     // Answers the web chat's routes and returns true; false for any other path.
     bool handle(http::Request& req, const std::shared_ptr<http::Responder>& res);
 
-    // "<uuid>.<hmac>" for a session id (a UUID): the cookie value; exposed for tests.
+    // "<uuid>.<issued>.<hmac>" for a session id (a UUID), issued now or at `issued` (Unix s): the cookie
+    // value; exposed for tests.
     std::string sign(const std::string& session_uuid) const;
+    std::string sign(const std::string& session_uuid, std::int64_t issued) const;
     std::size_t open_streams() const;
 
 private:

@@ -31,7 +31,8 @@ struct Fixture {
     http::ClientResponse webhook(const std::string& source, const std::string& body, const std::string& secret, std::int64_t ts,
                                  const std::string& delivery = "d-1") {
         http::Headers h = {{"Content-Type", "application/json"}, {"X-Webhook-Timestamp", std::to_string(ts)}};
-        if (!secret.empty()) h.emplace_back("X-Signature-256", "sha256=" + gateway::hmac_sha256_hex(secret, body));
+        if (!secret.empty())
+            h.emplace_back("X-Signature-256", "sha256=" + gateway::hmac_sha256_hex(secret, std::to_string(ts) + "." + body));
         if (!delivery.empty()) h.emplace_back("X-Delivery-Id", delivery);
         auto r = client->request("POST", "/webhooks/" + source, body, h);
         REQUIRE(r.ok());
@@ -43,7 +44,7 @@ struct Fixture {
 
 TEST_CASE("POST /trigger appends TriggerReceived after commit and a retried key stores once", "[integration][gateway]") {
     Fixture f;
-    auto r = f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "web:alice"}, {"message", "Summarise my day"}});
+    auto r = f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "alice"}, {"message", "Summarise my day"}});
     REQUIRE(r.ok());
     INFO(r->body);
     REQUIRE(r->status == 201);
@@ -52,7 +53,7 @@ TEST_CASE("POST /trigger appends TriggerReceived after commit and a retried key 
     CHECK(f.count("TriggerReceived") == 1);
 
     http::Headers key = {{"Idempotency-Key", "k-42"}};
-    json body = {{"source", "api"}, {"user_id", "web:alice"}, {"session_id", session}, {"message", "again"}};
+    json body = {{"source", "api"}, {"user_id", "alice"}, {"session_id", session}, {"message", "again"}};
     auto a = f.client->post_json("/trigger", body, key);
     auto b = f.client->post_json("/trigger", body, key);
     REQUIRE(a->status == 201);
@@ -71,6 +72,14 @@ TEST_CASE("bad trigger input is refused with nothing stored", "[integration][gat
         return *r;
     };
     require_error(post(R"({"source":"api","user_id":"u","message":"hi"})", {}), 401, "unauthorized");
+    // What a web page can send without a CORS preflight is never JSON.
+    for (const char* type : {"text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
+                             "multipart/form-data; boundary=x", ""}) {
+        INFO(type);
+        http::Headers h = {{"Authorization", "Bearer t0k"}};
+        if (*type) h.emplace_back("Content-Type", type);
+        require_error(post(R"({"source":"api","user_id":"u","message":"hi"})", h), 415, "unsupported_media_type");
+    }
     require_error(post("{nope", auth), 400, "invalid_json");
     require_error(post("[1]", auth), 400, "invalid_request");
     require_error(post(R"({"user_id":"u","message":"hi"})", auth), 400, "invalid_request", "source");
@@ -108,7 +117,7 @@ TEST_CASE("signed webhooks: a valid delivery is stored once, every bad one is re
     // A timestamp header that is not a number.
     {
         http::Headers h = {{"X-Webhook-Timestamp", "soon"},
-                           {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("s3cret", body)}};
+                           {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("s3cret", "soon." + body)}};
         auto r = f.client->request("POST", "/webhooks/github", body, h);
         require_error(*r, 401, "unauthorized", "Timestamp");
     }
@@ -128,4 +137,106 @@ TEST_CASE("the gateway answers 503 while the store is down, and nothing is half-
     auto r = f.client->post_json("/trigger", {{"source", "api"}, {"user_id", "u"}, {"message", "hi"}});
     require_error(*r, 503, "unavailable");
     CHECK(f.client->get("/readyz")->status == 503);
+}
+
+TEST_CASE("a web page cannot drive a gateway without a token: JSON only, loopback Host names only",
+          "[integration][gateway][guard]") {
+    Fixture f;
+    const auto port = f.app->port();
+    const std::string body = R"({"source":"api","user_id":"u","message":"hi"})";
+    // The "simple" cross-site POST a browser sends without asking: text/plain.
+    require_error(gateway::test::python_request(port, "POST", "/trigger", {{"Content-Type", "text/plain"}}, body), 415,
+                  "unsupported_media_type", "application/json");
+    {
+        auto form = testing::run({"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-XPOST", "--data-urlencode",
+                                  "message=hi", f.app->url() + "/trigger"});
+        CHECK(form.output == "415");
+    }
+    // A page that re-points its own name at 127.0.0.1 (DNS rebinding) sends that name as Host.
+    for (const char* host : {"evil.example", "evil.example:8081", "localhost.evil.example", "127.0.0.1.nip.io"}) {
+        INFO(host);
+        require_error(
+            gateway::test::python_request(port, "POST", "/trigger", {{"Host", host}, {"Content-Type", "application/json"}}, body),
+            421, "host_not_allowed", "ENGRAM_ALLOWED_HOSTS");
+        require_error(gateway::test::python_request(port, "GET", "/", {{"Host", host}}), 421, "host_not_allowed");
+        require_error(gateway::test::python_request(port, "GET", "/readyz", {{"Host", host}}), 421, "host_not_allowed");
+        CHECK(gateway::test::python_request(port, "GET", "/", {{"Host", host}})["set_cookie"].empty());
+    }
+    CHECK(f.stack.count_all() == 0);
+    // The gateway still serves what is addressed to it.
+    for (const std::string& host :
+         std::vector<std::string>{"localhost:" + std::to_string(port), "chat.localhost", "127.0.0.1", "[::1]:8081"}) {
+        INFO(host);
+        auto r = gateway::test::python_request(port, "POST", "/trigger",
+                                               {{"Host", host}, {"Content-Type", "application/json; charset=utf-8"}}, body);
+        INFO(r.dump());
+        CHECK(r["status"] == 201);
+    }
+    CHECK(f.count("TriggerReceived") == 4);
+}
+
+TEST_CASE("ENGRAM_ALLOWED_HOSTS adds names, and with a token any Host is served given the token",
+          "[integration][gateway][guard]") {
+    {
+        Fixture f(std::map<std::string, std::string>{{"ENGRAM_ALLOWED_HOSTS", "engram.lan,*.example.org"}});
+        const auto port = f.app->port();
+        CHECK(gateway::test::python_request(port, "GET", "/healthz", {{"Host", "engram.lan:8081"}})["status"] == 200);
+        CHECK(gateway::test::python_request(port, "GET", "/healthz", {{"Host", "chat.example.org"}})["status"] == 200);
+        require_error(gateway::test::python_request(port, "GET", "/healthz", {{"Host", "example.org"}}), 421, "host_not_allowed");
+        require_error(gateway::test::python_request(port, "GET", "/healthz", {{"Host", "engram.lan.evil"}}), 421,
+                      "host_not_allowed");
+    }
+    Fixture t(std::map<std::string, std::string>{{"ENGRAM_API_TOKEN", "t0k"}});
+    const auto port = t.app->port();
+    const std::string body = R"({"source":"api","user_id":"u","message":"hi"})";
+    require_error(gateway::test::python_request(port, "POST", "/trigger",
+                                                {{"Host", "engram.example.com"}, {"Content-Type", "application/json"}}, body),
+                  401, "unauthorized");
+    auto ok = gateway::test::python_request(
+        port, "POST", "/trigger",
+        {{"Host", "engram.example.com"}, {"Content-Type", "application/json"}, {"Authorization", "Bearer t0k"}}, body);
+    CHECK(ok["status"] == 201);
+    CHECK(t.count("TriggerReceived") == 1);
+}
+
+TEST_CASE("/trigger writes only in its own namespace: no other channel's session or user", "[integration][gateway]") {
+    Fixture f;
+    auto post = [&](json body) {
+        auto r = f.client->post_json("/trigger", body);
+        REQUIRE(r.ok());
+        return *r;
+    };
+    auto base = [](json extra) {
+        json b = {{"source", "api"}, {"user_id", "alice"}, {"message", "what do you know about me?"}};
+        for (auto& [k, v] : extra.items()) b[k] = v;
+        return b;
+    };
+    // Another channel's user (their memories) or session (its delivery: a Telegram chat, an address).
+    for (const char* user : {"telegram:42", "web:6f1c1a52-3d4e-4e1a-9d43-0d6b1f0f7a11", "email:a@b.c", "user:api:x", "api:"}) {
+        INFO(user);
+        require_error(post(base({{"user_id", user}})), 403, "namespace_not_allowed", "user_id");
+    }
+    for (const char* session : {"session:telegram:42", "session:email:victim@example.com", "session:web:abc", "session:slack:C1",
+                                "session:webhook:github", "session:api:", "session:"}) {
+        INFO(session);
+        require_error(post(base({{"session_id", session}})), 403, "namespace_not_allowed", "session_id");
+    }
+    require_error(post(base({{"user_id", std::string(300, 'u')}})), 400, "invalid_request", "256");
+    CHECK(f.stack.count_all() == 0);
+
+    // Its own namespace: the user and session are api's, whatever form they are given in.
+    auto a = post(base({{"session_id", "chat-1"}}));
+    REQUIRE(a.status == 201);
+    CHECK(a.json()["session_id"] == "session:api:chat-1");
+    CHECK(a.json()["user_id"] == "api:alice");
+    auto b = post(base({{"session_id", "session:api:chat-1"}, {"user_id", "api:alice"}}));
+    REQUIRE(b.status == 201);
+    CHECK(b.json()["session_id"] == "session:api:chat-1");
+    auto evs = f.stack.aggregate("session:api:chat-1");
+    REQUIRE(evs.size() == 2);
+    for (auto& e : evs) {
+        CHECK(e["data"]["user_id"] == "api:alice");
+        CHECK(e["metadata"]["user_id"] == "api:alice");
+        CHECK(e["data"]["session_id"] == "session:api:chat-1");
+    }
 }

@@ -127,7 +127,11 @@ TEST_CASE("gateway: Telegram long polling against Python's http.server, appends 
 TEST_CASE("web chat through nginx: messages appended and the browser's event stream, live", "[integration][gateway][webchat]") {
     testing::Stack s("gw-nginx");
     testing::Nginx nginx(s.url());
-    gateway::test::InProcess gw(s, {{"WEBCHAT_SECRET", "a-test-secret-of-enough-length"}, {"EVENT_STORE_URL", nginx.url()}});
+    // 50 messages in a row from one browser: above the web chat's rate limits, which have their own tests.
+    gateway::test::InProcess gw(s, {{"WEBCHAT_SECRET", "a-test-secret-of-enough-length"},
+                                    {"EVENT_STORE_URL", nginx.url()},
+                                    {"WEBCHAT_SESSION_MESSAGES_PER_MINUTE", "6000"},
+                                    {"WEBCHAT_ADDRESS_MESSAGES_PER_MINUTE", "0"}});
     auto cookie = new_session(*gw.client);
     const int total = 50;
     for (int i = 0; i < total; ++i)
@@ -171,7 +175,7 @@ TEST_CASE("web chat: the store's per-client cap on streams reaches the browser a
     addr.sin_port = htons(gw.app->port());
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    std::string req = "GET /chat/events HTTP/1.1\r\nHost: x\r\nCookie: engram_chat=" + cookie + "\r\n\r\n";
+    std::string req = "GET /chat/events HTTP/1.1\r\nHost: localhost\r\nCookie: engram_chat=" + cookie + "\r\n\r\n";
     REQUIRE(::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size()));
     timeval tv{5, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);

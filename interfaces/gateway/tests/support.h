@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace engram::gateway::test {
 
@@ -45,6 +46,18 @@ inline void require_error(const http::ClientResponse& r, int status, const std::
     CHECK(r.json()["error"] == code);
     CHECK(r.json()["detail"].is_string());
     if (!part.empty()) CHECK(r.json()["detail"].get<std::string>().find(part) != std::string::npos);
+}
+
+using testing::python_request;
+
+// The same check as require_error, on a python_request answer.
+inline void require_error(const nlohmann::json& r, int status, const std::string& code, const std::string& part = "") {
+    INFO(r.dump());
+    REQUIRE(r["status"] == status);
+    auto body = nlohmann::json::parse(r["body"].get<std::string>(), nullptr, false);
+    CHECK(body["error"] == code);
+    CHECK(body["detail"].is_string());
+    if (!part.empty() && body["detail"].is_string()) CHECK(body["detail"].get<std::string>().find(part) != std::string::npos);
 }
 
 }  // namespace engram::gateway::test

@@ -295,6 +295,14 @@
         r = null;
       }
       if (r && r.ok) return { ok: true };
+      // Too many messages at once: wait as long as the gateway says (bounded), then the same id again.
+      if (r && r.status === 429 && attempt < 4) {
+        const after = Math.min(Math.max(parseInt(r.headers.get('Retry-After') || '2', 10) || 2, 1), 60);
+        showNotice(`Sending too fast: retrying in ${after} s`);
+        await new Promise((res) => setTimeout(res, after * 1000));
+        showNotice('');
+        continue;
+      }
       const transient = !r || r.status === 503 || r.status === 502 || r.status === 504;
       if (!transient || attempt >= 4) {
         let detail = r ? `HTTP ${r.status}` : 'the gateway cannot be reached';

@@ -266,12 +266,14 @@ TEST_CASE("proto/openapi.yaml names every error code of the API", "[unit][events
     const std::string api = read_text(proto_dir() / "openapi.yaml");
     for (auto code : {codes::invalid_json, codes::invalid_event, codes::schema_violation, codes::invalid_parameter,
                       codes::invalid_request, codes::unauthorized, codes::not_found, codes::id_conflict, codes::version_conflict,
-                      codes::payload_too_large, codes::unavailable, codes::internal}) {
+                      codes::payload_too_large, codes::unavailable, codes::internal, codes::namespace_not_allowed,
+                      codes::unsupported_media_type, codes::host_not_allowed, codes::rate_limited, codes::too_many_streams}) {
         INFO(code);
         CHECK(api.find(std::string(code)) != std::string::npos);
     }
-    for (const auto& path : {"/events:", "/events/{id}:", "/aggregates/{aggregate_id}/events:", "/events/stream:",
-                             "/projections/{name}/{id}:", "/healthz:", "/readyz:", "/metrics:", "/trigger:"}) {
+    for (const auto& path :
+         {"/events:", "/events/{id}:", "/aggregates/{aggregate_id}/events:", "/events/stream:", "/projections/{name}/{id}:",
+          "/healthz:", "/readyz:", "/metrics:", "/trigger:", "/webhooks/{source}:"}) {
         INFO(path);
         CHECK(api.find(std::string("  ") + path) != std::string::npos);
     }

@@ -1,4 +1,5 @@
 // run_main(): the shared main() of processor executables.
+#include "engram/http/guard.h"
 #include "engram/log/log.h"
 #include "engram/processor/processor.h"
 
@@ -28,6 +29,7 @@ config::Spec config_spec(const Options& d) {
            d.event_store_url.empty() ? "http://127.0.0.1:8080" : d.event_store_url, false, config::url({"http", "https"})});
     s.add({"ENGRAM_API_TOKEN", "bearer token for the event store, and required to listen on a non-loopback address", d.api_token,
            false, nullptr, true});
+    http::add_guard_settings(s);
     s.add({p + "_LISTEN", "host:port of the health/metrics server (/healthz, /readyz, /metrics)",
            d.listen.empty() ? "127.0.0.1:0" : d.listen, false, config::listen_address()});
     s.add({p + "_CONCURRENCY", "aggregates handled at once", std::to_string(d.concurrency), false, config::int_range(1, 1024)});
@@ -43,6 +45,7 @@ Options options_from(const config::Values& v, Options o) {
     o.database_url = v.get("DATABASE_URL");
     o.event_store_url = v.get("EVENT_STORE_URL");
     o.api_token = v.get("ENGRAM_API_TOKEN");
+    o.allowed_hosts = http::guard_options(v).allowed_hosts;
     o.listen = v.get(p + "_LISTEN");
     o.concurrency = static_cast<int>(v.get_int(p + "_CONCURRENCY"));
     o.max_attempts = static_cast<int>(v.get_int(p + "_MAX_ATTEMPTS"));

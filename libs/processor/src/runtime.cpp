@@ -10,6 +10,7 @@
 
 #include "engram/config/config.h"
 #include "engram/http/client.h"
+#include "engram/http/guard.h"
 #include "engram/http/server.h"
 #include "engram/log/log.h"
 #include "engram/nats/nats.h"
@@ -103,6 +104,7 @@ struct Runtime::Impl {
     std::unique_ptr<nats::Connection> nc;
     std::unique_ptr<nats::PullConsumer> consumer;
     std::unique_ptr<http::Server> server;
+    http::Guard guard;                  // as the store's: /healthz open, the rest behind the token or the Host allow-list
     std::set<std::string> type_filter;  // empty = all (client-side filter when several types)
 
     // Work state, under mu.
@@ -511,8 +513,10 @@ struct Runtime::Impl {
 
     // ---------------------------------------------------------------------------------------
     void serve(http::Request& req, const std::shared_ptr<http::Responder>& res) {
+        if (auto refused = guard.check_host(req)) return res->respond(std::move(*refused));
         if (req.method != "GET") return res->respond(http::Response::error(405, "method_not_allowed", "GET only"));
         if (req.path == "/healthz") return res->respond(http::Response::json(200, {{"status", "ok"}}));
+        if (auto refused = guard.check_token(req)) return res->respond(std::move(*refused));
         if (req.path == "/readyz") {
             bool nats_ok = nc && nc->connected();
             bool db_ok = false;
@@ -655,6 +659,7 @@ Status Runtime::start() {
     }
     d.consumer = std::move(*pc);
 
+    d.guard = http::Guard(http::GuardOptions{o.api_token, o.allowed_hosts});
     http::ServerOptions so;
     so.host = hp->host;
     so.port = hp->port;

@@ -455,10 +455,12 @@ TEST_CASE("processor configuration: shared settings, one-line errors", "[integra
             return it->second;
         };
     };
-    auto v = spec.load(env_of({{"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:9100"}, {"ENGRAM_API_TOKEN", "t"}}));
+    auto v = spec.load(env_of(
+        {{"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:9100"}, {"ENGRAM_API_TOKEN", "t"}, {"ENGRAM_ALLOWED_HOSTS", "metrics.lan"}}));
     REQUIRE(v.ok());
     auto o = processor::options_from(*v, d);
     CHECK(o.listen == "127.0.0.1:9100");
+    CHECK(o.allowed_hosts == std::vector<std::string>{"metrics.lan"});
     CHECK(o.api_token == "t");
     CHECK(o.concurrency == 8);
     CHECK(o.nats_url == "nats://127.0.0.1:54222");
@@ -468,4 +470,34 @@ TEST_CASE("processor configuration: shared settings, one-line errors", "[integra
     CHECK(bad.error().detail.find("MEMORY_PROCESSOR_CONCURRENCY") != std::string::npos);
     CHECK(bad.error().detail.find("NATS_URL") != std::string::npos);
     CHECK(bad.error().detail.find('\n') == std::string::npos);
+}
+
+TEST_CASE("the health server: loopback or allowed Host names without a token, the token when set", "[integration][processor]") {
+    Env env;
+    auto o = env.options("guard-proc", {"NoteTaken"});
+    o.allowed_hosts = {"metrics.lan"};
+    processor::Runtime rt(o, [](processor::Context&) { return ok(); });
+    REQUIRE(rt.start().ok());
+    for (const char* path : {"/healthz", "/readyz", "/metrics"}) {
+        INFO(path);
+        // A web page reading it through a rebound name, from another HTTP stack.
+        auto r = testing::python_request(rt.port(), "GET", path, {{"Host", "rebind.attacker.example"}});
+        INFO(r.dump());
+        CHECK(r["status"] == 421);
+        CHECK(json::parse(r["body"].get<std::string>())["error"] == "host_not_allowed");
+        CHECK(testing::python_request(rt.port(), "GET", path, {{"Host", "metrics.lan:9100"}})["status"] == 200);
+        CHECK(testing::python_request(rt.port(), "GET", path, {{"Host", "localhost"}})["status"] == 200);
+    }
+    rt.stop();
+
+    auto t = env.options("guard-proc-token", {"NoteTaken"});
+    t.api_token = "t0k";
+    processor::Runtime rt2(t, [](processor::Context&) { return ok(); });
+    REQUIRE(rt2.start().ok());
+    CHECK(testing::python_request(rt2.port(), "GET", "/healthz", {{"Host", "engram-ai:8084"}})["status"] == 200);
+    auto denied = testing::python_request(rt2.port(), "GET", "/metrics", {{"Host", "engram-ai:8084"}});
+    CHECK(denied["status"] == 401);
+    CHECK(json::parse(denied["body"].get<std::string>())["error"] == "unauthorized");
+    CHECK(testing::python_request(rt2.port(), "GET", "/metrics", {{"Authorization", "Bearer t0k"}})["status"] == 200);
+    rt2.stop();
 }

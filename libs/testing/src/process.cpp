@@ -332,4 +332,18 @@ int Process::wait() {
 
 std::string Process::log() const { return read_file(log_path_); }
 
+Ran run(std::vector<std::string> argv, std::map<std::string, std::string> env, std::chrono::milliseconds timeout) {
+    const auto dir = make_temp_dir("run");
+    Ran out;
+    {
+        Process p(std::move(argv), std::move(env), dir + "/output");
+        bool ended = eventually([&] { return !p.alive(); }, timeout);
+        out.exit_code = ended ? p.wait() : p.terminate_and_wait(std::chrono::seconds(1));
+        out.output = p.log();
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    return out;
+}
+
 }  // namespace engram::testing

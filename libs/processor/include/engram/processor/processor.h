@@ -36,6 +36,9 @@ struct Options {
     int max_attempts = 5;                          // in-process attempts before the event is parked
     std::chrono::milliseconds retry_backoff{200};  // doubles per attempt, capped at max_backoff
     std::string listen = "127.0.0.1:0";            // health/metrics HTTP
+    // Without api_token, the health server answers only requests whose Host is a loopback name or
+    // one of these (ENGRAM_ALLOWED_HOSTS), so a web page cannot read it through a rebound name.
+    std::vector<std::string> allowed_hosts;
 
     // Tuning (defaults are fine for production; tests shorten them).
     std::chrono::milliseconds max_backoff{30000};
@@ -100,7 +103,7 @@ private:
 };
 
 // The settings every processor shares: NATS_URL, DATABASE_URL, EVENT_STORE_URL, ENGRAM_API_TOKEN,
-// LOG_LEVEL, LOG_FORMAT, <NAME>_LISTEN, <NAME>_CONCURRENCY, <NAME>_MAX_ATTEMPTS
+// ENGRAM_ALLOWED_HOSTS, LOG_LEVEL, LOG_FORMAT, <NAME>_LISTEN, <NAME>_CONCURRENCY, <NAME>_MAX_ATTEMPTS
 // (NAME = upper-cased name with '-' -> '_'), defaults taken from `defaults`.
 config::Spec config_spec(const Options& defaults);
 std::string env_prefix(const std::string& name);  // "memory-processor" -> "MEMORY_PROCESSOR"

@@ -51,4 +51,14 @@ private:
     std::unique_ptr<Watchdog> watchdog_;
 };
 
+// Runs a command to completion and returns its exit code and output (stdout and stderr together):
+// a client from another stack (curl, python3) talking to a service under test. `env` is added to the
+// current environment. Throws when the command cannot be started.
+struct Ran {
+    int exit_code = -1;
+    std::string output;
+};
+Ran run(std::vector<std::string> argv, std::map<std::string, std::string> env = {},
+        std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
 }  // namespace engram::testing

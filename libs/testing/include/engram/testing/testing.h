@@ -1,5 +1,6 @@
 #pragma once
 // The integration-test harness (engram::testing): everything in one include.
+#include "engram/testing/foreign.h"
 #include "engram/testing/nats.h"
 #include "engram/testing/nginx.h"
 #include "engram/testing/postgres.h"
