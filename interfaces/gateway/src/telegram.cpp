@@ -26,7 +26,6 @@ std::shared_ptr<spdlog::logger> lg() {
     return l;
 }
 
-
 }  // namespace
 
 void add_settings(config::Spec& s) {

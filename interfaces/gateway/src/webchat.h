@@ -1,5 +1,5 @@
 #pragma once
-// The web chat at `/` (SPEC §7): the page, POST /chat/messages (-> MessageReceived on the browser's own
+// The web chat at `/`: the page, POST /chat/messages (-> MessageReceived on the browser's own
 // session) and GET /chat/events (the session's events, proxied from the store's SSE stream).
 //
 // A browser's session comes only from its signed cookie `engram_chat=<uuid>.<hmac>`: no request can

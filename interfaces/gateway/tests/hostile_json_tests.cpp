@@ -49,7 +49,7 @@ struct Fixture {
     http::ClientResponse webhook(const std::string& body) {
         return send("/webhooks/github", body,
                     {{"X-Webhook-Timestamp", std::to_string(now)},
-                     {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("s3cret", body)},
+                     {"X-Signature-256", "sha256=" + gateway::hmac_sha256_hex("s3cret", std::to_string(now) + "." + body)},
                      {"X-Delivery-Id", "d-" + std::to_string(++deliveries)}});
     }
     http::ClientResponse telegram(const std::string& body) {
@@ -104,7 +104,7 @@ TEST_CASE("hostile JSON on every gateway route is a 400 invalid_json with nothin
         }
     }
     // Still serving: one good request on each route.
-    CHECK(f.trigger(R"({"source":"api","user_id":"web:a","message":"hi"})").status == 201);
+    CHECK(f.trigger(R"({"source":"api","user_id":"a","message":"hi"})").status == 201);
     CHECK(f.webhook(R"({"action":"opened"})").status == 201);
     CHECK(f.telegram(R"({"update_id":1,"message":{"message_id":1,"chat":{"id":5},"text":"hi"}})").status == 200);
     CHECK(f.chat(R"({"id":"m-1","text":"hi"})").status == 201);
@@ -113,7 +113,7 @@ TEST_CASE("hostile JSON on every gateway route is a 400 invalid_json with nothin
 
 TEST_CASE("U+0000 from a client is a 400 naming the field, from Telegram it becomes U+FFFD", "[integration][gateway][json]") {
     Fixture f;
-    require_error(f.trigger(R"({"source":"api","user_id":"web:a","message":"a\u0000b"})"), 400, "invalid_request",
+    require_error(f.trigger(R"({"source":"api","user_id":"a","message":"a\u0000b"})"), 400, "invalid_request",
                   "U+0000 at /message");
     require_error(f.webhook(R"({"note":{"k\u0000":1}})"), 400, "invalid_request", "U+0000 at /payload/note/k");
     require_error(f.chat(R"({"id":"m-1","text":"a\u0000b"})"), 400, "invalid_request", "U+0000 at /text");

@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The catalog as SPEC.md §3 lists it, by category.
+// The product catalog (docs/events.md), by category.
 const std::vector<std::pair<std::string, std::vector<std::string>>> kSpecCatalog = {
     {"input", {"TriggerReceived", "MessageReceived", "WebhookReceived"}},
     {"ai",
@@ -32,12 +32,12 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSpecCatalog
     {"memory", {"MemoryStored", "MemoryRecalled", "FastMemoryUpdated"}},
 };
 
-// SPEC §3 says "extend it as needed": the types engram writes beyond that list, by category.
+// The catalog is open to extension: the types engram writes beyond the product list, by category.
 const std::vector<std::pair<std::string, std::vector<std::string>>> kExtensions = {
     {"input", {"AccessDenied"}},
 };
 
-// SPEC's list plus the extensions, in catalog order (each extension after its category's SPEC types).
+// The product list plus the extensions, in catalog order (each extension after its category's product types).
 std::vector<std::string> spec_types() {
     std::vector<std::string> out;
     for (const auto& [cat, names] : kSpecCatalog) {
@@ -69,7 +69,8 @@ std::set<std::string> as_set(const std::vector<std::string>& v) { return {v.begi
 
 }  // namespace
 
-TEST_CASE("catalog: SPEC §3, types::all(), proto/catalog.json, proto/events/ and the embedded catalog agree", "[unit][events]") {
+TEST_CASE("catalog: the product list, types::all(), proto/catalog.json, proto/events/ and the embedded catalog agree",
+          "[unit][events]") {
     const std::vector<std::string> spec = spec_types();
     REQUIRE(spec.size() == 18 + 1);
 
@@ -106,7 +107,7 @@ TEST_CASE("catalog: SPEC §3, types::all(), proto/catalog.json, proto/events/ an
     }
 }
 
-TEST_CASE("catalog: categories follow SPEC §3 and every entry is documented", "[unit][events]") {
+TEST_CASE("catalog: categories follow the product list and every entry is documented", "[unit][events]") {
     const Catalog& c = Catalog::builtin();
     auto all = kSpecCatalog;
     all.insert(all.end(), kExtensions.begin(), kExtensions.end());

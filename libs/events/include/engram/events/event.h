@@ -1,5 +1,5 @@
 #pragma once
-// The event envelope (SPEC §3): what a client submits (NewEvent) and what the store returns (Event),
+// The event envelope (docs/events.md): what a client submits (NewEvent) and what the store returns (Event),
 // with the parsing rules of POST /events.
 #include <cstddef>
 #include <nlohmann/json.hpp>
@@ -47,7 +47,7 @@ struct NewEvent {
     nlohmann::json to_json() const;
 };
 
-// A stored event (the envelope of SPEC §3).
+// A stored event (the full envelope).
 struct Event {
     Uuid id;
     std::string type;

@@ -10,7 +10,7 @@ namespace engram::events::types {
 inline constexpr std::string_view TriggerReceived = "TriggerReceived";
 inline constexpr std::string_view MessageReceived = "MessageReceived";
 inline constexpr std::string_view WebhookReceived = "WebhookReceived";
-inline constexpr std::string_view AccessDenied = "AccessDenied";  // not in SPEC §3's list: our extension
+inline constexpr std::string_view AccessDenied = "AccessDenied";  // not in the product list: our extension
 // AI processing
 inline constexpr std::string_view AIProcessingStarted = "AIProcessingStarted";
 inline constexpr std::string_view ToolCalled = "ToolCalled";
