@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <sstream>
+#include <utility>
 
 namespace engram::config {
 
@@ -69,7 +70,7 @@ std::string Spec::env_example() const {
 }
 
 Check one_of(std::vector<std::string> allowed) {
-    return [allowed](const std::string& v) -> std::optional<std::string> {
+    return [allowed = std::move(allowed)](const std::string& v) -> std::optional<std::string> {
         for (const auto& a : allowed)
             if (a == v) return std::nullopt;
         std::string all;
@@ -94,7 +95,7 @@ Check int_range(std::int64_t lo, std::int64_t hi) {
 }
 
 Check url(std::vector<std::string> schemes) {
-    return [schemes](const std::string& v) -> std::optional<std::string> {
+    return [schemes = std::move(schemes)](const std::string& v) -> std::optional<std::string> {
         auto p = v.find("://");
         if (p != std::string::npos && p + 3 < v.size()) {
             auto scheme = v.substr(0, p);
