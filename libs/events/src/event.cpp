@@ -255,4 +255,18 @@ Result<Event> Event::from_json(const json& j) {
     return e;
 }
 
+std::uint32_t fnv1a32(std::string_view s) {
+    std::uint32_t h = 2166136261u;
+    for (unsigned char c : s) {
+        h ^= c;
+        h *= 16777619u;
+    }
+    return h;
+}
+
+int partition_of(std::string_view aggregate_id, int partitions) {
+    if (partitions <= 1) return 0;
+    return static_cast<int>(fnv1a32(aggregate_id) % static_cast<std::uint32_t>(partitions));
+}
+
 }  // namespace engram::events

@@ -101,4 +101,13 @@ bool same_content(const NewEvent& submitted, const Event& stored);
 bool valid_type_name(std::string_view type);             // [A-Z][A-Za-z0-9]*, <= 128 chars
 bool valid_aggregate_id(std::string_view aggregate_id);  // non-empty, <= 256 chars, no control chars
 
+// The partition of an aggregate: FNV-1a (32 bit) of its id, modulo `partitions` (the hash NATS
+// subject mapping's partition() uses, so the split could move into the server later). The relay
+// publishes an event on "<prefix>.<type>.<partition>"; a processor instance reads the partitions it
+// leases.
+std::uint32_t fnv1a32(std::string_view s);
+int partition_of(std::string_view aggregate_id, int partitions);
+inline constexpr int kDefaultPartitions = 16;
+inline constexpr int kMaxPartitions = 1024;
+
 }  // namespace engram::events

@@ -1,9 +1,11 @@
 #pragma once
-// engram::processor — the runtime every processor executable is built on: a durable
-// JetStream pull consumer, per-aggregate ordered queues served by a bounded worker pool, in-process
-// retries with doubling back-off, parking of events that keep failing (table processor_parked,
-// retryable), deterministic derived-event appends, and a health/metrics HTTP server.
-// See libs/processor/README.md for the threading model and the guarantees.
+// engram::processor — the runtime every processor executable is built on. N instances of one
+// processor share its work: the stream is cut into partitions (by aggregate), each partition is
+// leased to one live instance (rows in PostgreSQL, fenced by an epoch), read by a cursor of its own
+// from its checkpoint, and handled by per-aggregate FIFO queues on a shared worker pool. Transient
+// failures are retried without limit; deterministic ones are parked (table processor_parked).
+// See libs/processor/README.md for the protocol, the threading model, every failure case and the
+// bounds.
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -22,31 +24,39 @@
 namespace engram::processor {
 
 struct Options {
-    std::string name;  // durable consumer name and `processor` column, e.g. "memory-processor"
+    std::string name;  // `processor` column of the runtime's tables, e.g. "memory-processor"
     std::string nats_url = "nats://127.0.0.1:54222";
     std::string database_url;
     std::string event_store_url = "http://127.0.0.1:8080";
     std::string api_token;  // "" = none; else sent as Authorization: Bearer <token> to the store
     std::string stream = "EVENTS";
-    // Event types handled ("*" or empty = all). One type: server-side filter "events.<T>"; several:
-    // filter "events.>" and the runtime acks and skips the other types (nats-server 2.9 has one
-    // filter subject per consumer, and the filter of an existing durable cannot be changed).
+    // Event types handled ("*" or empty = all). One type: each partition's cursor filters
+    // "events.<T>.<p>" on the server; several: "events.*.<p>" and other types are skipped by their
+    // subject, without parsing the body.
     std::vector<std::string> types;
-    int concurrency = 8;                           // aggregates handled at once (worker threads)
-    int max_attempts = 5;                          // in-process attempts before the event is parked
+    int concurrency = 8;   // aggregates handled at once (worker threads)
+    int max_attempts = 5;  // attempts of a deterministic failure before the event is parked
     std::chrono::milliseconds retry_backoff{200};  // doubles per attempt, capped at max_backoff
     std::string listen = "127.0.0.1:0";            // health/metrics HTTP
     // Without api_token, the health server answers only requests whose Host is a loopback name or
     // one of these (ENGRAM_ALLOWED_HOSTS), so a web page cannot read it through a rebound name.
     std::vector<std::string> allowed_hosts;
+    // Partitions of the stream (ENGRAM_PARTITIONS). Recorded in the table engram_settings by the
+    // first service that starts; a different value is refused at start.
+    int partitions = 16;
 
     // Tuning (defaults are fine for production; tests shorten them).
-    std::chrono::milliseconds max_backoff{30000};
-    std::chrono::milliseconds ack_wait{30000};       // renewed with in_progress() every ack_wait/3
-    int max_deliver = 20;                            // server deliveries; the last one is parked unhandled (crash-loop guard)
-    std::chrono::milliseconds parked_poll{2000};     // retry_requested poll + lag/parked gauges
-    std::size_t max_buffered = 512;                  // messages fetched and not yet finished
-    std::chrono::milliseconds drain_timeout{30000};  // stop(): wait this long for running handlers
+    std::chrono::milliseconds max_backoff{5000};  // transient failures retry forever at most this far apart
+    // A lease not renewed for lease_ttl is free to take: an instance killed with -9 loses its share
+    // after at most lease_ttl + tick (the takeover bound). Renewed every tick.
+    std::chrono::milliseconds lease_ttl{6000};
+    std::chrono::milliseconds tick{1000};  // membership heartbeat, assignment, renewals, checkpoints
+    std::chrono::milliseconds parked_poll{2000};            // retry_requested poll + gauges
+    std::size_t max_loaded_per_partition = 256;             // bodies held per partition; beyond: sequence only, re-read
+    std::size_t max_loaded_per_aggregate = 16;              // bodies held per aggregate (the rest: sequence only)
+    std::size_t max_unfinished_per_partition = 100000;      // sequences held; beyond, that partition's cursor pauses
+    std::chrono::milliseconds drain_timeout{30000};         // stop() / hand-over: wait this long for running handlers
+    std::chrono::milliseconds handler_timeout{300000};      // a handler's deadline (Context::stopping() turns true)
 };
 
 // Given to handlers; valid only during the handler call.
@@ -56,17 +66,31 @@ public:
     explicit Context(Impl* impl) : impl_(impl) {}
 
     const events::Event& event() const;
-    int attempt() const;              // 1-based attempt number (for a parked retry: stored attempts + 1)
-    std::uint64_t delivered() const;  // JetStream delivery count (1 = first delivery; 0 = parked retry)
-    bool retrying_parked() const;     // this run was requested with `engram parked retry`
-    bool stopping() const;            // stop() was called: cut long work short (return an Error)
+    int partition() const;
+    int attempt() const;           // 1-based attempt number (for a parked retry: stored attempts + 1)
+    bool retrying_parked() const;  // this run was requested with `engram parked retry`
+    // True when the handler should cut its work short and return an Error: the process is
+    // stopping, the partition is being handed over or its lease is lost, or the deadline passed.
+    bool stopping() const;
+    // This instance still holds the lease of the event's partition, as far as it knows locally
+    // (renewed within lease_ttl minus a safety margin, not handed over, not lost). A frozen process
+    // that wakes up finds it false before anyone else could have claimed the partition.
+    bool owns() const;
+    std::chrono::steady_clock::time_point deadline() const;
+
+    // Fences a handler's own transaction: Error{code "fenced"} unless this instance still holds the
+    // partition's lease with the epoch it claimed (checked in the database, in `tx`). The lease row
+    // stays share-locked until `tx` ends, so a takeover waits for this commit and every later
+    // commit of the old owner fails. Call it in every transaction whose effect must happen once.
+    Status fence(pqxx::transaction_base& tx);
 
     // Appends a derived event: id = Uuid::v5(cause id, step) (any id in `e` is replaced),
     // metadata.causation_id = cause id, metadata.correlation_id = the cause's correlation_id or its
     // id, metadata.user_id / session_id copied from the cause and metadata.source = processor name,
     // each unless already set. A redelivery re-appends nothing (the store answers 200 with the
-    // stored event). Returns the stored position. Errors: code "event_store" (non-2xx answer, the
-    // store's error code in extra.error, status in extra.status) or the HTTP client's codes.
+    // stored event). Returns the stored position. Errors: "fenced" (owns() is false: nothing sent),
+    // "event_store" (non-2xx answer, the store's error code in extra.error, status in extra.status)
+    // or the HTTP client's codes.
     Result<GlobalPosition> append(std::string_view step, events::NewEvent e);
     pg::Pool& db();
 
@@ -74,9 +98,18 @@ private:
     Impl* impl_;
 };
 
-// Ok = done (ack). Error = retry with back-off, then park after max_attempts. An exception counts as
-// an Error (its what() is the error text).
+// Ok = done. Error = transient (is_transient: retried without limit, with back-off capped at
+// max_backoff) or deterministic (retried max_attempts times, then parked). An exception is a
+// deterministic Error (its what() is the error text). "fenced" / "stopping" errors end the attempt
+// without counting it: the event is handled again by whoever owns the partition next.
 using Handler = std::function<Status(Context&)>;
+
+// Unavailable dependencies: codes "unavailable", "database", "nats", "connect", "io", "timeout",
+// "cancelled", "llm_unreachable", "llm_rate_limited"; "event_store" / "embeddings" with
+// extra.status 0, 429 or >= 500; or any Error with extra.transient == true.
+bool is_transient(const Error& e);
+// Marks an error transient (extra.transient = true).
+Error transient(Error e);
 
 class Runtime {
 public:
@@ -85,16 +118,18 @@ public:
     Runtime(const Runtime&) = delete;
     Runtime& operator=(const Runtime&) = delete;
 
-    // Migrates processor_parked (under an advisory lock), connects to NATS, ensures the stream,
-    // creates/updates the durable pull consumer, starts the fetch thread, the workers, the
-    // heartbeat and parked-poll threads and the health server. An error leaves nothing running.
+    // Migrates the runtime's tables (under an advisory lock), checks the partition count, connects
+    // to NATS, ensures the stream, joins the group and starts the threads and the health server.
+    // An error leaves nothing running.
     Status start();
     // Graceful and idempotent: stop fetching, let running handlers finish (up to drain_timeout),
-    // ack what finished, nak the rest (redelivered to the next instance; never acked).
+    // commit the checkpoints, release the leases (another instance takes them at once), leave.
     void stop();
     std::uint16_t port() const;  // health server (after start)
     metrics::Registry& metrics();
     const Options& options() const;
+    std::string member_id() const;
+    std::vector<int> owned_partitions() const;
 
     struct Impl;
 
@@ -102,9 +137,17 @@ private:
     std::shared_ptr<Impl> impl_;
 };
 
+// Creates the runtime's tables if missing (engram_settings, processor_members, processor_leases,
+// processor_parked; under a transaction advisory lock) and records `partitions` in engram_settings
+// unless a value is there already. Error "invalid_config" when the recorded count differs (the
+// partition of every aggregate would change), "database" when PostgreSQL cannot be reached.
+// Also used by the event store and the CLI.
+Status migrate(const std::string& database_url, int partitions);
+
 // The settings every processor shares: NATS_URL, DATABASE_URL, EVENT_STORE_URL, ENGRAM_API_TOKEN,
-// ENGRAM_ALLOWED_HOSTS, LOG_LEVEL, LOG_FORMAT, <NAME>_LISTEN, <NAME>_CONCURRENCY, <NAME>_MAX_ATTEMPTS
-// (NAME = upper-cased name with '-' -> '_'), defaults taken from `defaults`.
+// ENGRAM_ALLOWED_HOSTS, ENGRAM_PARTITIONS, LOG_LEVEL, LOG_FORMAT, <NAME>_LISTEN, <NAME>_CONCURRENCY,
+// <NAME>_MAX_ATTEMPTS, <NAME>_LEASE_TTL_MS, <NAME>_HANDLER_TIMEOUT_MS (NAME = upper-cased name with
+// '-' -> '_'), defaults taken from `defaults`.
 config::Spec config_spec(const Options& defaults);
 std::string env_prefix(const std::string& name);  // "memory-processor" -> "MEMORY_PROCESSOR"
 // Options from loaded values (the settings above) on top of `defaults`.
