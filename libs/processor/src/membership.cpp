@@ -63,11 +63,11 @@ Result<pqxx::connection*> Membership::conn() {
     return c_.get();
 }
 
-#define ENGRAM_MEMBERSHIP_TRY(expr)                                     \
-    try {                                                               \
-        expr                                                            \
-    } catch (const std::exception& e) {                                 \
-        if (pg::is_connection_error(e)) c_.reset();                     \
+#define ENGRAM_MEMBERSHIP_TRY(expr)                                         \
+    try {                                                                   \
+        expr                                                                \
+    } catch (const std::exception& e) {                                     \
+        if (pg::is_connection_error(e)) c_.reset();                         \
         return Error::make("database", std::string("leases: ") + e.what()); \
     }
 
@@ -87,8 +87,7 @@ Result<std::vector<std::string>> Membership::heartbeat(const std::string& host, 
         tx.exec_params("DELETE FROM processor_members WHERE processor = $1 AND expires_at < now() - interval '1 hour'",
                        processor_);
         auto rows = tx.exec_params(
-            "SELECT member::text FROM processor_members WHERE processor = $1 AND expires_at > now() ORDER BY member",
-            processor_);
+            "SELECT member::text FROM processor_members WHERE processor = $1 AND expires_at > now() ORDER BY member", processor_);
         std::vector<std::string> out;
         for (const auto& r : rows) out.push_back(r[0].as<std::string>());
         return out;
@@ -106,8 +105,8 @@ Result<std::vector<LeaseRow>> Membership::leases() {
             processor_);
         std::vector<LeaseRow> out;
         for (const auto& r : rows)
-            out.push_back({r[0].as<int>(), r[1].as<std::string>(), r[2].as<std::int64_t>(), r[3].as<bool>(),
-                           r[4].as<std::uint64_t>()});
+            out.push_back(
+                {r[0].as<int>(), r[1].as<std::string>(), r[2].as<std::int64_t>(), r[3].as<bool>(), r[4].as<std::uint64_t>()});
         return out;
     })
 }

@@ -15,7 +15,6 @@
 
 #include <pqxx/pqxx>
 
-
 namespace engram::processor {
 
 // The owner of every partition among `members` (rendezvous / highest-random-weight hashing): each
