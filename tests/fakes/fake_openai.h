@@ -49,6 +49,8 @@ public:
     std::size_t script_remaining() const;
     // POST /v1/embeddings requests, in order (their bodies).
     std::vector<nlohmann::json> embedding_requests() const;
+    // Every later POST /v1/embeddings answers only after d (recorded in embedding_requests() at once).
+    void delay_embeddings(std::chrono::milliseconds d);
 
     // Helpers for building answers (also used by push_text/push_tool_calls).
     static nlohmann::json text_body(const std::string& content);
