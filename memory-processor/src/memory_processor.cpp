@@ -77,7 +77,10 @@ Status apply_projection(processor::Context& ctx, const projections::Projection& 
     const auto& id = ev.aggregate_id;
     auto r = ctx.db().run([&](pqxx::connection& c) -> Status {
         pqxx::work tx(c);
-        if (auto f = ctx.fence(tx); !f) return f;
+        // Fenced up front (a lost lease writes nothing and calls nothing), and again right before the
+        // write: the first check's row lock is not held across the store calls below, so a slow store
+        // cannot hold up the lease's renewal.
+        if (!ctx.owns()) return Error::make("fenced", "the partition's lease is not held any more");
         tx.exec("SELECT pg_advisory_xact_lock_shared(hashtext(" + tx.quote("projection:" + name) + "))");
         auto row = tx.exec("SELECT state::text, position, version FROM projection_state WHERE name = " + tx.quote(name) +
                            " AND id = " + tx.quote(id) + " FOR UPDATE");
@@ -114,6 +117,7 @@ Status apply_projection(processor::Context& ctx, const projections::Projection& 
             auto appended = ctx.append("fast_memory", std::move(upd));
             if (!appended) return std::move(appended).error();
         }
+        if (auto f = ctx.fence(tx); !f) return f;
         tx.exec("INSERT INTO projection_state (name, id, state, position, version) VALUES (" + tx.quote(name) + "," +
                 tx.quote(id) + "," + tx.quote(after.dump()) + "," + std::to_string(ev.position.value()) + "," +
                 std::to_string(ev.version.value()) +
