@@ -159,12 +159,12 @@ struct FakeOpenAI::Impl {
     }
 };
 
-FakeOpenAI::FakeOpenAI() : impl_(std::make_unique<Impl>()) {
+FakeOpenAI::FakeOpenAI(int threads) : impl_(std::make_unique<Impl>()) {
     http::ServerOptions so;
     so.host = "127.0.0.1";
     so.port = 0;
     so.io_threads = 1;
-    so.worker_threads = 8;
+    so.worker_threads = threads;
     so.body_limit = 16 << 20;
     Impl* impl = impl_.get();
     impl_->server = std::make_unique<http::Server>(

@@ -18,7 +18,8 @@ namespace engram::fakes {
 
 class FakeOpenAI {
 public:
-    FakeOpenAI();   // starts listening
+    // Starts listening; `threads` answers can be under way at once (delayed ones included).
+    explicit FakeOpenAI(int threads = 8);
     ~FakeOpenAI();  // stops (delayed answers still sleeping are cut short)
     FakeOpenAI(const FakeOpenAI&) = delete;
     FakeOpenAI& operator=(const FakeOpenAI&) = delete;
