@@ -22,11 +22,15 @@ Status Context::Impl::fence(pqxx::transaction_base& tx) const {
         if (fenced) fenced->inc();
         return fenced_error(claim ? claim->partition : -1, "this instance no longer holds the lease");
     }
-    // FOR SHARE: a takeover (an UPDATE of the row) waits until this transaction ends, and every
-    // transaction after it sees the new owner and epoch.
+    // FOR KEY SHARE: a takeover (which locks the row FOR UPDATE first) waits until this
+    // transaction ends, and every transaction after it sees the new owner and epoch; the owner's
+    // own renewals (plain updates of non-key columns) do not wait. A process that freezes inside
+    // the transaction loses its session (and the lock) after half a lease, so it cannot hold a
+    // takeover up for the whole freeze.
+    tx.exec("SET LOCAL idle_in_transaction_session_timeout = " + std::to_string(std::max<long long>(lease_ttl_ms / 2, 100)));
     auto r = tx.exec_params(
         "SELECT 1 FROM processor_leases WHERE processor = $1 AND partition = $2 AND owner = $3::uuid AND epoch = $4 "
-        "AND expires_at > now() FOR SHARE",
+        "AND expires_at > now() FOR KEY SHARE",
         *processor, claim->partition, *member, claim->epoch);
     if (r.empty()) {
         if (fenced) fenced->inc();

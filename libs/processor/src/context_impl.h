@@ -65,6 +65,7 @@ struct Context::Impl {
     std::chrono::steady_clock::time_point deadline{};
     std::function<bool()> stopping;
     metrics::Counter* fenced = nullptr;
+    long long lease_ttl_ms = 6000;
 
     bool owns() const { return claim && claim->valid(); }
     Status fence(pqxx::transaction_base& tx) const;

@@ -123,8 +123,16 @@ Result<std::optional<Claimed>> Membership::claim(int partition) {
     auto c = conn();
     if (!c) return std::move(c).error();
     ENGRAM_MEMBERSHIP_TRY({
-        pqxx::nontransaction tx(**c);
-        tx.exec_params("INSERT INTO processor_leases (processor, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING", processor_,
+        {
+            pqxx::nontransaction nt(**c);
+            nt.exec_params("INSERT INTO processor_leases (processor, partition) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                           processor_, partition);
+        }
+        // FOR UPDATE first: it waits for the old owner's fenced transactions (FOR KEY SHARE), which
+        // a plain UPDATE of these columns would not.
+        pqxx::work tx(**c);
+        tx.exec("SET LOCAL lock_timeout = '2s'");
+        tx.exec_params("SELECT 1 FROM processor_leases WHERE processor = $1 AND partition = $2 FOR UPDATE", processor_,
                        partition);
         auto rows = tx.exec_params(
             "UPDATE processor_leases SET owner = $3::uuid, epoch = epoch + 1, "
@@ -132,8 +140,13 @@ Result<std::optional<Claimed>> Membership::claim(int partition) {
             "WHERE processor = $1 AND partition = $2 AND (owner IS NULL OR expires_at IS NULL OR expires_at <= now()) "
             "RETURNING epoch, checkpoint",
             processor_, partition, member_, std::to_string(ttl_.count()));
-        if (rows.empty()) return std::optional<Claimed>();
-        return std::optional<Claimed>(Claimed{rows[0][0].as<std::int64_t>(), rows[0][1].as<std::uint64_t>()});
+        if (rows.empty()) {
+            tx.commit();
+            return std::optional<Claimed>();
+        }
+        Claimed out{rows[0][0].as<std::int64_t>(), rows[0][1].as<std::uint64_t>()};
+        tx.commit();
+        return std::optional<Claimed>(out);
     })
 }
 

@@ -285,6 +285,7 @@ struct Runtime::Impl {
             std::lock_guard lk(mu);
             for (auto& [p, c] : claims) held.push_back(c);
         }
+        std::vector<ClaimPtr> lost;
         for (auto& c : held) {
             if (c->lost.load()) continue;
             std::uint64_t seq;
@@ -298,15 +299,21 @@ struct Runtime::Impl {
             auto r = membership->renew(c->partition, c->epoch, seq, pos, pending);
             if (!r) return std::move(r).error();
             if (!*r) {
-                log->warn("partition {} lost: its lease (epoch {}) expired and was taken over", c->partition, c->epoch);
+                log->warn("partition {} lost: its lease (epoch {}) expired (and may have been taken over)", c->partition,
+                          c->epoch);
                 lost_total->inc();
-                drop_claim(c);
+                c->lost.store(true);
+                c->releasing.store(true);
+                c->cv.notify_all();
+                lost.push_back(c);
                 continue;
             }
             c->renewed(t0, opts.lease_ttl);
             c->committed_seq = std::max(c->committed_seq, seq);
             part_checkpoint[c->partition]->set(static_cast<double>(seq));
         }
+        // Their fetchers stop together, not one fetch timeout after another.
+        for (auto& c : lost) drop_claim(c);
         // 2. Membership and the assignment it implies.
         auto members = membership->heartbeat(host, static_cast<int>(::getpid()), listen_address());
         if (!members) return std::move(members).error();
@@ -318,7 +325,8 @@ struct Runtime::Impl {
         if (std::find(members->begin(), members->end(), member) == members->end()) members->push_back(member);
         auto desired = assign(*members, opts.partitions);
 
-        // 3. Hand over what is no longer ours once its running handlers are done.
+        // 3. Hand over what is no longer ours once its running handlers are done: every fetcher is
+        //    told first, so they stop together.
         for (auto& c : held) {
             if (c->lost.load()) continue;
             bool ours = desired[static_cast<std::size_t>(c->partition)] == member;
@@ -329,8 +337,9 @@ struct Runtime::Impl {
                 c->release_deadline = Clock::now() + opts.drain_timeout;
                 c->cv.notify_all();
             }
-            if (c->releasing.load()) try_release(c, false);
         }
+        for (auto& c : held)
+            if (!c->lost.load() && c->releasing.load()) try_release(c, false);
 
         // 4. Claim what is ours and free.
         std::set<int> mine;
@@ -346,15 +355,22 @@ struct Runtime::Impl {
         if (!rows) return std::move(rows).error();
         std::map<int, LeaseRow> by_partition;
         for (auto& r : *rows) by_partition[r.partition] = r;
+        std::optional<Error> first_error;
         for (int p = 0; p < opts.partitions; ++p) {
             if (desired[static_cast<std::size_t>(p)] != member || mine.count(p)) continue;
             if (is_stopping()) return ok();
             auto it = by_partition.find(p);
             if (it != by_partition.end() && it->second.live && it->second.owner != member) continue;  // its owner hands it over
             auto claimed = membership->claim(p);
-            if (!claimed) return std::move(claimed).error();
+            if (!claimed) {
+                // One partition whose row is locked (its old owner froze inside a fenced
+                // transaction) must not keep the others from being claimed.
+                if (!first_error) first_error = std::move(claimed).error();
+                continue;
+            }
             if (*claimed) start_claim(p, **claimed);
         }
+        if (first_error) return std::move(*first_error);
         return ok();
     }
 
@@ -629,6 +645,7 @@ struct Runtime::Impl {
         ci.stopping = [this] { return is_stopping(); };
         ci.pool = pool.get();
         ci.fenced = fenced_total;
+        ci.lease_ttl_ms = opts.lease_ttl.count();
         Context ctx(&ci);
         {
             std::lock_guard lk(mu);
@@ -806,6 +823,7 @@ struct Runtime::Impl {
         ci.processor = &opts.name;
         ci.member = &member;
         ci.fenced = fenced_total;
+        ci.lease_ttl_ms = opts.lease_ttl.count();
         return ci.fence(tx);
     }
 
