@@ -5,29 +5,12 @@
 #include "engram/log/log.h"
 #include "engram/nats/nats.h"
 
-namespace {
-
-// Read before run_main (the runtime options are fixed before the configuration is loaded); run_main
-// validates the same variable through the spec and exits 2 on a bad value.
-std::chrono::milliseconds env_ms(const char* name, std::chrono::milliseconds def) {
-    const char* v = std::getenv(name);
-    if (!v || !*v) return def;
-    try {
-        auto n = std::stoll(v);
-        if (n >= 100 && n <= 3600000) return std::chrono::milliseconds(n);
-    } catch (...) {}
-    return def;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
     using namespace engram;
     processor::Options defaults;
     defaults.name = "ai-processor";
     defaults.types = {"TriggerReceived", "MessageReceived"};
     defaults.concurrency = 4;
-    defaults.ack_wait = env_ms("AI_PROCESSOR_ACK_WAIT_MS", std::chrono::milliseconds(30000));
 
     config::Spec extra;
     extra.add({"LLM_BASE_URL",
@@ -41,8 +24,6 @@ int main(int argc, char** argv) {
     extra.add({"AI_MAX_ITERATIONS", "model calls per run at most", "15", false, config::int_range(1, 100)});
     extra.add({"AI_RECALL_TIMEOUT_MS", "timeout of the recall tool's memory.search request (ms)", "5000", false,
                config::int_range(100, 60000)});
-    extra.add({"AI_PROCESSOR_ACK_WAIT_MS", "JetStream ack wait: how soon a crashed run is redelivered (ms)", "30000", false,
-               config::int_range(100, 3600000)});
 
     static std::unique_ptr<ai::Agent> agent;
     return processor::run_main(argc, argv, defaults, extra, [](const config::Values& v) {

@@ -31,7 +31,7 @@ struct Stack : testing::Stack {
                                                   {"EVENT_STORE_URL", url()},
                                                   {"LOG_LEVEL", "info"},
                                                   {"AI_PROCESSOR_LISTEN", "127.0.0.1:0"},
-                                                  {"AI_PROCESSOR_ACK_WAIT_MS", "2000"},
+                                                  {"AI_PROCESSOR_LEASE_TTL_MS", "2000"},
                                                   {"LLM_MAX_RETRIES", "2"}};
         if (!llm_url.empty()) env["LLM_BASE_URL"] = llm_url;
         for (auto& [k, v] : more) env[k] = v;

@@ -22,7 +22,12 @@ config::Spec config_spec() {
            config::url({"postgresql", "postgres"})});
     s.add({"NATS_URL", "NATS server with JetStream (the outbox relay publishes there)", "nats://127.0.0.1:54222", false,
            config::url({"nats", "tls"})});
-    s.add({"EVENTS_STREAM", "JetStream stream the relay publishes to (subjects events.<type>)", "EVENTS", false, nullptr});
+    s.add({"EVENTS_STREAM", "JetStream stream the relay publishes to (subjects events.<type>.<partition>)", "EVENTS", false,
+           nullptr});
+    s.add({"ENGRAM_PARTITIONS",
+           "partitions of the stream (by aggregate id); processors lease them. Fixed for a deployment: recorded in the "
+           "database by the first service that starts",
+           "16", false, config::int_range(1, events::kMaxPartitions)});
     s.add({"EVENT_STORE_LISTEN", "host:port the event store listens on", "127.0.0.1:8080", false, config::listen_address()});
     s.add({"ENGRAM_API_TOKEN", "bearer token required on every request when set", "", false, nullptr, true});
     http::add_guard_settings(s);
@@ -276,6 +281,19 @@ App::~App() { stop(); }
 
 Status App::start() {
     auto& d = *impl_;
+    // The partition of every aggregate depends on the count: all services of a deployment must
+    // use the one recorded by the first that started.
+    if (auto c = pg::connect(d.cfg.get("DATABASE_URL")); c) {
+        auto want = d.cfg.get("ENGRAM_PARTITIONS");
+        try {
+            auto recorded = pg::record_setting(**c, "partitions", want);
+            if (recorded != want)
+                return Error::make("invalid_config", "ENGRAM_PARTITIONS is " + want + " but this deployment's stream is partitioned " +
+                                                         recorded + " ways (table engram_settings)");
+        } catch (const std::exception& e) {
+            d.log->warn("cannot check ENGRAM_PARTITIONS against the database yet: {}", e.what());
+        }
+    }
     auto hp = config::parse_listen(d.cfg.get("EVENT_STORE_LISTEN"));
     http::ServerOptions so;
     so.host = hp->host;
@@ -298,6 +316,7 @@ Status App::start() {
     store::Relay::Options ro;
     ro.database_url = d.cfg.get("DATABASE_URL");
     ro.stream = d.cfg.get("EVENTS_STREAM");
+    ro.partitions = static_cast<int>(d.cfg.get_int("ENGRAM_PARTITIONS"));
     d.relay = std::make_unique<store::Relay>(ro, *d.nats, d.metrics);
     d.writer.on_commit([this](const std::vector<events::Event>& evs) {
         impl_->relay->notify(evs);

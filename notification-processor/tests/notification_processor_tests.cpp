@@ -36,7 +36,7 @@ struct Stack : testing::Stack {
                                                   {"EVENT_STORE_URL", url()},
                                                   {"LOG_LEVEL", "info"},
                                                   {"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
-                                                  {"NOTIFICATION_PROCESSOR_ACK_WAIT_MS", "3000"},
+                                                  {"NOTIFICATION_PROCESSOR_LEASE_TTL_MS", "3000"},
                                                   {"TELEGRAM_BOT_TOKEN", telegram.token()},
                                                   {"TELEGRAM_API_BASE", telegram.base_url()},
                                                   // the chats the tests deliver to; 666 is never one of them

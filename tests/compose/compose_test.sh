@@ -181,7 +181,7 @@ export ENGRAM_API_TOKEN="ct-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 export LOG_LEVEL=info LOG_FORMAT=text
 # A recall waits long for an answer (the memory processor is paused in the middle of a run below),
 # and a run whose processor died is redelivered soon.
-export AI_RECALL_TIMEOUT_MS=60000 AI_PROCESSOR_ACK_WAIT_MS=3000
+export AI_RECALL_TIMEOUT_MS=60000 AI_PROCESSOR_LEASE_TTL_MS=3000
 for v in LLM_BASE_URL LLM_API_KEY EMBEDDINGS_MODEL TELEGRAM_BOT_TOKEN SMTP_URL SLACK_WEBHOOK_URL WEBHOOK_SECRETS; do
   export "$v="
 done

@@ -57,8 +57,9 @@ public:
         auto r = c.post_json(prefix + "/embeddings", {{"model", model_}, {"input", std::string(text)}}, h);
         if (!r) return std::move(r).error();
         if (r->status != 200)
-            return Error::make("embeddings",
-                               "embeddings endpoint answered " + std::to_string(r->status) + ": " + r->body.substr(0, 200));
+            return Error{"embeddings",
+                         "embeddings endpoint answered " + std::to_string(r->status) + ": " + r->body.substr(0, 200),
+                         {{"status", r->status}}};
         auto j = r->json();
         if (j.is_discarded() || !j.contains("data") || !j["data"].is_array() || j["data"].empty() ||
             !j["data"][0].contains("embedding") || !j["data"][0]["embedding"].is_array())

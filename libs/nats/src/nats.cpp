@@ -9,7 +9,9 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <unistd.h>
 #include <unordered_map>
 
 namespace engram::nats {
@@ -469,6 +471,20 @@ Result<std::vector<Message>> Connection::get_stream_messages(const std::string& 
     return out;
 }
 
+Result<Message> Connection::get_stream_message(const std::string& stream, std::uint64_t seq) {
+    natsMsg* m = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = js_GetMsg(&m, static_cast<jsCtx*>(js_), stream.c_str(), seq, nullptr, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr)
+        return Error::make("not_found", stream + " has no message #" + std::to_string(seq));
+    if (s != NATS_OK) return nats_error(s, "reading " + stream + " #" + std::to_string(seq), jerr);
+    Message msg = to_message(m);
+    msg.stream_seq = natsMsg_GetSequence(m) ? natsMsg_GetSequence(m) : seq;
+    msg.timestamp_ns = natsMsg_GetTime(m);
+    natsMsg_Destroy(m);
+    return msg;
+}
+
 namespace {
 
 void fill_pub_options(jsPubOptions& po, const PublishOptions& o, std::chrono::milliseconds wait) {
@@ -788,6 +804,120 @@ Result<ConsumerInfo> PullConsumer::info() {
     out.ack_floor_stream_seq = ci->AckFloor.Stream;
     jsConsumerInfo_Destroy(ci);
     return out;
+}
+
+// ------------------------------------------------------------------------------------------
+// Cursor
+
+Result<std::unique_ptr<Cursor>> Cursor::open(Connection& conn, const CursorOptions& o) {
+    if (!valid_name(o.stream)) return plain_error("invalid stream name '" + o.stream + "'");
+    if (o.filter.empty()) return plain_error("a cursor needs a filter subject");
+    auto* js = static_cast<jsCtx*>(conn.native_jetstream());
+    static std::atomic<std::uint64_t> counter{0};
+    std::string name = "cursor_" + std::to_string(::getpid()) + "_" + std::to_string(++counter) + "_" +
+                       std::to_string(std::chrono::steady_clock::now().time_since_epoch().count() % 1000000007);
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Name = name.c_str();
+    cc.AckPolicy = js_AckNone;
+    cc.DeliverPolicy = o.start_seq > 1 ? js_DeliverByStartSequence : js_DeliverAll;
+    cc.OptStartSeq = o.start_seq > 1 ? o.start_seq : 0;
+    cc.FilterSubject = o.filter.c_str();
+    cc.InactiveThreshold = o.inactive_threshold.count() * kNsPerMs;
+    cc.MemoryStorage = true;
+    cc.Replicas = 1;
+    jsConsumerInfo* ci = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = js_AddConsumer(&ci, js, o.stream.c_str(), &cc, nullptr, &jerr);
+    if (s != NATS_OK) return nats_error(s, "creating a cursor on " + o.stream + " (" + o.filter + ")", jerr);
+    // Read back what the server made of it.
+    std::string mismatch;
+    if (!ci->Config) {
+        mismatch = "no configuration in the answer";
+    } else {
+        const auto* got = ci->Config;
+        std::string filter = got->FilterSubject ? got->FilterSubject : "";
+        if (filter != o.filter) mismatch = "filter '" + filter + "' instead of '" + o.filter + "'";
+        if (got->AckPolicy != js_AckNone) mismatch = "an ack policy other than none";
+        if (o.start_seq > 1 && (got->DeliverPolicy != js_DeliverByStartSequence || got->OptStartSeq != o.start_seq))
+            mismatch = "another start sequence than " + std::to_string(o.start_seq);
+    }
+    std::string actual_name = ci->Name ? ci->Name : name;
+    jsConsumerInfo_Destroy(ci);
+    auto drop = [&] { (void)js_DeleteConsumer(js, o.stream.c_str(), actual_name.c_str(), nullptr, nullptr); };
+    if (!mismatch.empty()) {
+        drop();
+        return Error::make("cursor_config", "the NATS server created the cursor on " + o.stream + " with " + mismatch +
+                                                ": this server does not support what engram needs");
+    }
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = o.stream.c_str();
+    so.Consumer = actual_name.c_str();
+    // The library compares the settings given here with the consumer's: give it the same ones.
+    so.Config = cc;
+    so.Config.Name = actual_name.c_str();
+    natsSubscription* sub = nullptr;
+    jerr = static_cast<jsErrCode>(0);
+    s = js_PullSubscribe(&sub, js, o.filter.c_str(), nullptr, nullptr, &so, &jerr);
+    if (s != NATS_OK) {
+        drop();
+        return nats_error(s, "binding to cursor " + actual_name + " on " + o.stream, jerr);
+    }
+    std::unique_ptr<Cursor> c(new Cursor());
+    c->conn_ = &conn;
+    c->options_ = o;
+    c->name_ = actual_name;
+    c->sub_ = sub;
+    c->next_seq_ = std::max<std::uint64_t>(o.start_seq, 1);
+    return c;
+}
+
+Cursor::~Cursor() {
+    natsSubscription_Destroy(static_cast<natsSubscription*>(sub_));
+    if (conn_ && conn_->connected())
+        (void)js_DeleteConsumer(static_cast<jsCtx*>(conn_->native_jetstream()), options_.stream.c_str(), name_.c_str(),
+                                nullptr, nullptr);
+}
+
+Result<std::vector<Message>> Cursor::fetch(int batch, std::chrono::milliseconds timeout) {
+    natsMsgList list{nullptr, 0};
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = natsSubscription_Fetch(&list, static_cast<natsSubscription*>(sub_), std::max(batch, 1), to_ms(timeout), &jerr);
+    std::vector<Message> out;
+    if (s != NATS_OK && list.Count == 0) {
+        if (s == NATS_TIMEOUT) return out;
+        return nats_error(s, "fetching from cursor " + name_, jerr);
+    }
+    std::optional<Error> gap;
+    for (int i = 0; i < list.Count; ++i) {
+        natsMsg* m = list.Msgs[i];
+        if (!m || gap) continue;
+        jsMsgMetaData* meta = nullptr;
+        if (natsMsg_GetMetaData(&meta, m) != NATS_OK) continue;  // a status message, not data
+        auto cseq = meta->Sequence.Consumer;
+        auto sseq = meta->Sequence.Stream;
+        Message msg = to_message(m);
+        msg.stream_seq = sseq;
+        msg.delivered = meta->NumDelivered;
+        msg.pending = meta->NumPending;
+        msg.timestamp_ns = meta->Timestamp;
+        jsMsgMetaData_Destroy(meta);
+        if (sseq < next_seq_) continue;  // already returned (cannot happen without acks; harmless)
+        if (cseq != consumer_seq_ + 1) {
+            gap = Error::make("cursor_gap", "cursor " + name_ + " skipped deliveries (consumer sequence " +
+                                                std::to_string(cseq) + " after " + std::to_string(consumer_seq_) +
+                                                "): reopen at " + std::to_string(next_seq_));
+            continue;
+        }
+        consumer_seq_ = cseq;
+        next_seq_ = sseq + 1;
+        pending_ = msg.pending;
+        out.push_back(std::move(msg));
+    }
+    natsMsgList_Destroy(&list);
+    if (gap && out.empty()) return std::move(*gap);
+    return out;  // a gap after some messages surfaces on the next fetch
 }
 
 }  // namespace engram::nats

@@ -42,6 +42,16 @@ Result<std::unique_ptr<pqxx::connection>> connect(const std::string& url) {
     }
 }
 
+std::string record_setting(pqxx::connection& c, const std::string& key, const std::string& value) {
+    pqxx::work tx(c);
+    tx.exec("SELECT pg_advisory_xact_lock(hashtext('engram.settings'))");
+    tx.exec("CREATE TABLE IF NOT EXISTS engram_settings (key text PRIMARY KEY, value text NOT NULL)");
+    tx.exec_params("INSERT INTO engram_settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value);
+    auto recorded = tx.exec_params("SELECT value FROM engram_settings WHERE key = $1", key)[0][0].as<std::string>();
+    tx.commit();
+    return recorded;
+}
+
 Pool::Pool(std::string url, std::size_t max_size) : url_(std::move(url)), max_(max_size) {}
 Pool::~Pool() = default;
 

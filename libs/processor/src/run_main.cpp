@@ -3,6 +3,7 @@
 #include "engram/log/log.h"
 #include "engram/processor/processor.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cstring>
 #include <iostream>
@@ -33,8 +34,21 @@ config::Spec config_spec(const Options& d) {
     s.add({p + "_LISTEN", "host:port of the health/metrics server (/healthz, /readyz, /metrics)",
            d.listen.empty() ? "127.0.0.1:0" : d.listen, false, config::listen_address()});
     s.add({p + "_CONCURRENCY", "aggregates handled at once", std::to_string(d.concurrency), false, config::int_range(1, 1024)});
-    s.add({p + "_MAX_ATTEMPTS", "attempts before an event is parked", std::to_string(d.max_attempts), false,
-           config::int_range(1, 100)});
+    s.add({p + "_MAX_ATTEMPTS", "attempts of a deterministic failure before an event is parked (unavailable dependencies are "
+                                 "retried without limit)",
+           std::to_string(d.max_attempts), false, config::int_range(1, 100)});
+    s.add({"ENGRAM_PARTITIONS",
+           "partitions of the stream (by aggregate id), leased to the running instances; fixed for a deployment (recorded in "
+           "the database by the first service that starts)",
+           std::to_string(d.partitions), false, config::int_range(1, events::kMaxPartitions)});
+    s.add({p + "_LEASE_TTL_MS",
+           "a partition whose owner has not renewed its lease for this long is taken over by another instance (takeover "
+           "after a crash within this plus one tick; the tick is a sixth of it)",
+           std::to_string(d.lease_ttl.count()), false, config::int_range(300, 600000)});
+    s.add({p + "_HANDLER_TIMEOUT_MS", "a handler's deadline: past it Context::stopping() is true and a hand-over does not wait for it",
+           std::to_string(d.handler_timeout.count()), false, config::int_range(100, 86400000)});
+    s.add({p + "_DRAIN_TIMEOUT_MS", "on SIGTERM or a hand-over, how long running handlers may finish before the partition is released",
+           std::to_string(d.drain_timeout.count()), false, config::int_range(0, 600000)});
     config::add_logging(s);
     return s;
 }
@@ -49,6 +63,11 @@ Options options_from(const config::Values& v, Options o) {
     o.listen = v.get(p + "_LISTEN");
     o.concurrency = static_cast<int>(v.get_int(p + "_CONCURRENCY"));
     o.max_attempts = static_cast<int>(v.get_int(p + "_MAX_ATTEMPTS"));
+    o.partitions = static_cast<int>(v.get_int("ENGRAM_PARTITIONS"));
+    o.lease_ttl = std::chrono::milliseconds(v.get_int(p + "_LEASE_TTL_MS"));
+    o.tick = std::max(std::chrono::milliseconds(50), o.lease_ttl / 6);
+    o.handler_timeout = std::chrono::milliseconds(v.get_int(p + "_HANDLER_TIMEOUT_MS"));
+    o.drain_timeout = std::chrono::milliseconds(v.get_int(p + "_DRAIN_TIMEOUT_MS"));
     return o;
 }
 

@@ -1,14 +1,21 @@
-// engram::processor runtime. Threads (see README.md):
-//  - fetch:     pulls batches from the durable consumer, parses envelopes, appends each message to
-//               its aggregate's queue; pauses while max_buffered messages are unfinished.
-//  - workers:   `concurrency` threads; each takes a ready aggregate, runs the head of its queue
-//               (with in-process retries), then hands the aggregate back. An aggregate is owned by
-//               at most one worker at a time, so its events run strictly in order.
-//  - heartbeat: in_progress() on every unfinished message every ack_wait/3.
-//  - poller:    parked rows with retry_requested, parked count, consumer lag.
+// engram::processor runtime: membership, partition claims, cursors, the per-aggregate scheduler and
+// the health server. The protocol, the threads and the bounds are in README.md; the rows in
+// tables.cpp and membership.cpp.
+//
+// Threads:
+//  - coordinator: every `tick`: heartbeat, assignment, claims, renewals with checkpoints,
+//                 hand-overs; the only writer of lease rows.
+//  - one fetcher per owned partition: reads its cursor and queues messages per aggregate.
+//  - workers (`concurrency`): take a ready aggregate, run the head of its queue to completion.
+//  - poller: parked rows with retry_requested, gauges.
 #include "engram/processor/processor.h"
 
+#include "context_impl.h"
+#include "membership.h"
+
 #include "engram/config/config.h"
+#include "engram/core/json.h"
+#include "engram/core/uuid.h"
 #include "engram/http/client.h"
 #include "engram/http/guard.h"
 #include "engram/http/server.h"
@@ -23,6 +30,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <unistd.h>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -33,52 +41,42 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
-constexpr const char* kMigration = R"SQL(
-CREATE TABLE IF NOT EXISTS processor_parked (
-    processor text NOT NULL,
-    event_id uuid NOT NULL,
-    position bigint NOT NULL,
-    aggregate_id text NOT NULL,
-    type text NOT NULL,
-    envelope jsonb NOT NULL,
-    error text NOT NULL DEFAULT '',
-    attempts int NOT NULL DEFAULT 0,
-    parked_at timestamptz NOT NULL DEFAULT now(),
-    retry_requested boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (processor, event_id)
-);
-CREATE INDEX IF NOT EXISTS processor_parked_retry ON processor_parked (processor) WHERE retry_requested;
-)SQL";
+std::string error_text(const Error& e) { return e.detail.empty() ? e.code : e.code + ": " + e.detail; }
 
-// One unit of work in an aggregate's queue: a JetStream message, or a parked event to retry.
+std::string hostname() {
+    char buf[256] = {0};
+    if (gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+    return buf;
+}
+
+// "events.<Type>.<p>" -> "<Type>"
+std::string_view type_of_subject(std::string_view subject) {
+    auto a = subject.find('.');
+    if (a == std::string_view::npos) return {};
+    auto b = subject.find('.', a + 1);
+    return subject.substr(a + 1, b == std::string_view::npos ? std::string_view::npos : b - a - 1);
+}
+
+}  // namespace
+
+// One unit of work in an aggregate's queue: a message of a claimed partition (its body loaded, or
+// only its sequence when the partition holds too many bodies), or a parked event to retry.
 struct Item {
-    std::unique_ptr<nats::InMessage> msg;  // null for a parked retry
-    events::Event event;
-    std::uint64_t seq = 0;        // stream sequence (0 for a parked retry)
-    std::uint64_t delivered = 0;  // JetStream delivery count (0 for a parked retry)
-    int parked_attempts = 0;      // for a parked retry: attempts stored in the row
-    // Guards msg against the heartbeat thread and stop() (InMessage: one thread at a time).
-    std::mutex mu;
-    bool settled = false;  // acked / nak'ed / termed: never touch msg again
+    ClaimPtr claim;
+    std::uint64_t seq = 0;  // 0 for a parked retry
+    std::int64_t position = 0;
+    std::optional<events::Event> event;  // nullopt: spilled, re-read by sequence before it runs
+    bool counted = false;                // its body counts against the partition's and aggregate's caps
+    bool parked = false;
+    int parked_attempts = 0;
 };
 using ItemPtr = std::shared_ptr<Item>;
 
 struct AggQueue {
     std::deque<ItemPtr> items;
-    bool active = false;  // a worker owns it
-};
-
-std::string error_text(const Error& e) { return e.detail.empty() ? e.code : e.code + ": " + e.detail; }
-
-}  // namespace
-
-struct Context::Impl {
-    Runtime::Impl* rt;
-    const events::Event* event;
-    int attempt;
-    std::uint64_t delivered;
-    bool parked;
-    http::Client* client;
+    std::size_t loaded = 0;
+    bool active = false;    // a worker owns it
+    bool in_ready = false;  // listed in `ready`
 };
 
 struct Runtime::Impl {
@@ -86,64 +84,96 @@ struct Runtime::Impl {
     Handler handler;
     std::shared_ptr<spdlog::logger> log;
     std::string labels;
+    std::string member = Uuid::v4().str();
+    std::string host = hostname();
 
     metrics::Registry registry;
     metrics::Counter* handled = nullptr;
     metrics::Counter* failed_attempts = nullptr;
+    metrics::Counter* transient_failures = nullptr;
     metrics::Counter* parked_total = nullptr;
     metrics::Counter* parked_retried_ok = nullptr;
     metrics::Counter* skipped = nullptr;
     metrics::Counter* undecodable = nullptr;
+    metrics::Counter* claims_total = nullptr;
+    metrics::Counter* handovers_total = nullptr;
+    metrics::Counter* lost_total = nullptr;
+    metrics::Counter* fenced_total = nullptr;
+    metrics::Counter* cursor_reopens = nullptr;
     metrics::Gauge* parked_rows = nullptr;
     metrics::Gauge* lag = nullptr;
     metrics::Gauge* in_flight = nullptr;
     metrics::Gauge* buffered_g = nullptr;
+    metrics::Gauge* retrying_g = nullptr;
+    metrics::Gauge* owned_g = nullptr;
+    metrics::Gauge* members_g = nullptr;
     metrics::Histogram* latency = nullptr;
+    std::vector<metrics::Gauge*> part_lag, part_checkpoint, part_owned;
 
     std::unique_ptr<pg::Pool> pool;
     std::unique_ptr<nats::Connection> nc;
-    std::unique_ptr<nats::PullConsumer> consumer;
+    std::unique_ptr<Membership> membership;
     std::unique_ptr<http::Server> server;
-    http::Guard guard;                  // as the store's: /healthz open, the rest behind the token or the Host allow-list
-    std::set<std::string> type_filter;  // empty = all (client-side filter when several types)
+    http::Guard guard;
+    std::set<std::string> type_filter;  // empty = all
+    std::string filter_type = "*";      // the subject token of the cursors' filter
 
     // Work state, under mu.
     std::mutex mu;
-    std::condition_variable work_cv;   // workers: an aggregate became ready / stopping
-    std::condition_variable space_cv;  // fetch: buffer has room / stopping
-    std::condition_variable stop_cv;   // sleeps (back-off, heartbeat, poll) wake on stop
+    std::condition_variable work_cv;  // workers: an aggregate became ready / stopping
+    std::condition_variable stop_cv;  // sleeps wake on stop
+    std::condition_variable idle_cv;  // a handler finished
+    std::map<int, ClaimPtr> claims;   // owned partitions
     std::unordered_map<std::string, AggQueue> queues;
     std::deque<std::string> ready;
-    std::map<std::uint64_t, ItemPtr> unfinished;      // messages by stream seq, until settled
-    std::unordered_set<std::string> parked_in_queue;  // event ids of parked retries queued
+    std::unordered_set<std::string> parked_in_queue;
     int running_handlers = 0;
-    std::condition_variable idle_cv;  // running_handlers reached 0
+    int retrying = 0;                    // events failing transiently right now
+    Clock::time_point retrying_since{};  // when `retrying` last went from 0 to 1
+    std::string last_transient_error;
+    std::vector<std::string> live_members;
     bool stopping = false;
     bool started = false;
 
-    std::thread fetch_thread, heartbeat_thread, poll_thread;
+    std::thread coordinator_thread, poll_thread;
     std::vector<std::thread> workers;
 
     // ---------------------------------------------------------------------------------------
     void init_metrics() {
         labels = "processor=\"" + opts.name + "\"";
-        handled = &registry.counter("processor_events_handled_total", "events handled successfully (acked)", labels);
-        failed_attempts =
-            &registry.counter("processor_handler_failures_total", "handler attempts that returned an error", labels);
-        parked_total = &registry.counter("processor_events_parked_total", "events parked by this process", labels);
-        parked_retried_ok =
-            &registry.counter("processor_parked_retried_total", "parked events that succeeded on a requested retry", labels);
-        skipped = &registry.counter("processor_events_skipped_total", "messages of types this processor does not handle (acked)",
-                                    labels);
-        undecodable = &registry.counter("processor_events_undecodable_total",
-                                        "messages whose body is not an event envelope (terminated)", labels);
-        parked_rows = &registry.gauge("processor_parked_events", "rows in processor_parked for this processor", labels);
-        lag = &registry.gauge("processor_consumer_lag", "messages in the stream not yet delivered to the consumer (num_pending)",
-                              labels);
-        in_flight = &registry.gauge("processor_in_flight", "handlers running now", labels);
-        buffered_g = &registry.gauge("processor_buffered_events", "messages fetched and not yet acked", labels);
+        auto c = [&](const char* n, const char* h) { return &registry.counter(n, h, labels); };
+        auto g = [&](const char* n, const char* h) { return &registry.gauge(n, h, labels); };
+        handled = c("processor_events_handled_total", "events handled successfully (incl. parked retries)");
+        failed_attempts = c("processor_handler_failures_total", "handler attempts that returned an error");
+        transient_failures = c("processor_transient_failures_total", "handler attempts that failed on an unavailable dependency (retried without limit)");
+        parked_total = c("processor_events_parked_total", "events parked by this process");
+        parked_retried_ok = c("processor_parked_retried_total", "parked events that succeeded on a requested retry");
+        skipped = c("processor_events_skipped_total", "messages of types this processor does not handle");
+        undecodable = c("processor_events_undecodable_total", "messages whose body is not an event envelope (skipped)");
+        claims_total = c("processor_partition_claims_total", "partitions claimed by this process");
+        handovers_total = c("processor_partition_handovers_total", "partitions released by this process (rebalance, stop)");
+        lost_total = c("processor_partition_lost_total", "partitions whose lease this process lost (taken over after expiry)");
+        fenced_total = c("processor_fenced_total", "effects refused because the partition's lease was lost");
+        cursor_reopens = c("processor_cursor_reopens_total", "partition cursors reopened after a gap or a lost consumer");
+        parked_rows = g("processor_parked_events", "rows in processor_parked for this processor");
+        lag = g("processor_consumer_lag", "messages of owned partitions not yet fetched");
+        in_flight = g("processor_in_flight", "handlers running now");
+        buffered_g = g("processor_buffered_events", "messages fetched and not yet done");
+        retrying_g = g("processor_retrying_events", "events failing on an unavailable dependency right now (retried)");
+        owned_g = g("processor_partitions_owned", "partitions this process owns");
+        members_g = g("processor_members", "live instances of this processor");
         latency =
             &registry.histogram("processor_handler_seconds", "handler latency per attempt", metrics::latency_buckets(), labels);
+    }
+
+    void init_partition_metrics() {
+        for (int p = 0; p < opts.partitions; ++p) {
+            auto l = labels + ",partition=\"" + std::to_string(p) + "\"";
+            part_lag.push_back(&registry.gauge("processor_partition_lag", "messages of the partition after what was fetched (owner only)", l));
+            part_checkpoint.push_back(
+                &registry.gauge("processor_partition_checkpoint", "stream sequence at or below which the partition is done", l));
+            part_owned.push_back(&registry.gauge("processor_partition_owned", "1 when this process owns the partition", l));
+        }
     }
 
     bool sleep_unless_stopping(std::chrono::milliseconds d) {
@@ -152,126 +182,333 @@ struct Runtime::Impl {
     }
 
     // ---------------------------------------------------------------------------------------
-    Status migrate() {
-        try {
-            pqxx::connection c(opts.database_url);
-            pqxx::work tx(c);
-            tx.exec("SELECT pg_advisory_xact_lock(hashtext('engram.processor.migrate'))");
-            tx.exec(kMigration);
-            tx.commit();
-            return ok();
-        } catch (const std::exception& e) {
-            return Error::make("database", std::string("cannot migrate processor_parked: ") + e.what());
+    // Claims
+
+    void start_claim(int partition, const Claimed& c) {
+        auto claim = std::make_shared<Claim>();
+        claim->partition = partition;
+        claim->epoch = c.epoch;
+        claim->checkpoint_seq = c.checkpoint;
+        claim->committed_seq = c.checkpoint;
+        claim->accepted_seq = c.checkpoint;
+        claim->renewed(Clock::now(), opts.lease_ttl);
+        {
+            std::lock_guard lk(mu);
+            claims[partition] = claim;
+            owned_g->set(static_cast<double>(claims.size()));
         }
+        part_owned[partition]->set(1);
+        claims_total->inc();
+        claim->fetcher = std::thread([this, claim] { fetch_loop(claim); });
+        log->info("partition {} claimed (epoch {}, from stream sequence {})", partition, c.epoch, c.checkpoint + 1);
+    }
+
+    // Stops the claim's fetcher and forgets its queued work. Called with the lease released or lost;
+    // handlers still running see Context::owns() false and their fenced commits fail.
+    void drop_claim(const ClaimPtr& claim) {
+        claim->lost.store(true);
+        claim->releasing.store(true);
+        claim->cv.notify_all();
+        if (claim->fetcher.joinable() && claim->fetcher.get_id() != std::this_thread::get_id()) claim->fetcher.join();
+        std::lock_guard lk(mu);
+        for (const auto& agg : claim->aggregates) {
+            auto it = queues.find(agg);
+            if (it == queues.end()) continue;
+            auto& q = it->second;
+            // Items of this claim that are not running are dropped; the running head (if any) is
+            // popped by its worker.
+            std::deque<ItemPtr> keep;
+            for (std::size_t i = 0; i < q.items.size(); ++i) {
+                auto& item = q.items[i];
+                if (item->claim == claim && !(q.active && i == 0)) {
+                    if (item->counted) --q.loaded;
+                    if (item->parked && item->event) parked_in_queue.erase(item->event->id.str());
+                    continue;
+                }
+                keep.push_back(item);
+            }
+            q.items.swap(keep);
+            if (q.items.empty() && !q.active) queues.erase(it);
+        }
+        claim->aggregates.clear();
+        if (claims.count(claim->partition) && claims[claim->partition] == claim) claims.erase(claim->partition);
+        owned_g->set(static_cast<double>(claims.size()));
+        part_owned[claim->partition]->set(0);
+        part_lag[claim->partition]->set(0);
+        recount_buffered_locked();
+        idle_cv.notify_all();
+    }
+
+    void recount_buffered_locked() {
+        std::size_t n = 0;
+        std::uint64_t pending = 0;
+        for (auto& [p, c] : claims) {
+            n += c->unfinished.size();
+            pending += c->pending;
+        }
+        buffered_g->set(static_cast<double>(n));
+        lag->set(static_cast<double>(pending));
+    }
+
+    // Low-water mark: every message of the partition at or below it is done.
+    static std::pair<std::uint64_t, std::int64_t> low_water_locked(const Claim& c) {
+        if (c.unfinished.empty()) return {c.accepted_seq, c.accepted_position};
+        auto first = c.unfinished.begin();
+        return {first->first - 1, std::max<std::int64_t>(first->second - 1, 0)};
     }
 
     // ---------------------------------------------------------------------------------------
-    void enqueue_locked(ItemPtr item) {
-        auto& q = queues[item->event.aggregate_id];
-        q.items.push_back(item);
-        if (!q.active && q.items.size() == 1) {
-            ready.push_back(item->event.aggregate_id);
-            work_cv.notify_one();
+    // Coordinator
+
+    void coordinator_loop() {
+        auto last_error_log = Clock::now() - std::chrono::hours(1);
+        while (true) {
+            auto t0 = Clock::now();
+            auto s = coordinate(t0);
+            if (!s && Clock::now() - last_error_log > std::chrono::seconds(10)) {
+                log->warn("coordination failed: {} (retrying every {} ms; owned partitions are fenced once their lease "
+                          "runs out)",
+                          error_text(s.error()), opts.tick.count());
+                last_error_log = Clock::now();
+            }
+            if (!sleep_unless_stopping(opts.tick)) return;
         }
     }
 
-    // Settles a message (under its own mutex): ack/nak/term once.
-    enum class Settle { ack, nak, term };
-    bool settle(Item& it, Settle how) {
-        if (!it.msg) return true;
-        std::lock_guard lk(it.mu);
-        if (it.settled) return false;
-        it.settled = true;
-        Status s = ok();
-        switch (how) {
-            case Settle::ack:
-                s = it.msg->ack_sync();
-                break;
-            case Settle::nak:
-                s = it.msg->nak();
-                break;
-            case Settle::term:
-                s = it.msg->term();
-                break;
+    Status coordinate(Clock::time_point t0) {
+        // 1. Renew what we hold (with its checkpoint); find out what we lost.
+        std::vector<ClaimPtr> held;
+        {
+            std::lock_guard lk(mu);
+            for (auto& [p, c] : claims) held.push_back(c);
         }
-        if (!s)
-            log->warn("{} of event {} (seq {}) failed: {} (it will be redelivered)",
-                      how == Settle::ack   ? "ack"
-                      : how == Settle::nak ? "nak"
-                                           : "term",
-                      it.event.id.str(), it.seq, error_text(s.error()));
+        for (auto& c : held) {
+            if (c->lost.load()) continue;
+            std::uint64_t seq;
+            std::int64_t pos;
+            std::uint64_t pending;
+            {
+                std::lock_guard lk(mu);
+                std::tie(seq, pos) = low_water_locked(*c);
+                pending = c->pending + (c->unfinished.size());
+            }
+            auto r = membership->renew(c->partition, c->epoch, seq, pos, pending);
+            if (!r) return std::move(r).error();
+            if (!*r) {
+                log->warn("partition {} lost: its lease (epoch {}) expired and was taken over", c->partition, c->epoch);
+                lost_total->inc();
+                drop_claim(c);
+                continue;
+            }
+            c->renewed(t0, opts.lease_ttl);
+            c->committed_seq = std::max(c->committed_seq, seq);
+            part_checkpoint[c->partition]->set(static_cast<double>(seq));
+        }
+        // 2. Membership and the assignment it implies.
+        auto members = membership->heartbeat(host, static_cast<int>(::getpid()), listen_address());
+        if (!members) return std::move(members).error();
+        {
+            std::lock_guard lk(mu);
+            live_members = *members;
+        }
+        members_g->set(static_cast<double>(members->size()));
+        if (std::find(members->begin(), members->end(), member) == members->end()) members->push_back(member);
+        auto desired = assign(*members, opts.partitions);
+
+        // 3. Hand over what is no longer ours once its running handlers are done.
+        for (auto& c : held) {
+            if (c->lost.load()) continue;
+            bool ours = desired[static_cast<std::size_t>(c->partition)] == member;
+            if (!ours && !c->releasing.load()) {
+                log->info("partition {} moves to {}: handing it over after its running handlers", c->partition,
+                          desired[static_cast<std::size_t>(c->partition)].substr(0, 8));
+                c->releasing.store(true);
+                c->release_deadline = Clock::now() + opts.drain_timeout;
+                c->cv.notify_all();
+            }
+            if (c->releasing.load()) try_release(c, false);
+        }
+
+        // 4. Claim what is ours and free.
+        std::set<int> mine;
+        {
+            std::lock_guard lk(mu);
+            for (auto& [p, c] : claims) mine.insert(p);
+        }
+        bool wants = false;
+        for (int p = 0; p < opts.partitions; ++p)
+            if (desired[static_cast<std::size_t>(p)] == member && !mine.count(p)) wants = true;
+        if (!wants) return ok();
+        auto rows = membership->leases();
+        if (!rows) return std::move(rows).error();
+        std::map<int, LeaseRow> by_partition;
+        for (auto& r : *rows) by_partition[r.partition] = r;
+        for (int p = 0; p < opts.partitions; ++p) {
+            if (desired[static_cast<std::size_t>(p)] != member || mine.count(p)) continue;
+            if (is_stopping()) return ok();
+            auto it = by_partition.find(p);
+            if (it != by_partition.end() && it->second.live && it->second.owner != member) continue;  // its owner hands it over
+            auto claimed = membership->claim(p);
+            if (!claimed) return std::move(claimed).error();
+            if (*claimed) start_claim(p, **claimed);
+        }
+        return ok();
+    }
+
+    // Releases a claim being handed over once no handler of it runs (or the drain time is up:
+    // a handler that ignores its deadline does not hold the partition).
+    bool try_release(const ClaimPtr& c, bool force) {
+        {
+            std::lock_guard lk(mu);
+            if (c->running > 0 && !force && Clock::now() < c->release_deadline) return false;
+            if (c->running > 0)
+                log->warn("partition {}: {} handler(s) still running after the drain time; released anyway (their effects are "
+                          "fenced)",
+                          c->partition, c->running);
+        }
+        c->releasing.store(true);
+        c->cv.notify_all();
+        if (c->fetcher.joinable()) c->fetcher.join();
+        std::uint64_t seq;
+        std::int64_t pos;
+        {
+            std::lock_guard lk(mu);
+            std::tie(seq, pos) = low_water_locked(*c);
+        }
+        c->lost.store(true);  // before the row changes hands: nothing of ours commits after it
+        auto r = membership->release(c->partition, c->epoch, seq, pos);
+        if (!r) log->warn("partition {}: release failed ({}); the lease expires instead", c->partition, error_text(r.error()));
+        handovers_total->inc();
+        log->info("partition {} handed over at stream sequence {}", c->partition, seq);
+        drop_claim(c);
         return true;
     }
 
-    void forget(const Item& it) {
-        if (!it.seq) return;
-        std::lock_guard lk(mu);
-        unfinished.erase(it.seq);
-        buffered_g->set(static_cast<double>(unfinished.size()));
-        space_cv.notify_all();
+    std::string listen_address() const {
+        auto hp = config::parse_listen(opts.listen);
+        return hp && server ? hp->host + ":" + std::to_string(server->port()) : opts.listen;
     }
 
     // ---------------------------------------------------------------------------------------
-    void fetch_loop() {
+    // Fetchers
+
+    void fetch_loop(const ClaimPtr& claim) {
         auto last_error_log = Clock::now() - std::chrono::hours(1);
-        while (true) {
-            std::size_t room;
+        std::unique_ptr<nats::Cursor> cursor;
+        auto filter = "events." + filter_type + "." + std::to_string(claim->partition);
+        while (!claim->releasing.load() && !is_stopping()) {
             {
                 std::unique_lock lk(mu);
-                space_cv.wait(lk, [&] { return stopping || unfinished.size() < opts.max_buffered; });
-                if (stopping) return;
-                room = opts.max_buffered - unfinished.size();
+                claim->cv.wait_for(lk, std::chrono::milliseconds(500), [&] {
+                    return stopping || claim->releasing.load() || claim->unfinished.size() < opts.max_unfinished_per_partition;
+                });
+                if (stopping || claim->releasing.load()) break;
+                if (claim->unfinished.size() >= opts.max_unfinished_per_partition) continue;
             }
-            int batch = static_cast<int>(std::min<std::size_t>(room, 64));
-            auto r = consumer->fetch(batch, std::chrono::milliseconds(500));
+            if (!cursor) {
+                nats::CursorOptions co;
+                co.stream = opts.stream;
+                co.filter = filter;
+                {
+                    std::lock_guard lk(mu);
+                    co.start_seq = claim->accepted_seq + 1;
+                }
+                auto c = nats::Cursor::open(*nc, co);
+                if (!c) {
+                    if (c.error().code == "cursor_config") {
+                        log->critical("{}", c.error().detail);
+                    }
+                    if (Clock::now() - last_error_log > std::chrono::seconds(10)) {
+                        log->warn("partition {}: cannot open its cursor: {} (retrying)", claim->partition, error_text(c.error()));
+                        last_error_log = Clock::now();
+                    }
+                    wait_on_claim(claim, std::chrono::milliseconds(500));
+                    continue;
+                }
+                cursor = std::move(*c);
+            }
+            auto r = cursor->fetch(64, std::chrono::milliseconds(500));
             if (!r) {
                 if (Clock::now() - last_error_log > std::chrono::seconds(10)) {
-                    log->warn("fetch failed: {} (retrying)", error_text(r.error()));
+                    log->warn("partition {}: fetch failed: {} (reopening the cursor)", claim->partition, error_text(r.error()));
                     last_error_log = Clock::now();
                 }
-                sleep_unless_stopping(std::chrono::milliseconds(500));
+                cursor.reset();
+                cursor_reopens->inc();
+                wait_on_claim(claim, std::chrono::milliseconds(200));
                 continue;
             }
-            for (auto& m : *r) accept(std::move(m));
+            for (auto& m : *r) accept(claim, std::move(m));
+            {
+                std::lock_guard lk(mu);
+                claim->pending = cursor->pending();
+                part_lag[claim->partition]->set(static_cast<double>(claim->pending));
+            }
         }
     }
 
-    void accept(std::unique_ptr<nats::InMessage> m) {
-        auto item = std::make_shared<Item>();
-        item->seq = m->msg().stream_seq;
-        item->delivered = m->msg().delivered;
-        // A message that is not an acceptable envelope (not JSON, too deep, ...) is a poison message:
-        // terminated below, never redelivered, never blocking the others.
-        auto body = parse_json(m->msg().data, "the message");
-        auto ev = body ? events::Event::from_json(*body) : Result<events::Event>(std::move(body).error());
-        item->msg = std::move(m);
-        if (!ev) {
-            undecodable->inc();
-            log->error("message seq {} on {} is not an event envelope ({}): terminated", item->seq, item->msg->msg().subject,
-                       error_text(ev.error()));
-            settle(*item, Settle::term);
-            return;
-        }
-        item->event = std::move(*ev);
-        if (!type_filter.empty() && !type_filter.count(item->event.type)) {
+    void wait_on_claim(const ClaimPtr& claim, std::chrono::milliseconds d) {
+        std::unique_lock lk(mu);
+        claim->cv.wait_for(lk, d, [&] { return stopping || claim->releasing.load(); });
+    }
+
+    void accept(const ClaimPtr& claim, nats::Message m) {
+        auto seq = m.stream_seq;
+        auto type = type_of_subject(m.subject);
+        if (!type_filter.empty() && !type_filter.count(std::string(type))) {
             skipped->inc();
-            settle(*item, Settle::ack);
+            std::lock_guard lk(mu);
+            mark_accepted_locked(*claim, seq, 0);
             return;
         }
-        // (When stopping, workers take nothing more: stop() naks whatever is in `unfinished`.)
+        auto body = parse_json(m.data, "the message");
+        auto ev = body ? events::Event::from_json(*body) : Result<events::Event>(std::move(body).error());
+        if (!ev || events::partition_of(ev->aggregate_id, opts.partitions) != claim->partition) {
+            // Not an envelope of this partition: never handled, never blocking the others.
+            undecodable->inc();
+            log->error("message seq {} on {} is not an event envelope of partition {} ({}): skipped", seq, m.subject,
+                       claim->partition, ev ? "wrong partition" : error_text(ev.error()));
+            std::lock_guard lk(mu);
+            mark_accepted_locked(*claim, seq, 0);
+            return;
+        }
+        auto item = std::make_shared<Item>();
+        item->claim = claim;
+        item->seq = seq;
+        item->position = ev->position.value();
+        auto agg = ev->aggregate_id;
         std::lock_guard lk(mu);
-        if (unfinished.count(item->seq)) {
-            // A redelivery of a message still queued or running here (ack_wait passed): the first copy
-            // keeps its place; this delivery is dropped (the first copy's ack settles the sequence).
-            log->debug("redelivery of seq {} while still queued: ignored", item->seq);
-            return;
+        if (claim->lost.load() || claim->releasing.load()) return;
+        mark_accepted_locked(*claim, seq, item->position);
+        claim->unfinished.emplace(seq, item->position);
+        auto& q = queues[agg];
+        if (claim->loaded < opts.max_loaded_per_partition && q.loaded < opts.max_loaded_per_aggregate) {
+            item->event = std::move(*ev);
+            item->counted = true;
+            ++claim->loaded;
+            ++q.loaded;
         }
-        unfinished.emplace(item->seq, item);
-        buffered_g->set(static_cast<double>(unfinished.size()));
-        enqueue_locked(item);
+        claim->aggregates.insert(agg);
+        q.items.push_back(item);
+        make_ready_locked(agg, q);
+        recount_buffered_locked();
+    }
+
+    static void mark_accepted_locked(Claim& c, std::uint64_t seq, std::int64_t position) {
+        c.accepted_seq = std::max(c.accepted_seq, seq);
+        if (position) c.accepted_position = std::max(c.accepted_position, position);
+    }
+
+    void make_ready_locked(const std::string& agg, AggQueue& q) {
+        if (q.active || q.in_ready || q.items.empty()) return;
+        q.in_ready = true;
+        ready.push_back(agg);
+        work_cv.notify_one();
     }
 
     // ---------------------------------------------------------------------------------------
+    // Workers
+
     void worker_loop() {
         http::ClientOptions copts;
         copts.timeout = std::chrono::milliseconds(15000);
@@ -286,34 +523,112 @@ struct Runtime::Impl {
                 if (stopping) return;
                 agg = std::move(ready.front());
                 ready.pop_front();
-                auto& q = queues[agg];
-                q.active = true;
+                auto it = queues.find(agg);
+                if (it == queues.end()) continue;
+                auto& q = it->second;
+                q.in_ready = false;
+                if (q.active || q.items.empty()) continue;
                 item = q.items.front();
+                if (item->claim->releasing.load() || item->claim->lost.load()) continue;  // dropped with its claim
+                q.active = true;
+                ++item->claim->running;
             }
-            process(*item, client);
+            bool done = process(*item, client);
             {
                 std::lock_guard lk(mu);
-                auto& q = queues[agg];
-                q.items.pop_front();
-                q.active = false;
-                if (!item->msg) parked_in_queue.erase(item->event.id.str());
-                if (q.items.empty()) {
-                    queues.erase(agg);
-                } else {
-                    ready.push_back(agg);  // behind the other ready aggregates: fairness
-                    work_cv.notify_one();
+                --item->claim->running;
+                auto it = queues.find(agg);
+                if (it != queues.end()) {
+                    auto& q = it->second;
+                    q.active = false;
+                    if (!q.items.empty() && q.items.front() == item) {
+                        q.items.pop_front();
+                        if (item->counted) {
+                            --q.loaded;
+                            --item->claim->loaded;
+                        }
+                    }
+                    if (item->parked && item->event) parked_in_queue.erase(item->event->id.str());
+                    if (done && item->seq) item->claim->unfinished.erase(item->seq);
+                    // Not done: the claim went away or the runtime stops; the sequence stays
+                    // unfinished, so the checkpoint stays below it and the next owner redoes it.
+                    if (q.items.empty())
+                        queues.erase(it);
+                    else
+                        make_ready_locked(agg, q);  // behind the other ready aggregates: fairness
                 }
+                recount_buffered_locked();
+                item->claim->cv.notify_all();
+                idle_cv.notify_all();
             }
         }
     }
 
-    // nullopt: not run because stop() was called (the message stays unacked).
-    std::optional<Status> run_handler(const Item& it, int attempt, http::Client& client) {
-        Context::Impl ci{this, &it.event, attempt, it.delivered, !it.msg, &client};
+    // Loads a spilled item's body from the stream (one request); retried while NATS is away.
+    bool load(Item& it) {
+        while (!it.claim->lost.load() && !it.claim->releasing.load() && !is_stopping()) {
+            auto m = nc->get_stream_message(opts.stream, it.seq);
+            if (m) {
+                auto body = parse_json(m->data, "the message");
+                auto ev = body ? events::Event::from_json(*body) : Result<events::Event>(std::move(body).error());
+                if (ev) {
+                    it.event = std::move(*ev);
+                    return true;
+                }
+                log->error("message seq {} cannot be decoded on re-read: {}", it.seq, error_text(ev.error()));
+                return false;
+            }
+            if (m.error().code == "not_found") {
+                log->error("message seq {} of partition {} is no longer in the stream: skipped", it.seq, it.claim->partition);
+                return false;
+            }
+            sleep_unless_stopping(std::chrono::milliseconds(500));
+        }
+        return false;
+    }
+
+    bool is_stopping() {
+        std::lock_guard lk(mu);
+        return stopping;
+    }
+
+    std::chrono::milliseconds backoff_for(int attempt) const {
+        auto d = opts.retry_backoff;
+        for (int i = 1; i < attempt && d < opts.max_backoff; ++i) d *= 2;
+        return std::min(d, opts.max_backoff);
+    }
+
+    // Sleeps unless stopping or the claim goes away; false when the work must be abandoned.
+    bool wait_retry(const Claim& c, std::chrono::milliseconds d) {
+        auto until = Clock::now() + d;
+        while (Clock::now() < until) {
+            if (c.lost.load() || c.releasing.load()) return false;
+            if (!sleep_unless_stopping(std::min<std::chrono::milliseconds>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()), std::chrono::milliseconds(100))))
+                return false;
+        }
+        return !c.lost.load() && !c.releasing.load();
+    }
+
+    enum class Outcome { ok, failed, abandoned };
+
+    Outcome run_handler(Item& it, int attempt, http::Client& client, Error* err) {
+        Context::Impl ci;
+        ci.claim = it.claim.get();
+        ci.event = &*it.event;
+        ci.attempt = attempt;
+        ci.parked = it.parked;
+        ci.client = &client;
+        ci.processor = &opts.name;
+        ci.member = &member;
+        ci.deadline = Clock::now() + opts.handler_timeout;
+        ci.stopping = [this] { return is_stopping(); };
+        ci.pool = pool.get();
+        ci.fenced = fenced_total;
         Context ctx(&ci);
         {
             std::lock_guard lk(mu);
-            if (stopping) return std::nullopt;  // checked with the count, so stop() sees every started run
+            if (stopping) return Outcome::abandoned;
             ++running_handlers;
             in_flight->set(running_handlers);
         }
@@ -331,147 +646,169 @@ struct Runtime::Impl {
             std::lock_guard lk(mu);
             --running_handlers;
             in_flight->set(running_handlers);
-            if (running_handlers == 0) idle_cv.notify_all();
+            idle_cv.notify_all();
         }
-        if (!s) failed_attempts->inc();
-        return std::optional<Status>(std::move(s));
+        if (s) return Outcome::ok;
+        *err = s.error();
+        // The claim went away or the runtime stops: whoever owns the partition next redoes it.
+        if (it.claim->lost.load() || it.claim->releasing.load() || is_stopping()) return Outcome::abandoned;
+        failed_attempts->inc();
+        return Outcome::failed;
     }
 
-    std::chrono::milliseconds backoff_for(int attempt) const {
-        auto d = opts.retry_backoff;
-        for (int i = 1; i < attempt && d < opts.max_backoff; ++i) d *= 2;
-        return std::min(d, opts.max_backoff);
-    }
-
-    bool is_stopping() {
+    void set_retrying(int delta, const std::string& error) {
         std::lock_guard lk(mu);
-        return stopping;
+        if (retrying == 0 && delta > 0) retrying_since = Clock::now();
+        retrying += delta;
+        if (!error.empty()) last_transient_error = error;
+        retrying_g->set(retrying);
     }
 
-    void process(Item& it, http::Client& client) {
-        if (!it.msg) return process_parked_retry(it, client);
-        const auto& ev = it.event;
-        if (opts.max_deliver > 0 && it.delivered >= static_cast<std::uint64_t>(opts.max_deliver)) {
-            // The server will not deliver it again: park it unhandled rather than risk losing it.
-            auto why =
-                fmt::format("delivered {} times without an ack (crash loop?); parked without running the handler", it.delivered);
-            log->error("event {} ({} of {}): {}", ev.id.str(), ev.type, ev.aggregate_id, why);
-            if (park(it, why, 0)) {
-                settle(it, Settle::ack);
-                forget(it);
-            }
-            return;
-        }
+    // True when the item is finished (handled, parked or skipped): its sequence is done.
+    bool process(Item& it, http::Client& client) {
+        if (!it.event && !load(it)) return !it.claim->lost.load() && !it.claim->releasing.load() && !is_stopping();
+        if (it.parked) return process_parked_retry(it, client);
+        const auto& ev = *it.event;
         std::string last_error;
-        int attempt = 1;
-        for (; attempt <= opts.max_attempts; ++attempt) {
-            auto r = run_handler(it, attempt, client);
-            if (!r) return;  // stopping: left unacked, nak'ed by stop()
-            auto& s = *r;
-            if (s) {
-                if (settle(it, Settle::ack)) handled->inc();
-                forget(it);
-                return;
+        int deterministic = 0;
+        bool counted_retrying = false;
+        auto last_log = Clock::now() - std::chrono::hours(1);
+        int transient_round = 0;
+        for (int attempt = 1;; ++attempt) {
+            Error err;
+            auto outcome = run_handler(it, attempt, client, &err);
+            if (outcome == Outcome::ok) {
+                if (counted_retrying) {
+                    set_retrying(-1, "");
+                    log->info("event {} ({} of {}) handled after {} attempts", ev.id.str(), ev.type, ev.aggregate_id, attempt);
+                }
+                handled->inc();
+                return true;
             }
-            last_error = error_text(s.error());
-            log->warn("handler failed for event {} ({} of {}), attempt {}/{}: {}", ev.id.str(), ev.type, ev.aggregate_id, attempt,
-                      opts.max_attempts, last_error);
-            if (attempt < opts.max_attempts && !sleep_unless_stopping(backoff_for(attempt))) return;
+            if (outcome == Outcome::abandoned) {
+                if (counted_retrying) set_retrying(-1, "");
+                return false;
+            }
+            last_error = error_text(err);
+            std::chrono::milliseconds wait;
+            // "fenced" while the claim still looks held here: the lease is lost (the coordinator
+            // finds out at its next renewal) or another instance raced this event; retried like an
+            // outage, it ends either way.
+            if (is_transient(err) || err.code == "fenced") {
+                transient_failures->inc();
+                if (!counted_retrying) {
+                    counted_retrying = true;
+                    set_retrying(1, last_error);
+                } else {
+                    set_retrying(0, last_error);
+                }
+                wait = backoff_for(++transient_round);
+                if (Clock::now() - last_log > std::chrono::seconds(10)) {
+                    log->warn("event {} ({} of {}): dependency unavailable, attempt {}: {} (retrying without limit)", ev.id.str(),
+                              ev.type, ev.aggregate_id, attempt, last_error);
+                    last_log = Clock::now();
+                }
+            } else {
+                ++deterministic;
+                log->warn("handler failed for event {} ({} of {}), attempt {}/{}: {}", ev.id.str(), ev.type, ev.aggregate_id,
+                          deterministic, opts.max_attempts, last_error);
+                if (deterministic >= opts.max_attempts) break;
+                wait = backoff_for(deterministic);
+            }
+            if (!wait_retry(*it.claim, wait)) {
+                if (counted_retrying) set_retrying(-1, "");
+                return false;
+            }
         }
+        if (counted_retrying) set_retrying(-1, "");
         log->error("event {} ({} of {}) parked after {} attempts: {}", ev.id.str(), ev.type, ev.aggregate_id, opts.max_attempts,
                    last_error);
-        if (park(it, last_error, opts.max_attempts)) {
-            settle(it, Settle::ack);
-            forget(it);
-        }
+        return park(it, last_error, opts.max_attempts);
     }
 
-    // Writes the parked row; retries (holding the aggregate's queue) while the database is
-    // unreachable. False only when stopping before it could be written (the message stays unacked).
+    // Writes the parked row (fenced); retried while the database is unreachable. False when the
+    // claim went away or the runtime stops first (the event stays unfinished: the next owner redoes it).
     bool park(const Item& it, const std::string& error, int attempts) {
-        const auto& ev = it.event;
+        const auto& ev = *it.event;
         auto env = ev.to_json().dump();
         for (int round = 0;; ++round) {
             try {
-                auto r = pool->run([&](pqxx::connection& c) {
+                auto r = pool->run([&](pqxx::connection& c) -> Status {
                     pqxx::work tx(c);
+                    if (auto f = fence_tx(*it.claim, tx); !f) return f;
                     tx.exec_params(
                         "INSERT INTO processor_parked (processor, event_id, position, aggregate_id, type, envelope, error, "
-                        "attempts) "
-                        "VALUES ($1, $2::uuid, $3, $4, $5, $6::jsonb, $7, $8) "
+                        "attempts) VALUES ($1, $2::uuid, $3, $4, $5, $6::jsonb, $7, $8) "
                         "ON CONFLICT (processor, event_id) DO UPDATE SET error = EXCLUDED.error, "
                         "attempts = processor_parked.attempts + EXCLUDED.attempts, parked_at = now(), retry_requested = false",
                         opts.name, ev.id.str(), ev.position.value(), ev.aggregate_id, ev.type, env, error, attempts);
                     tx.commit();
-                    return 0;
+                    return ok();
                 });
-                if (r) {
+                if (r && *r) {
                     parked_total->inc();
                     parked_rows->add(1);
                     return true;
                 }
-                log->warn("cannot park event {}: {} (retrying)", ev.id.str(), error_text(r.error()));
+                auto e = r ? r->error() : r.error();
+                if (e.code == "fenced") return false;
+                log->warn("cannot park event {}: {} (retrying)", ev.id.str(), error_text(e));
             } catch (const std::exception& e) {
                 log->error("cannot park event {}: {} (retrying)", ev.id.str(), e.what());
             }
-            if (!sleep_unless_stopping(backoff_for(std::min(round + 1, 10)))) return false;
+            if (!wait_retry(*it.claim, backoff_for(std::min(round + 1, 10)))) return false;
         }
     }
 
-    void process_parked_retry(Item& it, http::Client& client) {
-        const auto& ev = it.event;
-        auto r = run_handler(it, it.parked_attempts + 1, client);
-        if (!r) return;  // stopping: the row keeps retry_requested, the next instance retries
-        auto& s = *r;
+    bool process_parked_retry(Item& it, http::Client& client) {
+        const auto& ev = *it.event;
+        Error err;
+        auto outcome = run_handler(it, it.parked_attempts + 1, client, &err);
+        if (outcome == Outcome::abandoned) return false;  // the row keeps retry_requested
+        bool success = outcome == Outcome::ok;
         try {
-            auto r = pool->run([&](pqxx::connection& c) {
+            auto r = pool->run([&](pqxx::connection& c) -> Status {
                 pqxx::work tx(c);
-                if (s)
+                if (auto f = fence_tx(*it.claim, tx); !f) return f;
+                if (success)
                     tx.exec_params("DELETE FROM processor_parked WHERE processor = $1 AND event_id = $2::uuid", opts.name,
                                    ev.id.str());
                 else
                     tx.exec_params(
                         "UPDATE processor_parked SET error = $3, attempts = attempts + 1, retry_requested = false "
                         "WHERE processor = $1 AND event_id = $2::uuid",
-                        opts.name, ev.id.str(), error_text(s.error()));
+                        opts.name, ev.id.str(), error_text(err));
                 tx.commit();
-                return 0;
+                return ok();
             });
-            if (!r) log->warn("cannot update parked event {}: {}", ev.id.str(), error_text(r.error()));
+            if (!r || !*r) log->warn("cannot update parked event {}: {}", ev.id.str(), error_text(r ? r->error() : r.error()));
         } catch (const std::exception& e) {
             log->error("cannot update parked event {}: {}", ev.id.str(), e.what());
         }
-        if (s) {
+        if (success) {
             parked_retried_ok->inc();
             handled->inc();
             parked_rows->add(-1);
             log->info("parked event {} ({} of {}) handled on retry", ev.id.str(), ev.type, ev.aggregate_id);
         } else {
-            log->warn("retry of parked event {} failed: {}", ev.id.str(), error_text(s.error()));
+            log->warn("retry of parked event {} failed: {}", ev.id.str(), error_text(err));
         }
+        return true;
+    }
+
+    Status fence_tx(const Claim& c, pqxx::transaction_base& tx) {
+        Context::Impl ci;
+        ci.claim = &c;
+        ci.processor = &opts.name;
+        ci.member = &member;
+        ci.fenced = fenced_total;
+        return ci.fence(tx);
     }
 
     // ---------------------------------------------------------------------------------------
-    void heartbeat_loop() {
-        auto every = std::max(opts.ack_wait / 3, std::chrono::milliseconds(100));
-        while (sleep_unless_stopping(every)) {
-            std::vector<ItemPtr> items;
-            {
-                std::lock_guard lk(mu);
-                items.reserve(unfinished.size());
-                for (auto& [seq, it] : unfinished) items.push_back(it);
-            }
-            for (auto& it : items) {
-                std::lock_guard lk(it->mu);
-                if (!it->settled && it->msg) (void)it->msg->in_progress();
-            }
-        }
-    }
-
     void poll_loop() {
         do {
             poll_parked();
-            if (auto ci = consumer->info(); ci) lag->set(static_cast<double>(ci->num_pending));
         } while (sleep_unless_stopping(opts.parked_poll));
     }
 
@@ -498,13 +835,22 @@ struct Runtime::Impl {
                     log->error("parked envelope cannot be decoded: {}", error_text(ev.error()));
                     continue;
                 }
-                auto item = std::make_shared<Item>();
-                item->event = std::move(*ev);
-                item->parked_attempts = attempts;
+                int p = events::partition_of(ev->aggregate_id, opts.partitions);
                 std::lock_guard lk(mu);
                 if (stopping) return;
-                if (!parked_in_queue.insert(item->event.id.str()).second) continue;  // already queued
-                enqueue_locked(item);
+                auto cl = claims.find(p);
+                if (cl == claims.end() || cl->second->releasing.load()) continue;  // its owner retries it
+                if (!parked_in_queue.insert(ev->id.str()).second) continue;       // already queued
+                auto item = std::make_shared<Item>();
+                item->claim = cl->second;
+                item->parked = true;
+                item->parked_attempts = attempts;
+                auto agg = ev->aggregate_id;
+                item->event = std::move(*ev);
+                auto& q = queues[agg];
+                cl->second->aggregates.insert(agg);
+                q.items.push_back(item);
+                make_ready_locked(agg, q);
             }
         } catch (const std::exception& e) {
             log->warn("parked poll failed: {}", e.what());
@@ -512,6 +858,27 @@ struct Runtime::Impl {
     }
 
     // ---------------------------------------------------------------------------------------
+    json status_json() {
+        std::lock_guard lk(mu);
+        json parts = json::array();
+        for (auto& [p, c] : claims) {
+            auto [seq, pos] = low_water_locked(*c);
+            parts.push_back({{"partition", p},
+                             {"epoch", c->epoch},
+                             {"checkpoint", seq},
+                             {"position", pos},
+                             {"buffered", c->unfinished.size()},
+                             {"pending", c->pending},
+                             {"releasing", c->releasing.load()}});
+        }
+        json retry = {{"events", retrying}};
+        if (retrying > 0) {
+            retry["for_seconds"] = std::chrono::duration<double>(Clock::now() - retrying_since).count();
+            retry["last_error"] = last_transient_error;
+        }
+        return {{"member", member}, {"members", live_members.size()}, {"partitions", parts}, {"retrying", retry}};
+    }
+
     void serve(http::Request& req, const std::shared_ptr<http::Responder>& res) {
         if (auto refused = guard.check_host(req)) return res->respond(std::move(*refused));
         if (req.method != "GET") return res->respond(http::Response::error(405, "method_not_allowed", "GET only"));
@@ -532,11 +899,18 @@ struct Runtime::Impl {
             } catch (const std::exception& e) {
                 db_error = e.what();
             }
-            json body = {{"status", nats_ok && db_ok ? "ready" : "not_ready"},
+            auto st = status_json();
+            // Events failing on an unavailable dependency for a while: not ready (they are retried).
+            bool handlers_ok = st["retrying"]["events"].get<int>() == 0 || st["retrying"].value("for_seconds", 0.0) < 10.0;
+            bool ready = nats_ok && db_ok && handlers_ok;
+            json body = {{"status", ready ? "ready" : "not_ready"},
                          {"nats", nats_ok ? "ok" : "disconnected"},
-                         {"database", db_ok ? "ok" : db_error}};
-            return res->respond(http::Response::json(nats_ok && db_ok ? 200 : 503, body));
+                         {"database", db_ok ? "ok" : db_error},
+                         {"handlers", handlers_ok ? "ok" : "retrying: " + st["retrying"].value("last_error", std::string())},
+                         {"runtime", st}};
+            return res->respond(http::Response::json(ready ? 200 : 503, body));
         }
+        if (req.path == "/status") return res->respond(http::Response::json(200, status_json()));
         if (req.path == "/metrics") {
             http::Response r;
             r.content_type = "text/plain; version=0.0.4";
@@ -546,56 +920,6 @@ struct Runtime::Impl {
         res->respond(http::Response::error(404, "not_found", "no route for " + req.method + " " + req.path));
     }
 };
-
-// ===========================================================================================
-// Context
-
-const events::Event& Context::event() const { return *impl_->event; }
-int Context::attempt() const { return impl_->attempt; }
-std::uint64_t Context::delivered() const { return impl_->delivered; }
-bool Context::retrying_parked() const { return impl_->parked; }
-bool Context::stopping() const { return impl_->rt->is_stopping(); }
-pg::Pool& Context::db() { return *impl_->rt->pool; }
-
-Result<GlobalPosition> Context::append(std::string_view step, events::NewEvent e) {
-    const auto& cause = *impl_->event;
-    e.id = Uuid::v5(cause.id, step);
-    if (!e.metadata.is_object()) e.metadata = json::object();
-    auto& md = e.metadata;
-    md[std::string(events::meta::causation_id)] = cause.id.str();
-    if (!md.contains(events::meta::correlation_id)) {
-        auto it = cause.metadata.find(events::meta::correlation_id);
-        md[std::string(events::meta::correlation_id)] =
-            it != cause.metadata.end() && it->is_string() && !it->get<std::string>().empty() ? it->get<std::string>()
-                                                                                             : cause.id.str();
-    }
-    for (auto key : {events::meta::user_id, events::meta::session_id}) {
-        if (md.contains(key)) continue;
-        auto it = cause.metadata.find(key);
-        if (it != cause.metadata.end() && it->is_string()) md[std::string(key)] = *it;
-    }
-    if (!md.contains(events::meta::source)) md[std::string(events::meta::source)] = impl_->rt->opts.name;
-
-    auto r = impl_->client->post_json("/events", e.to_json());
-    if (!r) return std::move(r).error();
-    auto body = r->json();
-    if (r->status != 201 && r->status != 200) {
-        std::string code =
-            body.is_object() && body.contains("error") && body["error"].is_string() ? body["error"].get<std::string>() : "";
-        std::string detail = body.is_object() && body.contains("detail") && body["detail"].is_string()
-                                 ? body["detail"].get<std::string>()
-                                 : r->body;
-        return Error{"event_store",
-                     fmt::format("append of {} ({}) answered {}: {}{}", e.type, e.id->str(), r->status,
-                                 code.empty() ? "" : code + ": ", detail),
-                     {{"status", r->status}, {"error", code}}};
-    }
-    try {
-        return GlobalPosition(body.at("events").at(0).at("position").get<std::int64_t>());
-    } catch (const std::exception& ex) {
-        return Error::make("event_store", std::string("unexpected append answer: ") + r->body);
-    }
-}
 
 // ===========================================================================================
 // Runtime
@@ -612,6 +936,13 @@ Runtime::~Runtime() { stop(); }
 metrics::Registry& Runtime::metrics() { return impl_->registry; }
 const Options& Runtime::options() const { return impl_->opts; }
 std::uint16_t Runtime::port() const { return impl_->server ? impl_->server->port() : 0; }
+std::string Runtime::member_id() const { return impl_->member; }
+std::vector<int> Runtime::owned_partitions() const {
+    std::lock_guard lk(impl_->mu);
+    std::vector<int> out;
+    for (auto& [p, c] : impl_->claims) out.push_back(p);
+    return out;
+}
 
 Status Runtime::start() {
     auto& d = *impl_;
@@ -621,11 +952,19 @@ Status Runtime::start() {
         return Error::make("invalid_config", "processor name '" + o.name + "' must be non-empty without '.', '*', '>' or spaces");
     if (o.concurrency < 1) return Error::make("invalid_config", "concurrency must be at least 1");
     if (o.max_attempts < 1) return Error::make("invalid_config", "max_attempts must be at least 1");
+    if (o.tick.count() < 10 || o.lease_ttl < 2 * o.tick)
+        return Error::make("invalid_config", "the lease must last at least two ticks (lease_ttl " +
+                                                 std::to_string(o.lease_ttl.count()) + " ms, tick " +
+                                                 std::to_string(o.tick.count()) + " ms)");
     auto hp = config::parse_listen(o.listen);
     if (!hp) return Error::make("invalid_config", "listen address '" + o.listen + "' is not host:port");
+    for (const auto& t : o.types)
+        if (t != "*" && !events::valid_type_name(t)) return Error::make("invalid_config", "'" + t + "' is not an event type");
 
-    if (auto s = d.migrate(); !s) return s;
+    if (auto s = migrate(o.database_url, o.partitions); !s) return s;
+    d.init_partition_metrics();
     d.pool = std::make_unique<pg::Pool>(o.database_url, static_cast<std::size_t>(o.concurrency) + 3);
+    d.membership = std::make_unique<Membership>(o.database_url, o.name, d.member, o.lease_ttl);
 
     nats::ConnectOptions co;
     co.url = o.nats_url;
@@ -633,31 +972,14 @@ Status Runtime::start() {
     auto nc = nats::Connection::connect(co);
     if (!nc) return std::move(nc).error();
     d.nc = std::move(*nc);
-    // Same call (and so the same configuration) as the event store's relay: a processor started
-    // first does not have to wait for the store.
     if (auto s = d.nc->ensure_stream(o.stream, {"events.>"}); !s) return s;
 
     bool all = o.types.empty() || std::find(o.types.begin(), o.types.end(), "*") != o.types.end();
-    nats::ConsumerOptions cons;
-    cons.stream = o.stream;
-    cons.durable = o.name;
-    if (all) {
-        cons.filter_subjects = {"events.>"};
-    } else if (o.types.size() == 1) {
-        cons.filter_subjects = {"events." + o.types[0]};
-    } else {
-        cons.filter_subjects = {"events.>"};
+    if (!all && o.types.size() == 1) {
+        d.filter_type = o.types[0];
+    } else if (!all) {
         d.type_filter.insert(o.types.begin(), o.types.end());
     }
-    cons.max_deliver = o.max_deliver;
-    cons.ack_wait = o.ack_wait;
-    cons.max_ack_pending = static_cast<std::int64_t>(std::max<std::size_t>(o.max_buffered * 2, 1000));
-    auto pc = nats::PullConsumer::create(*d.nc, cons);
-    if (!pc) {
-        d.nc.reset();
-        return std::move(pc).error();
-    }
-    d.consumer = std::move(*pc);
 
     d.guard = http::Guard(http::GuardOptions{o.api_token, o.allowed_hosts});
     http::ServerOptions so;
@@ -671,7 +993,6 @@ Status Runtime::start() {
         d.server->start();
     } catch (const std::exception& e) {
         d.server.reset();
-        d.consumer.reset();
         d.nc.reset();
         return Error::make("listen", e.what());
     }
@@ -679,11 +1000,11 @@ Status Runtime::start() {
     d.started = true;
     d.stopping = false;
     for (int i = 0; i < o.concurrency; ++i) d.workers.emplace_back([&d] { d.worker_loop(); });
-    d.fetch_thread = std::thread([&d] { d.fetch_loop(); });
-    d.heartbeat_thread = std::thread([&d] { d.heartbeat_loop(); });
+    d.coordinator_thread = std::thread([&d] { d.coordinator_loop(); });
     d.poll_thread = std::thread([&d] { d.poll_loop(); });
-    d.log->info("processor {} consuming {} ({}) with {} workers; health on {}:{}", o.name, o.stream, cons.filter_subjects[0],
-                o.concurrency, hp->host, d.server->port());
+    d.log->info("processor {} member {} started: {} partitions of {} ({}), {} workers, lease {} ms; health on {}:{}", o.name,
+                d.member, o.partitions, o.stream, "events." + d.filter_type + ".<p>", o.concurrency, o.lease_ttl.count(),
+                hp->host, d.server->port());
     return ok();
 }
 
@@ -696,43 +1017,44 @@ void Runtime::stop() {
         d.stopping = true;
     }
     d.work_cv.notify_all();
-    d.space_cv.notify_all();
     d.stop_cv.notify_all();
-    if (d.fetch_thread.joinable()) d.fetch_thread.join();
-
-    // Running handlers finish (bounded by drain_timeout); queued work is not started.
+    if (d.coordinator_thread.joinable()) d.coordinator_thread.join();
+    std::vector<ClaimPtr> held;
+    {
+        std::lock_guard lk(d.mu);
+        for (auto& [p, c] : d.claims) held.push_back(c);
+    }
+    // Fetching stops at once; running handlers get drain_timeout.
+    for (auto& c : held) {
+        c->releasing.store(true);
+        c->cv.notify_all();
+    }
+    for (auto& c : held)
+        if (c->fetcher.joinable()) c->fetcher.join();
     {
         std::unique_lock lk(d.mu);
         if (!d.idle_cv.wait_for(lk, d.opts.drain_timeout, [&] { return d.running_handlers == 0; }))
-            d.log->warn("{} handler(s) still running after {} ms: their events are nak'ed now and will not be acked",
+            d.log->warn("{} handler(s) still running after {} ms: their partitions are released anyway (their effects are fenced)",
                         d.running_handlers, d.opts.drain_timeout.count());
     }
-    // Everything not acked yet goes back to the server, in stream order, for the next instance.
-    // settle() marks each item, so a handler finishing late cannot ack it any more.
-    std::vector<ItemPtr> rest;
-    {
-        std::lock_guard lk(d.mu);
-        for (auto& [seq, it] : d.unfinished) rest.push_back(it);
-    }
-    for (auto& it : rest) d.settle(*it, Impl::Settle::nak);
+    for (auto& c : held) d.try_release(c, true);
+    if (auto s = d.membership->leave(); !s) d.log->warn("cannot leave the group: {}", error_text(s.error()));
     for (auto& w : d.workers)
         if (w.joinable()) w.join();
     d.workers.clear();
-    if (d.heartbeat_thread.joinable()) d.heartbeat_thread.join();
     if (d.poll_thread.joinable()) d.poll_thread.join();
-    if (d.nc) (void)d.nc->flush(std::chrono::milliseconds(2000));
     if (d.server) d.server->stop();
     {
         std::lock_guard lk(d.mu);
         d.queues.clear();
         d.ready.clear();
-        d.unfinished.clear();
+        d.claims.clear();
         d.parked_in_queue.clear();
     }
-    d.consumer.reset();
     d.nc.reset();
     d.server.reset();
     d.pool.reset();
+    d.membership.reset();
     d.started = false;
     d.log->info("processor {} stopped", d.opts.name);
 }

@@ -9,10 +9,6 @@ namespace engram::processor {
 namespace {
 
 constexpr const char* kMigration = R"SQL(
-CREATE TABLE IF NOT EXISTS engram_settings (
-    key text PRIMARY KEY,
-    value text NOT NULL
-);
 -- One row per running instance; an instance whose row expired is gone (its leases are free).
 CREATE TABLE IF NOT EXISTS processor_members (
     processor text NOT NULL,
@@ -67,10 +63,8 @@ Status migrate(const std::string& database_url, int partitions) {
         pqxx::work tx(c);
         tx.exec("SELECT pg_advisory_xact_lock(hashtext('engram.processor.migrate'))");
         tx.exec(kMigration);
-        tx.exec_params("INSERT INTO engram_settings (key, value) VALUES ('partitions', $1) ON CONFLICT (key) DO NOTHING",
-                       std::to_string(partitions));
-        auto recorded = tx.exec("SELECT value FROM engram_settings WHERE key = 'partitions'")[0][0].as<std::string>();
         tx.commit();
+        auto recorded = pg::record_setting(c, "partitions", std::to_string(partitions));
         if (recorded != std::to_string(partitions))
             return Error::make("invalid_config", "ENGRAM_PARTITIONS is " + std::to_string(partitions) +
                                                      " but this deployment's stream is partitioned " + recorded +

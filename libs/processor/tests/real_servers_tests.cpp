@@ -26,7 +26,8 @@ TEST_CASE("processor runtime: 200 derived appends through nginx, none failed or 
     o.types = {"TestStep"};
     o.concurrency = 4;
     o.max_attempts = 1;  // a single failed append parks the event: the check below sees it
-    o.ack_wait = 5s;
+    o.lease_ttl = 1500ms;
+    o.tick = 250ms;
     o.parked_poll = 200ms;
     o.drain_timeout = 5s;
     std::atomic<int> failures{0};

@@ -293,7 +293,10 @@ void Relay::run() {
                 po.expected_last_seq = expect;
                 po.headers["Engram-Position"] = std::to_string(ev.position.value());
                 auto s =
-                    d.nats.publish_async(d.opts.subject_prefix + "." + ev.type, bodies[i], po, [round](const nats::PubAck& a) {
+                    d.nats.publish_async(
+                        d.opts.subject_prefix + "." + ev.type + "." +
+                            std::to_string(events::partition_of(ev.aggregate_id, d.opts.partitions)),
+                        bodies[i], po, [round](const nats::PubAck& a) {
                         if (a.ok) {
                             round->ok++;
                         } else {

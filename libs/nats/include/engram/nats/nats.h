@@ -164,6 +164,8 @@ public:
     // Messages with stream sequence >= from_seq, at most `max`, in sequence order (deleted
     // sequences skipped). One JetStream API request per message: for tests and tools.
     Result<std::vector<Message>> get_stream_messages(const std::string& stream, std::uint64_t from_seq, std::size_t max);
+    // The message at exactly `seq`; error code "not_found" when it does not exist (deleted, purged).
+    Result<Message> get_stream_message(const std::string& stream, std::uint64_t seq);
 
     // --- JetStream publishing ----------------------------------------------------------------
     // Sends without waiting for the ack; `on_ack` (optional) is called exactly once per message
@@ -279,6 +281,48 @@ private:
     ConsumerOptions options_;
     bool client_filter_ = false;
     void* sub_ = nullptr;  // natsSubscription*
+};
+
+// A cursor over one filtered slice of a stream, owned by one reader: an ephemeral pull consumer
+// (no acks, state in memory, deleted on close or after `inactive_threshold` without a fetch)
+// that delivers every message matching `filter` from `start_seq` on, in stream order. Where the
+// reader keeps its progress (a checkpoint in a database) is its own business: a crash loses
+// nothing, the next reader opens a new cursor at the checkpoint. Deliveries lost on the way
+// (a reconnect, a fetch answer dropped) show up as a gap in the consumer sequence: fetch() then
+// fails with code "cursor_gap" and the reader reopens at next_seq(). The consumer's configuration
+// is read back after creation: a server that ignored part of it (older servers drop settings they
+// do not know) is an error "cursor_config", never a silently different cursor.
+struct CursorOptions {
+    std::string stream;
+    std::string filter;  // one subject (wildcards allowed)
+    std::uint64_t start_seq = 1;
+    std::chrono::milliseconds inactive_threshold{30000};
+};
+
+class Cursor {
+public:
+    static Result<std::unique_ptr<Cursor>> open(Connection& connection, const CursorOptions& options);
+    ~Cursor();  // deletes the consumer (best effort; the server drops it anyway when inactive)
+    Cursor(const Cursor&) = delete;
+    Cursor& operator=(const Cursor&) = delete;
+
+    // Up to `batch` messages in stream order, waiting up to `timeout` for the first.
+    Result<std::vector<Message>> fetch(int batch, std::chrono::milliseconds timeout);
+    std::uint64_t next_seq() const { return next_seq_; }  // first stream sequence not yet returned
+    // Messages matching the filter after the last one returned (from the last fetch's metadata).
+    std::uint64_t pending() const { return pending_; }
+    const CursorOptions& options() const { return options_; }
+    const std::string& name() const { return name_; }
+
+private:
+    Cursor() = default;
+    Connection* conn_ = nullptr;
+    CursorOptions options_;
+    std::string name_;
+    void* sub_ = nullptr;  // natsSubscription*
+    std::uint64_t next_seq_ = 1;
+    std::uint64_t consumer_seq_ = 0;  // last consumer sequence returned
+    std::uint64_t pending_ = 0;
 };
 
 // NATS subject matching: `*` matches one token, `>` (last token) one or more.

@@ -21,6 +21,11 @@ Error unavailable(const std::exception& e);
 
 Result<std::unique_ptr<pqxx::connection>> connect(const std::string& url);
 
+// The deployment-wide settings every service must agree on (table engram_settings, created if
+// missing): records `value` under `key` unless a value is there already, and returns the recorded
+// one (under a transaction advisory lock, so concurrent first starts agree).
+std::string record_setting(pqxx::connection& c, const std::string& key, const std::string& value);
+
 // A bounded pool. acquire() blocks while all connections are leased; a lease whose connection
 // broke is discarded on return, so the next acquire() reconnects: recovery after a database
 // restart needs nothing from the caller.

@@ -50,7 +50,7 @@ struct Options {
     // A lease not renewed for lease_ttl is free to take: an instance killed with -9 loses its share
     // after at most lease_ttl + tick (the takeover bound). Renewed every tick.
     std::chrono::milliseconds lease_ttl{6000};
-    std::chrono::milliseconds tick{1000};  // membership heartbeat, assignment, renewals, checkpoints
+    std::chrono::milliseconds tick{1000};  // membership heartbeat, assignment, renewals, checkpoints (run_main: lease_ttl / 6)
     std::chrono::milliseconds parked_poll{2000};            // retry_requested poll + gauges
     std::size_t max_loaded_per_partition = 256;             // bodies held per partition; beyond: sequence only, re-read
     std::size_t max_loaded_per_aggregate = 16;              // bodies held per aggregate (the rest: sequence only)
@@ -146,7 +146,7 @@ Status migrate(const std::string& database_url, int partitions);
 
 // The settings every processor shares: NATS_URL, DATABASE_URL, EVENT_STORE_URL, ENGRAM_API_TOKEN,
 // ENGRAM_ALLOWED_HOSTS, ENGRAM_PARTITIONS, LOG_LEVEL, LOG_FORMAT, <NAME>_LISTEN, <NAME>_CONCURRENCY,
-// <NAME>_MAX_ATTEMPTS, <NAME>_LEASE_TTL_MS, <NAME>_HANDLER_TIMEOUT_MS (NAME = upper-cased name with
+// <NAME>_MAX_ATTEMPTS, <NAME>_LEASE_TTL_MS, <NAME>_HANDLER_TIMEOUT_MS, <NAME>_DRAIN_TIMEOUT_MS (NAME = upper-cased name with
 // '-' -> '_'), defaults taken from `defaults`.
 config::Spec config_spec(const Options& defaults);
 std::string env_prefix(const std::string& name);  // "memory-processor" -> "MEMORY_PROCESSOR"

@@ -43,7 +43,8 @@ public:
     struct Options {
         std::string database_url;
         std::string stream = "EVENTS";
-        std::string subject_prefix = "events";  // subject = <prefix>.<type>
+        std::string subject_prefix = "events";  // subject = <prefix>.<type>.<partition>
+        int partitions = 16;                    // partition = events::partition_of(aggregate_id, partitions)
         std::size_t batch = 1000;               // events read and published per round
         std::chrono::milliseconds poll{200};    // also picks up events written by other store processes
         std::chrono::milliseconds standby_retry{1000};
