@@ -5,16 +5,16 @@
 // out of order or committed by an instance that had lost the partition. Every attempt is counted in
 // chaos_attempts (unfenced) so the test also sees the re-handling the failures cause.
 //
-// Settings: the shared processor settings (config_spec), plus CHAOS_HANDLER_MS (sleep before the
-// effect, so that kills and freezes land while handlers run) and CHAOS_TICK_MS (the runtime's tick,
-// which is not one of the shared settings).
+// Settings: the shared processor settings (config_spec; the tick is a sixth of
+// CHAOS_PROCESSOR_LEASE_TTL_MS), plus CHAOS_HANDLER_MS (sleep before the effect, so that kills and
+// freezes land while handlers run) and CHAOS_FENCED_HOLD_MS (sleep inside the fenced transaction,
+// holding the lease row's share lock, so that a freeze lands while the lock is held).
 #include "engram/log/log.h"
 #include "engram/processor/processor.h"
 
 #include <pqxx/pqxx>
 
 #include <chrono>
-#include <cstdlib>
 #include <string>
 #include <thread>
 #include <unistd.h>
@@ -80,7 +80,7 @@ Status guarded(F&& body) {
     }
 }
 
-Status handle(processor::Context& ctx, std::chrono::milliseconds handler_time) {
+Status handle(processor::Context& ctx, std::chrono::milliseconds handler_time, std::chrono::milliseconds fenced_hold) {
     const auto& e = ctx.event();
     const int pid = static_cast<int>(::getpid());
     auto counted = guarded([&]() -> Status {
@@ -108,6 +108,7 @@ Status handle(processor::Context& ctx, std::chrono::milliseconds handler_time) {
             auto lease = tx.exec_params("SELECT owner::text, epoch FROM processor_leases WHERE processor = $1 AND partition = $2",
                                         kName, ctx.partition());
             if (lease.empty()) return Error::make("sql", "no lease row for partition " + std::to_string(ctx.partition()));
+            if (fenced_hold.count() > 0) std::this_thread::sleep_for(fenced_hold);
             tx.exec_params(std::string("INSERT INTO chaos_effects (aggregate_id, version, position, member, pid, partition, "
                                        "epoch, lease_owner) VALUES ($3, $4, $5, ") +
                                kMemberByPid + ", $2, $6, $7, NULLIF($8, '')) ON CONFLICT (aggregate_id, version) DO NOTHING",
@@ -121,15 +122,6 @@ Status handle(processor::Context& ctx, std::chrono::milliseconds handler_time) {
     });
 }
 
-std::chrono::milliseconds env_ms(const char* name, std::chrono::milliseconds fallback) {
-    const char* v = std::getenv(name);
-    if (!v || !*v) return fallback;
-    char* end = nullptr;
-    long n = std::strtol(v, &end, 10);
-    if (*end != '\0' || n < 1 || n > 600000) return fallback;  // the spec below reports it and exits 2
-    return std::chrono::milliseconds(n);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -137,14 +129,12 @@ int main(int argc, char** argv) {
     defaults.name = kName;
     defaults.types = {"ChaosTick"};
     defaults.concurrency = 4;
-    // run_main builds the options on top of these defaults, and the tick is not one of its settings.
-    defaults.tick = env_ms("CHAOS_TICK_MS", defaults.tick);
     defaults.drain_timeout = std::chrono::seconds(10);
     config::Spec extra;
     extra.add({"CHAOS_HANDLER_MS", "milliseconds each attempt sleeps before writing its effect", "0", false,
                config::int_range(0, 60000)});
-    extra.add({"CHAOS_TICK_MS", "the runtime's tick (membership heartbeat, renewals, checkpoints)",
-               std::to_string(defaults.tick.count()), false, config::int_range(1, 600000)});
+    extra.add({"CHAOS_FENCED_HOLD_MS", "milliseconds each effect's transaction sleeps after its fence, before its insert", "0",
+               false, config::int_range(0, 60000)});
     return processor::run_main(argc, argv, defaults, extra, [](const config::Values& v) -> processor::Handler {
         auto conn = pg::connect(v.get("DATABASE_URL"));
         if (!conn) throw std::runtime_error(conn.error().detail);
@@ -154,7 +144,8 @@ int main(int argc, char** argv) {
             tx.commit();
         }
         const std::chrono::milliseconds handler_time(v.get_int("CHAOS_HANDLER_MS"));
+        const std::chrono::milliseconds fenced_hold(v.get_int("CHAOS_FENCED_HOLD_MS"));
         log::get(kName)->info("pid {}, handler sleeps {} ms", ::getpid(), handler_time.count());
-        return [handler_time](processor::Context& ctx) { return handle(ctx, handler_time); };
+        return [handler_time, fenced_hold](processor::Context& ctx) { return handle(ctx, handler_time, fenced_hold); };
     });
 }
