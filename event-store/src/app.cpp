@@ -288,8 +288,9 @@ Status App::start() {
         try {
             auto recorded = pg::record_setting(**c, "partitions", want);
             if (recorded != want)
-                return Error::make("invalid_config", "ENGRAM_PARTITIONS is " + want + " but this deployment's stream is partitioned " +
-                                                         recorded + " ways (table engram_settings)");
+                return Error::make("invalid_config", "ENGRAM_PARTITIONS is " + want +
+                                                         " but this deployment's stream is partitioned " + recorded +
+                                                         " ways (table engram_settings)");
         } catch (const std::exception& e) {
             d.log->warn("cannot check ENGRAM_PARTITIONS against the database yet: {}", e.what());
         }

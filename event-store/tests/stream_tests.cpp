@@ -1,6 +1,7 @@
 // Publishing (outbox relay → JetStream) and Server-Sent Events, against real servers.
 #include "fixture.h"
 
+#include "engram/events/event.h"
 #include "engram/nats/nats.h"
 
 #include <sys/socket.h>
@@ -60,7 +61,9 @@ void check_stream_equals_log(StoreFixture& f, nats::Connection& nc) {
             INFO("stream seq " << m.stream_seq);
             CHECK(body == log[i]);
             CHECK(m.headers["Nats-Msg-Id"] == log[i]["id"]);
-            CHECK(m.subject == "events." + log[i]["type"].get<std::string>());
+            // events.<type>.<partition>, the partition being FNV-1a of the aggregate id mod 16.
+            CHECK(m.subject == "events." + log[i]["type"].get<std::string>() + "." +
+                                   std::to_string(events::partition_of(log[i]["aggregate_id"].get<std::string>(), 16)));
             CHECK(m.headers["Engram-Position"] == std::to_string(log[i]["position"].get<int>()));
             ++i;
         }

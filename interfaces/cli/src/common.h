@@ -115,6 +115,7 @@ using Action = std::function<int()>;
 void add_events_commands(CLI::App& app, Globals& g, Action& action);
 void add_projection_commands(CLI::App& app, Globals& g, Action& action);
 void add_parked_commands(CLI::App& app, Globals& g, Action& action);
+void add_processor_commands(CLI::App& app, Globals& g, Action& action);
 
 // One event as a table row / a one-line summary.
 std::string short_json(const nlohmann::json& j, std::size_t max);

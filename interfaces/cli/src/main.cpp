@@ -19,19 +19,21 @@ const char* kFooter = R"(Commands:
   projections rebuild <name>
   parked list [--processor NAME]
   parked retry <event_id>|--all [--processor NAME]
+  processors [--processor NAME]
 
 Exit codes: 0 success, 1 failure (one line "engram: <reason>" on stderr), 2 bad arguments.
 Environment: EVENT_STORE_URL, ENGRAM_API_TOKEN, DATABASE_URL.)";
 
 int run(int argc, char** argv) {
     Globals g;
-    CLI::App app{"engram: inspect and operate the engram event log (events, time travel, projections, parked events)", "engram"};
+    CLI::App app{"engram: inspect and operate the engram event log (events, time travel, projections, parked events, processors)",
+                 "engram"};
     app.fallthrough();  // global options are accepted after the subcommand too
     app.require_subcommand(1);
     app.footer(kFooter);
     app.add_option("--url", g.url, "event store base URL")->envname("EVENT_STORE_URL")->capture_default_str();
     app.add_option("--token", g.token, "API token, sent as Authorization: Bearer")->envname("ENGRAM_API_TOKEN");
-    app.add_option("--database-url", g.database_url, "PostgreSQL URL of the event store's database (rebuild, parked)")
+    app.add_option("--database-url", g.database_url, "PostgreSQL URL of the event store's database (rebuild, parked, processors)")
         ->envname("DATABASE_URL");
     app.add_flag("--json", g.json, "machine-readable output");
     app.add_flag("--progress", g.progress, "show the progress bar even when stderr is not a terminal");
@@ -40,10 +42,11 @@ int run(int argc, char** argv) {
     add_events_commands(app, g, action);
     add_projection_commands(app, g, action);
     add_parked_commands(app, g, action);
-    // The command list is for `engram --help` only.
+    add_processor_commands(app, g, action);
+    // The command list is for `engram --help` only (subcommands inherit it; a footer of their own stays).
     std::function<void(CLI::App&)> no_footer = [&](CLI::App& a) {
         for (auto* sub : a.get_subcommands({})) {
-            sub->footer("");
+            if (sub->get_footer() == kFooter) sub->footer("");
             no_footer(*sub);
         }
     };

@@ -469,7 +469,8 @@ TEST_CASE("failures give one line on stderr and exit 1 and bad arguments exit 2"
 
     auto help = f.run({"--help"});
     REQUIRE(help.code == 0);
-    for (const char* c : {"events tail", "events get", "append", "replay", "projections rebuild", "parked list", "parked retry"})
+    for (const char* c :
+         {"events tail", "events get", "append", "replay", "projections rebuild", "parked list", "parked retry", "processors"})
         REQUIRE(help.out.find(c) != std::string::npos);
     auto sub = f.run({"replay", "--help"});
     REQUIRE(sub.code == 0);

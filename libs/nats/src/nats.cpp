@@ -876,8 +876,8 @@ Result<std::unique_ptr<Cursor>> Cursor::open(Connection& conn, const CursorOptio
 Cursor::~Cursor() {
     natsSubscription_Destroy(static_cast<natsSubscription*>(sub_));
     if (conn_ && conn_->connected())
-        (void)js_DeleteConsumer(static_cast<jsCtx*>(conn_->native_jetstream()), options_.stream.c_str(), name_.c_str(),
-                                nullptr, nullptr);
+        (void)js_DeleteConsumer(static_cast<jsCtx*>(conn_->native_jetstream()), options_.stream.c_str(), name_.c_str(), nullptr,
+                                nullptr);
 }
 
 Result<std::vector<Message>> Cursor::fetch(int batch, std::chrono::milliseconds timeout) {
@@ -905,9 +905,9 @@ Result<std::vector<Message>> Cursor::fetch(int batch, std::chrono::milliseconds 
         jsMsgMetaData_Destroy(meta);
         if (sseq < next_seq_) continue;  // already returned (cannot happen without acks; harmless)
         if (cseq != consumer_seq_ + 1) {
-            gap = Error::make("cursor_gap", "cursor " + name_ + " skipped deliveries (consumer sequence " +
-                                                std::to_string(cseq) + " after " + std::to_string(consumer_seq_) +
-                                                "): reopen at " + std::to_string(next_seq_));
+            gap = Error::make("cursor_gap", "cursor " + name_ + " skipped deliveries (consumer sequence " + std::to_string(cseq) +
+                                                " after " + std::to_string(consumer_seq_) + "): reopen at " +
+                                                std::to_string(next_seq_));
             continue;
         }
         consumer_seq_ = cseq;

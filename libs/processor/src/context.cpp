@@ -96,8 +96,9 @@ bool is_transient(const Error& e) {
         auto t = e.extra.find("transient");
         if (t != e.extra.end() && t->is_boolean()) return t->get<bool>();
     }
-    static const std::set<std::string> kCodes = {"unavailable", "database", "nats",          "connect",         "io",
-                                                 "timeout",     "cancelled", "llm_unreachable", "llm_rate_limited", "stopping"};
+    static const std::set<std::string> kCodes = {
+        "unavailable",     "database",         "nats",    "connect", "io", "timeout", "cancelled",
+        "llm_unreachable", "llm_rate_limited", "stopping"};
     if (kCodes.count(e.code)) return true;
     if (e.code == "event_store" || e.code == "embeddings") {
         int status = 0;

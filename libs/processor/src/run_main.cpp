@@ -34,8 +34,9 @@ config::Spec config_spec(const Options& d) {
     s.add({p + "_LISTEN", "host:port of the health/metrics server (/healthz, /readyz, /metrics)",
            d.listen.empty() ? "127.0.0.1:0" : d.listen, false, config::listen_address()});
     s.add({p + "_CONCURRENCY", "aggregates handled at once", std::to_string(d.concurrency), false, config::int_range(1, 1024)});
-    s.add({p + "_MAX_ATTEMPTS", "attempts of a deterministic failure before an event is parked (unavailable dependencies are "
-                                 "retried without limit)",
+    s.add({p + "_MAX_ATTEMPTS",
+           "attempts of a deterministic failure before an event is parked (unavailable dependencies are "
+           "retried without limit)",
            std::to_string(d.max_attempts), false, config::int_range(1, 100)});
     s.add({"ENGRAM_PARTITIONS",
            "partitions of the stream (by aggregate id), leased to the running instances; fixed for a deployment (recorded in "
@@ -45,9 +46,11 @@ config::Spec config_spec(const Options& d) {
            "a partition whose owner has not renewed its lease for this long is taken over by another instance (takeover "
            "after a crash within this plus one tick; the tick is a sixth of it)",
            std::to_string(d.lease_ttl.count()), false, config::int_range(300, 600000)});
-    s.add({p + "_HANDLER_TIMEOUT_MS", "a handler's deadline: past it Context::stopping() is true and a hand-over does not wait for it",
+    s.add({p + "_HANDLER_TIMEOUT_MS",
+           "a handler's deadline: past it Context::stopping() is true and a hand-over does not wait for it",
            std::to_string(d.handler_timeout.count()), false, config::int_range(100, 86400000)});
-    s.add({p + "_DRAIN_TIMEOUT_MS", "on SIGTERM or a hand-over, how long running handlers may finish before the partition is released",
+    s.add({p + "_DRAIN_TIMEOUT_MS",
+           "on SIGTERM or a hand-over, how long running handlers may finish before the partition is released",
            std::to_string(d.drain_timeout.count()), false, config::int_range(0, 600000)});
     config::add_logging(s);
     return s;

@@ -145,7 +145,8 @@ struct Runtime::Impl {
         auto g = [&](const char* n, const char* h) { return &registry.gauge(n, h, labels); };
         handled = c("processor_events_handled_total", "events handled successfully (incl. parked retries)");
         failed_attempts = c("processor_handler_failures_total", "handler attempts that returned an error");
-        transient_failures = c("processor_transient_failures_total", "handler attempts that failed on an unavailable dependency (retried without limit)");
+        transient_failures = c("processor_transient_failures_total",
+                               "handler attempts that failed on an unavailable dependency (retried without limit)");
         parked_total = c("processor_events_parked_total", "events parked by this process");
         parked_retried_ok = c("processor_parked_retried_total", "parked events that succeeded on a requested retry");
         skipped = c("processor_events_skipped_total", "messages of types this processor does not handle");
@@ -169,7 +170,8 @@ struct Runtime::Impl {
     void init_partition_metrics() {
         for (int p = 0; p < opts.partitions; ++p) {
             auto l = labels + ",partition=\"" + std::to_string(p) + "\"";
-            part_lag.push_back(&registry.gauge("processor_partition_lag", "messages of the partition after what was fetched (owner only)", l));
+            part_lag.push_back(
+                &registry.gauge("processor_partition_lag", "messages of the partition after what was fetched (owner only)", l));
             part_checkpoint.push_back(
                 &registry.gauge("processor_partition_checkpoint", "stream sequence at or below which the partition is done", l));
             part_owned.push_back(&registry.gauge("processor_partition_owned", "1 when this process owns the partition", l));
@@ -266,9 +268,10 @@ struct Runtime::Impl {
             auto t0 = Clock::now();
             auto s = coordinate(t0);
             if (!s && Clock::now() - last_error_log > std::chrono::seconds(10)) {
-                log->warn("coordination failed: {} (retrying every {} ms; owned partitions are fenced once their lease "
-                          "runs out)",
-                          error_text(s.error()), opts.tick.count());
+                log->warn(
+                    "coordination failed: {} (retrying every {} ms; owned partitions are fenced once their lease "
+                    "runs out)",
+                    error_text(s.error()), opts.tick.count());
                 last_error_log = Clock::now();
             }
             if (!sleep_unless_stopping(opts.tick)) return;
@@ -362,9 +365,10 @@ struct Runtime::Impl {
             std::lock_guard lk(mu);
             if (c->running > 0 && !force && Clock::now() < c->release_deadline) return false;
             if (c->running > 0)
-                log->warn("partition {}: {} handler(s) still running after the drain time; released anyway (their effects are "
-                          "fenced)",
-                          c->partition, c->running);
+                log->warn(
+                    "partition {}: {} handler(s) still running after the drain time; released anyway (their effects are "
+                    "fenced)",
+                    c->partition, c->running);
         }
         c->releasing.store(true);
         c->cv.notify_all();
@@ -840,7 +844,7 @@ struct Runtime::Impl {
                 if (stopping) return;
                 auto cl = claims.find(p);
                 if (cl == claims.end() || cl->second->releasing.load()) continue;  // its owner retries it
-                if (!parked_in_queue.insert(ev->id.str()).second) continue;       // already queued
+                if (!parked_in_queue.insert(ev->id.str()).second) continue;        // already queued
                 auto item = std::make_shared<Item>();
                 item->claim = cl->second;
                 item->parked = true;
@@ -1034,8 +1038,9 @@ void Runtime::stop() {
     {
         std::unique_lock lk(d.mu);
         if (!d.idle_cv.wait_for(lk, d.opts.drain_timeout, [&] { return d.running_handlers == 0; }))
-            d.log->warn("{} handler(s) still running after {} ms: their partitions are released anyway (their effects are fenced)",
-                        d.running_handlers, d.opts.drain_timeout.count());
+            d.log->warn(
+                "{} handler(s) still running after {} ms: their partitions are released anyway (their effects are fenced)",
+                d.running_handlers, d.opts.drain_timeout.count());
     }
     for (auto& c : held) d.try_release(c, true);
     if (auto s = d.membership->leave(); !s) d.log->warn("cannot leave the group: {}", error_text(s.error()));

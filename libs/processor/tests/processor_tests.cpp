@@ -32,6 +32,10 @@ struct Env {
 
     Env() {
         log::init("warn", "text");
+        start_store();
+    }
+
+    void start_store() {
         store = std::make_unique<testing::Process>(
             std::vector<std::string>{testing::build_dir() + "/event-store/engram-event-store"},
             std::map<std::string, std::string>{{"DATABASE_URL", db},
@@ -49,6 +53,8 @@ struct Env {
         INFO(store->log());
         REQUIRE(ready);
     }
+
+    void stop_store() { store.reset(); }
 
     std::string store_url() const { return "http://127.0.0.1:" + std::to_string(port); }
 
@@ -196,8 +202,7 @@ TEST_CASE("every event is handled once, in order per aggregate, other types skip
     rt.stop();
 }
 
-TEST_CASE("hostile messages on the stream are skipped as poison and never block the others",
-          "[integration][processor][json]") {
+TEST_CASE("hostile messages on the stream are skipped as poison and never block the others", "[integration][processor][json]") {
     Env env;
     Recorder rec;
     processor::Runtime rt(env.options("poison-proc", {"TestStep"}), [&](processor::Context& ctx) -> Status {
@@ -220,7 +225,7 @@ TEST_CASE("hostile messages on the stream are skipped as poison and never block 
     for (const std::string& body : {std::string(100000, '[') + std::string(100000, ']'), envelope_start + R"({"n":1e400}})",
                                     envelope_start + deep_data + "}"}) {
         auto ack = (*nc)->publish_sync("events.TestStep." + std::to_string(events::partition_of("agg-good", 16)), body,
-                                        Uuid::v4().str());
+                                       Uuid::v4().str());
         REQUIRE(ack.ok());
         REQUIRE(ack->ok);
     }
@@ -502,4 +507,158 @@ TEST_CASE("the health server: loopback or allowed Host names without a token, th
     CHECK(json::parse(denied["body"].get<std::string>())["error"] == "unauthorized");
     CHECK(testing::python_request(rt2.port(), "GET", "/metrics", {{"Authorization", "Bearer t0k"}})["status"] == 200);
     rt2.stop();
+}
+
+namespace {
+
+// Two aggregate ids in one partition (of 16), so that a backlog on the first shares the second's
+// cursor.
+std::pair<std::string, std::string> same_partition_pair() {
+    std::string hot = "session:api:hot";
+    int p = events::partition_of(hot, 16);
+    for (int i = 0;; ++i) {
+        auto cold = "session:api:cold-" + std::to_string(i);
+        if (events::partition_of(cold, 16) == p) return {hot, cold};
+    }
+}
+
+}  // namespace
+
+TEST_CASE("fairness: a 600-event backlog on one aggregate does not delay another aggregate of its partition",
+          "[integration][processor]") {
+    Env env;
+    auto [hot, cold] = same_partition_pair();
+    const int backlog = 600;
+    // The backlog is in the stream before the processor starts: its partition's cursor meets 600
+    // events of `hot` first.
+    nlohmann::json batch = {{"aggregate_id", hot}, {"events", nlohmann::json::array()}};
+    for (int n = 0; n < backlog; ++n) batch["events"].push_back({{"type", "TestStep"}, {"data", {{"n", n}}}});
+    auto r = env.client->post_json("/events", batch);
+    REQUIRE(r.ok());
+    REQUIRE(r->status == 201);
+
+    std::atomic<int> hot_done{0};
+    std::atomic<std::int64_t> cold_handled_ms{0};
+    auto t0 = std::chrono::steady_clock::now();
+    Recorder rec;
+    processor::Runtime rt(env.options("fair-proc", {"TestStep"}), [&](processor::Context& ctx) -> Status {
+        rec.record(ctx.event());
+        if (ctx.event().aggregate_id == hot) {
+            std::this_thread::sleep_for(20ms);  // 600 x 20 ms = 12 s of backlog on one worker
+            ++hot_done;
+        } else {
+            cold_handled_ms =
+                std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+        }
+        return ok();
+    });
+    REQUIRE(rt.start().ok());
+    REQUIRE(testing::eventually([&] { return hot_done.load() > 20; }, 15s));
+    t0 = std::chrono::steady_clock::now();
+    env.append("TestStep", cold, {{"n", 0}});
+    REQUIRE(testing::eventually([&] { return cold_handled_ms.load() > 0; }, 10s));
+    WARN("the other aggregate's event was handled " << cold_handled_ms.load() << " ms after its append, with "
+                                                    << backlog - hot_done.load() << " events of the backlog still to go");
+    CHECK(cold_handled_ms.load() < 2000);
+    CHECK(hot_done.load() < backlog);  // it did not wait for the backlog
+    // The backlog itself is handled whole and in order (most of it re-read from the stream: only
+    // 16 bodies per aggregate are held).
+    REQUIRE(testing::eventually([&] { return hot_done.load() == backlog; }, 60s));
+    CHECK(rec.of(hot) == iota_vec(0, backlog));
+    rt.stop();
+}
+
+TEST_CASE("a 60 s store outage parks nothing: transient failures are retried until the store is back",
+          "[integration][processor]") {
+    Env env;
+    const int n_events = 20;
+    for (int n = 0; n < n_events; ++n) env.append("TestStep", "agg-" + std::to_string(n % 5), {{"n", n}});
+    // Every event is in the stream before the store goes away.
+    REQUIRE(testing::eventually(
+        [&] {
+            auto r = env.client->get("/readyz");
+            return r.ok() && r->status == 200 && r->json()["relay"]["lag"] == 0;
+        },
+        10s));
+    env.stop_store();
+    auto opts = env.options("outage-proc", {"TestStep"});
+    opts.max_attempts = 2;  // a deterministic failure would park after 2 attempts: these must not
+    std::atomic<int> failures{0};
+    processor::Runtime rt(opts, [&](processor::Context& ctx) -> Status {
+        auto pos = ctx.append("derived", {.type = "TestDerived", .aggregate_id = ctx.event().aggregate_id});
+        if (!pos) {
+            ++failures;
+            return pos.error();
+        }
+        return ok();
+    });
+    REQUIRE(rt.start().ok());
+    http::Client health("http://127.0.0.1:" + std::to_string(rt.port()));
+    // Not ready while it keeps failing on the store (after 10 s).
+    REQUIRE(testing::eventually(
+        [&] {
+            auto r = health.get("/readyz");
+            return r.ok() && r->status == 503 && r->json()["handlers"].get<std::string>().rfind("retrying", 0) == 0;
+        },
+        20s));
+    std::this_thread::sleep_for(45s);
+    CHECK(failures.load() > n_events);
+    CHECK(env.sql("SELECT count(*) FROM processor_parked")[0][0].as<int>() == 0);
+    env.start_store();
+    REQUIRE(testing::eventually(
+        [&] {
+            auto evs = env.all_events();
+            return std::count_if(evs.begin(), evs.end(), [](const json& e) { return e["type"] == "TestDerived"; }) == n_events;
+        },
+        30s));
+    CHECK(env.sql("SELECT count(*) FROM processor_parked")[0][0].as<int>() == 0);
+    REQUIRE(testing::eventually(
+        [&] {
+            auto r = health.get("/readyz");
+            return r.ok() && r->status == 200;
+        },
+        15s));
+    auto m = get_metrics(rt);
+    CHECK(m.find("processor_events_parked_total{processor=\"outage-proc\"} 0") != std::string::npos);
+    rt.stop();
+}
+
+TEST_CASE("two runtimes of one processor share the partitions, and the survivor takes over a stopped one's share",
+          "[integration][processor]") {
+    Env env;
+    Recorder rec;
+    auto opts = env.options("shared-proc", {"TestStep"});
+    auto handler = [&](processor::Context& ctx) -> Status {
+        rec.record(ctx.event());
+        return ok();
+    };
+    auto a = std::make_unique<processor::Runtime>(opts, handler);
+    processor::Runtime b(opts, handler);
+    REQUIRE(a->start().ok());
+    REQUIRE(b.start().ok());
+    REQUIRE(testing::eventually(
+        [&] {
+            return a->owned_partitions().size() + b.owned_partitions().size() == 16 && !a->owned_partitions().empty() &&
+                   !b.owned_partitions().empty();
+        },
+        10s));
+    for (int n = 0; n < 40; ++n) env.append("TestStep", "agg-" + std::to_string(n % 8), {{"n", n}});
+    REQUIRE(testing::eventually([&] { return rec.count() == 40; }, 15s));
+    auto t0 = std::chrono::steady_clock::now();
+    a->stop();  // hands its partitions over
+    REQUIRE(testing::eventually([&] { return b.owned_partitions().size() == 16; }, 5s));
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    WARN("hand-over after stop(): " << ms << " ms");
+    for (int n = 40; n < 80; ++n) env.append("TestStep", "agg-" + std::to_string(n % 8), {{"n", n}});
+    REQUIRE(testing::eventually([&] { return rec.count() == 80; }, 15s));
+    std::this_thread::sleep_for(300ms);
+    CHECK(rec.count() == 80);  // nothing handled twice across the hand-over
+    for (int k = 0; k < 8; ++k) {
+        std::vector<int> want;
+        for (int n = k; n < 80; n += 8) want.push_back(n);
+        CHECK(rec.of("agg-" + std::to_string(k)) == want);
+    }
+    auto leases = env.sql("SELECT count(*) FROM processor_leases WHERE processor = 'shared-proc' AND owner = '" + b.member_id() +
+                          "'::uuid");
+    CHECK(leases[0][0].as<int>() == 16);
 }

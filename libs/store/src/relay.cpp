@@ -292,19 +292,17 @@ void Relay::run() {
                 po.msg_id = ev.id.str();
                 po.expected_last_seq = expect;
                 po.headers["Engram-Position"] = std::to_string(ev.position.value());
-                auto s =
-                    d.nats.publish_async(
-                        d.opts.subject_prefix + "." + ev.type + "." +
-                            std::to_string(events::partition_of(ev.aggregate_id, d.opts.partitions)),
-                        bodies[i], po, [round](const nats::PubAck& a) {
-                        if (a.ok) {
-                            round->ok++;
-                        } else {
-                            std::lock_guard lk(round->mu);
-                            if (round->first_error.empty()) round->first_error = a.error;
-                            round->failed++;
-                        }
-                    });
+                auto s = d.nats.publish_async(d.opts.subject_prefix + "." + ev.type + "." +
+                                                  std::to_string(events::partition_of(ev.aggregate_id, d.opts.partitions)),
+                                              bodies[i], po, [round](const nats::PubAck& a) {
+                                                  if (a.ok) {
+                                                      round->ok++;
+                                                  } else {
+                                                      std::lock_guard lk(round->mu);
+                                                      if (round->first_error.empty()) round->first_error = a.error;
+                                                      round->failed++;
+                                                  }
+                                              });
                 if (!s) {
                     std::lock_guard lk(round->mu);
                     if (round->first_error.empty()) round->first_error = s.error().detail;

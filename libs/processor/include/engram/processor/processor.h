@@ -34,8 +34,8 @@ struct Options {
     // "events.<T>.<p>" on the server; several: "events.*.<p>" and other types are skipped by their
     // subject, without parsing the body.
     std::vector<std::string> types;
-    int concurrency = 8;   // aggregates handled at once (worker threads)
-    int max_attempts = 5;  // attempts of a deterministic failure before the event is parked
+    int concurrency = 8;                           // aggregates handled at once (worker threads)
+    int max_attempts = 5;                          // attempts of a deterministic failure before the event is parked
     std::chrono::milliseconds retry_backoff{200};  // doubles per attempt, capped at max_backoff
     std::string listen = "127.0.0.1:0";            // health/metrics HTTP
     // Without api_token, the health server answers only requests whose Host is a loopback name or
@@ -51,12 +51,12 @@ struct Options {
     // after at most lease_ttl + tick (the takeover bound). Renewed every tick.
     std::chrono::milliseconds lease_ttl{6000};
     std::chrono::milliseconds tick{1000};  // membership heartbeat, assignment, renewals, checkpoints (run_main: lease_ttl / 6)
-    std::chrono::milliseconds parked_poll{2000};            // retry_requested poll + gauges
-    std::size_t max_loaded_per_partition = 256;             // bodies held per partition; beyond: sequence only, re-read
-    std::size_t max_loaded_per_aggregate = 16;              // bodies held per aggregate (the rest: sequence only)
-    std::size_t max_unfinished_per_partition = 100000;      // sequences held; beyond, that partition's cursor pauses
-    std::chrono::milliseconds drain_timeout{30000};         // stop() / hand-over: wait this long for running handlers
-    std::chrono::milliseconds handler_timeout{300000};      // a handler's deadline (Context::stopping() turns true)
+    std::chrono::milliseconds parked_poll{2000};        // retry_requested poll + gauges
+    std::size_t max_loaded_per_partition = 256;         // bodies held per partition; beyond: sequence only, re-read
+    std::size_t max_loaded_per_aggregate = 16;          // bodies held per aggregate (the rest: sequence only)
+    std::size_t max_unfinished_per_partition = 100000;  // sequences held; beyond, that partition's cursor pauses
+    std::chrono::milliseconds drain_timeout{30000};     // stop() / hand-over: wait this long for running handlers
+    std::chrono::milliseconds handler_timeout{300000};  // a handler's deadline (Context::stopping() turns true)
 };
 
 // Given to handlers; valid only during the handler call.
