@@ -54,7 +54,7 @@ int env_int(const char* name, int fallback) {
     const char* v = std::getenv(name);
     return v && *v ? std::stoi(v) : fallback;
 }
-// With 16, one of three instances owns nothing about 0.5% of the time.
+// Many more partitions than instances, so a join, a leave or a takeover moves many at once.
 const int kPartitions = env_int("ENGRAM_CHAOS_PARTITIONS", 32);
 constexpr int kAggregates = 200;
 const std::chrono::milliseconds kLeaseTtl{env_int("ENGRAM_CHAOS_LEASE_TTL_MS", 3000)};
@@ -579,21 +579,27 @@ TEST_CASE("processor chaos: kill -9, SIGSTOP, scale out, SIGTERM, NATS and Postg
         const auto settled = Clock::now() - t0 - 4 * kTick;
         const auto nm = cl.member_of(fresh);
         auto after = *cl.leases();
-        int moved = 0, kept = 0, reclaimed = 0;
+        // Rendezvous with bounded loads: most partitions move to the newcomer, a few between the
+        // others where a capped member's choice cascades; shares end within one of each other.
+        int to_new = 0, between = 0, kept = 0, reclaimed = 0;
         for (const auto& [p, lease] : after) {
             INFO("partition " << p << ": " << before[p].owner << "@" << before[p].epoch << " -> " << lease.owner << "@"
                               << lease.epoch);
             if (lease.owner == before[p].owner) {
                 ++(lease.epoch == before[p].epoch ? kept : reclaimed);
-                CHECK(lease.epoch == before[p].epoch);
+                CHECK(lease.epoch == before[p].epoch);  // not moved: never paused
             } else {
-                ++moved;
-                CHECK(lease.owner == nm);  // rendezvous hashing: only partitions the newcomer wins move
+                ++(lease.owner == nm ? to_new : between);
             }
         }
+        auto sh = Cluster::share(after);
+        auto [lo, hi] = std::minmax_element(sh.begin(), sh.end(), [](auto& a, auto& b) { return a.second < b.second; });
+        CHECK(hi->second - lo->second <= 1);
+        CHECK(to_new >= between);
         note("(d) " + fresh.name + " owned its first partition " + std::to_string(ms(*t)) +
-             " ms after start, rebalance done in ~" + std::to_string(ms(settled)) + " ms; " + std::to_string(moved) +
-             " moved to it, " + std::to_string(kept) + " kept their owner and epoch, " + std::to_string(reclaimed) +
+             " ms after start, rebalance done in ~" + std::to_string(ms(settled)) + " ms; " + std::to_string(to_new) +
+             " moved to it, " + std::to_string(between) + " between the others, " + std::to_string(kept) +
+             " kept their owner and epoch, " + std::to_string(reclaimed) +
              " kept their owner under a new epoch (lost and claimed again: paused)");
     }
 
