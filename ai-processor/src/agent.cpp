@@ -30,6 +30,20 @@ std::string str_field(const json& j, const char* k) {
     return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
 }
 
+Error fenced(std::string detail) { return Error::make("fenced", std::move(detail)); }
+
+// A non-2xx answer of the store. extra.status lets processor::is_transient tell an unavailable
+// store (503, 429, 5xx) from a refusal.
+Error store_error(std::string what, int status, const std::string& body, const std::string& code = "") {
+    Error e = Error::make("event_store", what + ": HTTP " + std::to_string(status) + " " + body);
+    e.extra = {{"status", status}, {"error", code}};
+    return e;
+}
+
+// A session keeps moving under a run only while others write to it; a run that never gets its
+// append in is given back to the runtime (transient) to start over from a fresh read.
+constexpr int kMaxVersionRetries = 50;
+
 // The event store, as the run needs it. One per run (http::Client is not thread-safe).
 class Store {
 public:
@@ -43,8 +57,7 @@ public:
                                  "&limit=1000");
             if (!r) return r.error();
             if (r->status == 404) return out;
-            if (r->status != 200)
-                return Error::make("event_store", "reading " + session + ": HTTP " + std::to_string(r->status) + " " + r->body);
+            if (r->status != 200) return store_error("reading " + session, r->status, r->body);
             auto body = r->json(events::kMaxStoreAnswerDepth);
             if (!body.is_object() || !body.contains("events") || !body["events"].is_array())
                 return Error::make("event_store", "reading " + session + ": unexpected answer");
@@ -75,31 +88,72 @@ public:
         return projections::fast_memory_summary(body["state"]);
     }
 
-    // All-or-nothing append of events of one aggregate. A replay (200) is fine; so is an id conflict
-    // (409 id_conflict): the event with that deterministic id is already recorded.
+    // From here on, appends to `session` are fenced: expected_version = `version` (the last version
+    // the run has read), advanced by the run's own appends.
+    void guard(std::string session, std::string trigger_id, std::int64_t version, std::function<bool()> owns) {
+        session_ = std::move(session);
+        trigger_id_ = std::move(trigger_id);
+        known_ = version;
+        owns_ = std::move(owns);
+    }
+
+    // All-or-nothing append of events of one aggregate (the header explains the fencing). A replay
+    // (200: the same events already stored) is fine.
     Status append(const std::vector<events::NewEvent>& evs) {
         if (evs.empty()) return ok();
-        json body;
-        if (evs.size() == 1) {
-            body = evs[0].to_json();
-        } else {
-            body = {{"aggregate_id", evs[0].aggregate_id}, {"events", json::array()}};
-            for (const auto& e : evs) body["events"].push_back(e.to_json());
+        const bool guarded = evs[0].aggregate_id == session_;
+        for (int conflicts = 0;; ++conflicts) {
+            if (owns_ && !owns_()) return fenced("the partition's lease is lost: " + evs[0].type + " not appended");
+            json body;
+            if (evs.size() == 1) {
+                body = evs[0].to_json();
+            } else {
+                body = {{"aggregate_id", evs[0].aggregate_id}, {"events", json::array()}};
+                for (const auto& e : evs) body["events"].push_back(e.to_json());
+            }
+            if (guarded) body["expected_version"] = known_;
+            auto r = client_.post_json("/events", body);
+            if (!r) return r.error();
+            if (r->status == 200 || r->status == 201) {
+                auto answer = r->json(events::kMaxStoreAnswerDepth);
+                std::vector<std::int64_t> versions;
+                if (answer.is_object() && answer.contains("events") && answer["events"].is_array())
+                    for (const auto& a : answer["events"])
+                        if (a.is_object() && a.contains("aggregate_version") && a["aggregate_version"].is_number_integer())
+                            versions.push_back(a["aggregate_version"].get<std::int64_t>());
+                if (versions.size() != evs.size())
+                    return Error::make("event_store",
+                                       "append of " + evs[0].type + ": unexpected answer " + r->body.substr(0, 200));
+                for (const auto& e : evs)
+                    if (e.id) written_.insert(e.id->str());
+                if (guarded) known_ = advance_version(known_, versions);
+                return ok();
+            }
+            auto j = r->json();
+            std::string code = j.is_object() ? str_field(j, "error") : "";
+            if (r->status == 409 && code == "id_conflict")
+                // The same deterministic step with other content: another instance recorded its own
+                // answer. Going on would build on a view the log does not hold.
+                return fenced("append of " + evs[0].type + " (" + (evs[0].id ? evs[0].id->str() : "") +
+                              "): this step is recorded with other content: another instance is running the trigger");
+            if (r->status == 409 && code == "version_conflict" && guarded) {
+                auto after = session_events(session_, known_ + 1);
+                if (!after) return after.error();
+                auto v = judge_conflict(*after, trigger_id_, written_, known_);
+                if (v.fenced)
+                    return fenced("another instance is running the trigger (" + v.detail + " appended meanwhile); " +
+                                  evs[0].type + " not appended");
+                if (conflicts >= kMaxVersionRetries)
+                    return processor::transient(Error::make(
+                        "event_store", "append of " + evs[0].type + " to " + session_ + ": the session kept changing (" +
+                                           std::to_string(conflicts + 1) + " version conflicts)"));
+                logger()->debug("append of {} to {}: the session moved from version {} to {}; retrying", evs[0].type, session_,
+                                known_, v.version);
+                known_ = v.version;
+                continue;
+            }
+            return store_error("append of " + evs[0].type + " to " + evs[0].aggregate_id, r->status, r->body, code);
         }
-        auto r = client_.post_json("/events", body);
-        if (!r) return r.error();
-        if (r->status == 200 || r->status == 201) return ok();
-        auto j = r->json();
-        std::string code = j.is_object() ? str_field(j, "error") : "";
-        if (r->status == 409 && code == "id_conflict") {
-            logger()->warn("append of {} ({}): already recorded with other content; keeping the recorded one", evs[0].type,
-                           evs[0].id ? evs[0].id->str() : "");
-            return ok();
-        }
-        Error e = Error::make("event_store", "append of " + evs[0].type + " to " + evs[0].aggregate_id + ": HTTP " +
-                                                 std::to_string(r->status) + " " + r->body);
-        e.extra = {{"status", r->status}, {"error", code}};
-        return e;
     }
 
 private:
@@ -111,6 +165,10 @@ private:
         return o;
     }
     http::Client client_;
+    std::string session_, trigger_id_;
+    std::int64_t known_ = 0;
+    std::set<std::string> written_;  // ids this run appended (created or replayed)
+    std::function<bool()> owns_;
 };
 
 json usage_json(const llm::Usage& u) {
@@ -130,6 +188,27 @@ std::string tool_content(const json& result, bool is_error) {
 }
 
 }  // namespace
+
+ConflictVerdict judge_conflict(const std::vector<events::Event>& after, const std::string& trigger_id,
+                               const std::set<std::string>& written, std::int64_t known) {
+    ConflictVerdict v;
+    v.version = known;
+    for (const auto& e : after) {
+        const auto id = e.id.str();
+        if (id != trigger_id && str_field(e.metadata, "causation_id") == trigger_id && !written.count(id)) {
+            v.fenced = true;
+            v.detail = e.type + " " + id + " at version " + std::to_string(e.version.value());
+            return v;
+        }
+        v.version = std::max(v.version, e.version.value());
+    }
+    return v;
+}
+
+std::int64_t advance_version(std::int64_t known, const std::vector<std::int64_t>& stored_versions) {
+    if (stored_versions.empty() || stored_versions.front() > known + 1) return known;
+    return std::max(known, stored_versions.back());
+}
 
 std::string system_prompt(const std::string& fast_memory_summary, const json& history) {
     std::string s =
@@ -151,10 +230,15 @@ std::string system_prompt(const std::string& fast_memory_summary, const json& hi
 Agent::Agent(AgentOptions o) : o_(std::move(o)) {}
 
 processor::Handler Agent::handler() {
-    return [this](processor::Context& ctx) -> Status { return run(ctx.event()); };
+    return [this](processor::Context& ctx) -> Status {
+        RunControl control{.owns = [&ctx] { return ctx.owns(); }, .stopping = [&ctx] { return ctx.stopping(); }};
+        auto s = run(ctx.event(), control);
+        if (!s && s.error().code == "fenced") logger()->warn("run for {} fenced: {}", ctx.event().id.str(), s.error().detail);
+        return s;
+    };
 }
 
-Status Agent::run(const events::Event& t) {
+Status Agent::run(const events::Event& t, const RunControl& control) {
     if (t.type != "TriggerReceived" && t.type != "MessageReceived") return ok();
     const json& d = t.data;
     if (t.type == "MessageReceived" && d.value("edited", false) == true) return ok();  // edits are not answered
@@ -176,6 +260,14 @@ Status Agent::run(const events::Event& t) {
     json reply_to = t.type == "MessageReceived" && d.contains("message_id") ? d["message_id"] : json();
 
     auto log = logger();
+    // Checked before each model call and tool run; appends check owns() themselves (Store::append).
+    auto may_work = [&](const std::string& what) -> Status {
+        if (control.owns && !control.owns()) return fenced("the partition's lease is lost: " + what + " not started");
+        if (control.stopping && control.stopping())
+            return Error::make("stopping", "the processor is stopping: " + what + " not started; the run resumes from the log");
+        return ok();
+    };
+    if (auto s = may_work("run " + run_id); !s) return s;
     Store store(o_.event_store_url, o_.api_token);
 
     // The run's events already in the log (all after the trigger), and the conversation before it.
@@ -185,6 +277,8 @@ Status Agent::run(const events::Event& t) {
     const std::int64_t from = session == t.aggregate_id ? std::max<std::int64_t>(1, t.version.value() - window) : 1;
     auto evs = store.session_events(session, from);
     if (!evs) return evs.error();
+    // Everything up to here is the view the run builds on; it writes only on top of it.
+    store.guard(session, tid, evs->empty() ? 0 : evs->back().version.value(), control.owns);
     std::map<std::string, events::Event> recorded;  // id -> event
     std::vector<events::Event> before;              // the conversation before the trigger
     for (auto& e : *evs) {
@@ -289,6 +383,7 @@ Status Agent::run(const events::Event& t) {
             add_usage(usage, call0->data.value("usage", json()));
             log->debug("run {}: iteration {} rebuilt from the log", run_id, n);
         } else {
+            if (auto s = may_work("model call of iteration " + std::to_string(n)); !s) return s;
             req.messages = messages;
             auto c = provider->complete(req);
             if (!c) {
@@ -410,6 +505,7 @@ Status Agent::run(const events::Event& t) {
                     if (is_message) messages_sent.insert(id);
                     return ok();
                 };
+                if (auto s = may_work("tool " + tc.name + " of iteration " + std::to_string(n)); !s) return s;
                 auto t0 = std::chrono::steady_clock::now();
                 ToolResult r;
                 if (const Tool* tool = find_tool(tc.name)) {
@@ -421,7 +517,7 @@ Status Agent::run(const events::Event& t) {
                 } else {
                     r = ToolResult::error("unknown tool '" + tc.name + "'");
                 }
-                if (r.fatal) return *r.fatal;  // the store is unavailable: retry the run later
+                if (r.fatal) return *r.fatal;  // the store is unavailable (retry the run later) or fenced
                 result = r.result;
                 is_error = r.is_error;
                 if (r.completes_run) {

@@ -69,12 +69,18 @@ Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, cons
 // version means earlier ones of this aggregate are still to come (redelivered late after a crash),
 // so they are read from the store and folded first: the row never skips an event. The shared
 // advisory lock lets `engram projections rebuild` (exclusive) replace the projection atomically.
+// The transaction is fenced first: an instance that lost the partition (its lease taken over) commits
+// nothing, so a state folded from its stale view never overwrites the new owner's.
 Status apply_projection(processor::Context& ctx, const projections::Projection& p, const StoreAccess& store) {
     const auto& ev = ctx.event();
     auto name = std::string(p.name());
     const auto& id = ev.aggregate_id;
     auto r = ctx.db().run([&](pqxx::connection& c) -> Status {
         pqxx::work tx(c);
+        // Fenced up front (a lost lease writes nothing and calls nothing), and again right before the
+        // write: the first check's row lock is not held across the store calls below, so a slow store
+        // cannot hold up the lease's renewal.
+        if (!ctx.owns()) return Error::make("fenced", "the partition's lease is not held any more");
         tx.exec("SELECT pg_advisory_xact_lock_shared(hashtext(" + tx.quote("projection:" + name) + "))");
         auto row = tx.exec("SELECT state::text, position, version FROM projection_state WHERE name = " + tx.quote(name) +
                            " AND id = " + tx.quote(id) + " FOR UPDATE");
@@ -111,6 +117,7 @@ Status apply_projection(processor::Context& ctx, const projections::Projection& 
             auto appended = ctx.append("fast_memory", std::move(upd));
             if (!appended) return std::move(appended).error();
         }
+        if (auto f = ctx.fence(tx); !f) return f;
         tx.exec("INSERT INTO projection_state (name, id, state, position, version) VALUES (" + tx.quote(name) + "," +
                 tx.quote(id) + "," + tx.quote(after.dump()) + "," + std::to_string(ev.position.value()) + "," +
                 std::to_string(ev.version.value()) +
@@ -141,13 +148,15 @@ processor::Handler make_handler(std::shared_ptr<memory::Embedder> embedder, Stor
             auto text = ev.data.value("text", "");
             auto emb = embedder->embed(text);
             if (!emb) return std::move(emb).error();
-            auto r = ctx.db().run([&](pqxx::connection& c) {
+            auto r = ctx.db().run([&](pqxx::connection& c) -> Status {
                 pqxx::work tx(c);
+                if (auto f = ctx.fence(tx); !f) return f;  // as apply_projection
                 memory::index(tx, ev, *emb);
                 tx.commit();
-                return Ok{};
+                return ok();
             });
             if (!r) return std::move(r).error();
+            if (!*r) return *r;
         }
         return ok();
     };

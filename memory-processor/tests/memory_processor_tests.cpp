@@ -6,12 +6,14 @@
 #include "engram/nats/nats.h"
 #include "engram/projections/projections.h"
 #include "engram/testing/testing.h"
+#include "fake_openai.h"
 
 #include <catch2/catch.hpp>
 #include <pqxx/pqxx>
 
 #include <random>
 #include <set>
+#include <thread>
 
 using namespace engram;
 using nlohmann::json;
@@ -263,4 +265,53 @@ TEST_CASE("an event arriving after a hole in its aggregate's versions is folded 
     CHECK(persisted["state"]["messages"].size() == 11);
     CHECK(persisted["state"] ==
           s.client.get("/projections/conversation/" + sess + "?as_of=" + std::to_string(last))->json()["state"]);
+}
+
+TEST_CASE("a lease taken over while a memory is embedded: the old owner's index transaction is fenced",
+          "[integration][memory-processor][fencing]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    fake.delay_embeddings(std::chrono::milliseconds(3000));
+    auto env = s.env();
+    env["MEMORY_PROCESSOR_LISTEN"] = "127.0.0.1:0";
+    env["MEMORY_PROCESSOR_LEASE_TTL_MS"] = "3000";
+    env["LLM_BASE_URL"] = fake.base_url();
+    env["EMBEDDINGS_MODEL"] = "fake-embedding";
+    testing::Process proc({testing::build_dir() + "/memory-processor/engram-memory-processor"}, env, s.dir() + "/proc-1.log");
+    const std::string user = "user:zed";
+    const int partition = events::partition_of(user, events::kDefaultPartitions);
+    auto db = [&](const std::string& sql) {
+        pqxx::connection c(s.db());
+        pqxx::work tx(c);
+        auto r = tx.exec(sql);
+        tx.commit();
+        return r;
+    };
+    auto indexed = [&](const std::string& id) {
+        return db("SELECT count(*) FROM memory_index WHERE memory_id = '" + id + "'")[0][0].as<int>();
+    };
+
+    auto id = Uuid::v4().str();
+    s.append({{"id", id},
+              {"type", "MemoryStored"},
+              {"aggregate_id", user},
+              {"data", {{"user_id", "zed"}, {"text", "zed drinks green tea"}}}});
+    // The projection is committed, the embedding is on its way: another instance takes the lease now.
+    REQUIRE(testing::eventually([&] { return !fake.embedding_requests().empty(); }, std::chrono::seconds(20)));
+    auto taken =
+        db("UPDATE processor_leases SET owner = gen_random_uuid(), epoch = epoch + 1, expires_at = now() + interval '1 hour' "
+           "WHERE processor = 'memory-processor' AND partition = " +
+           std::to_string(partition) + " RETURNING epoch");
+    REQUIRE(taken.size() == 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(4000));  // the embedding answered meanwhile
+    INFO(testing::tail_file(proc.log_path()));
+    CHECK(indexed(id) == 0);
+
+    // The lease comes free: this instance claims it again and indexes the memory once.
+    fake.delay_embeddings(std::chrono::milliseconds(0));
+    db("UPDATE processor_leases SET owner = NULL, expires_at = now() WHERE processor = 'memory-processor' AND partition = " +
+       std::to_string(partition));
+    REQUIRE(testing::eventually([&] { return indexed(id) == 1; }, std::chrono::seconds(20)));
+    auto fast = s.persisted("fast_memory", user);
+    CHECK(fast["state"].dump().find("green tea") != std::string::npos);
 }

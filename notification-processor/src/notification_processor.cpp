@@ -52,11 +52,17 @@ std::map<int, Row> load_rows(pg::Pool& db, const std::string& source, Status& st
     return rows;
 }
 
+// Every change of a delivery row is fenced (Context::fence in its transaction): an instance that lost
+// the partition commits none, so the row only ever moves as the partition's current owner decides,
+// and the row the owner reads is the whole story of the part.
+
 // pending/none -> sending (attempts + 1). Returns the attempt number; an Error when the row is in
-// another state (changed under us: the handler is retried and re-reads it) or the database fails.
-Result<int> mark_sending(pg::Pool& db, const std::string& source, int part, const std::string& channel) {
-    auto r = db.run([&](pqxx::connection& c) -> std::optional<int> {
+// another state (changed under us: the handler is retried and re-reads it), the lease is lost
+// ("fenced") or the database fails.
+Result<int> mark_sending(processor::Context& ctx, const std::string& source, int part, const std::string& channel) {
+    auto r = ctx.db().run([&](pqxx::connection& c) -> Result<std::optional<int>> {
         pqxx::work tx(c);
+        if (auto f = ctx.fence(tx); !f) return f.error();
         auto res = tx.exec_params(
             "INSERT INTO notification_deliveries (source_event_id, part, channel, status, attempts, updated_at) "
             "VALUES ($1, $2, $3, 'sending', 1, now()) "
@@ -65,29 +71,32 @@ Result<int> mark_sending(pg::Pool& db, const std::string& source, int part, cons
             "WHERE notification_deliveries.status = 'pending' RETURNING attempts",
             source, part, channel);
         tx.commit();
-        if (res.empty()) return std::nullopt;
-        return res[0][0].as<int>();
+        if (res.empty()) return std::optional<int>();
+        return std::optional<int>(res[0][0].as<int>());
     });
     if (!r) return r.error();
-    if (!*r) return Error::make("conflict", "delivery row of part " + std::to_string(part) + " changed concurrently");
-    return **r;
+    auto& attempts = *r;
+    if (!attempts) return attempts.error();
+    if (!*attempts) return Error::make("conflict", "delivery row of part " + std::to_string(part) + " changed concurrently");
+    return **attempts;
 }
 
 // sending -> status.
-Status mark(pg::Pool& db, const std::string& source, int part, const std::string& status, std::int64_t message_id = 0,
+Status mark(processor::Context& ctx, const std::string& source, int part, const std::string& status, std::int64_t message_id = 0,
             const std::string& reason = "", const std::string& detail = "") {
-    auto r = db.run([&](pqxx::connection& c) {
+    auto r = ctx.db().run([&](pqxx::connection& c) -> Status {
         pqxx::work tx(c);
+        if (auto f = ctx.fence(tx); !f) return f;
         tx.exec_params(
             "UPDATE notification_deliveries SET status = $3, telegram_message_id = NULLIF($4, 0), "
             "reason = NULLIF($5, ''), detail = NULLIF($6, ''), updated_at = now() "
             "WHERE source_event_id = $1 AND part = $2",
             source, part, status, message_id, reason, detail);
         tx.commit();
-        return 0;
+        return ok();
     });
     if (!r) return r.error();
-    return ok();
+    return *r;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -131,7 +140,6 @@ Error stopping_error() { return Error::make("stopping", "the processor is stoppi
 Result<PartResult> deliver_part(processor::Context& ctx, const Settings& s, const std::string& source, int part,
                                 const std::string& channel, std::optional<Row> row,
                                 const std::function<nanoseconds()>& before_attempt, const std::function<Outcome()>& send) {
-    auto& db = ctx.db();
     PartResult pr;
     if (row) {
         pr.attempts = row->attempts;
@@ -151,7 +159,7 @@ Result<PartResult> deliver_part(processor::Context& ctx, const Settings& s, cons
             pr.detail = "part " + std::to_string(part + 1) +
                         ": an earlier attempt may or may not have been delivered (no recorded answer); not resent";
             lg()->warn("{} {} part {}: unknown outcome of an earlier attempt, not resending", channel, source, part);
-            if (auto m = mark(db, source, part, "failed", 0, pr.reason, pr.detail); !m) return m.error();
+            if (auto m = mark(ctx, source, part, "failed", 0, pr.reason, pr.detail); !m) return m.error();
             return pr;
         }
     }
@@ -162,15 +170,24 @@ Result<PartResult> deliver_part(processor::Context& ctx, const Settings& s, cons
         if (wait.count() > 0 && !pause(ctx, wait)) return stopping_error();
         if (auto w = before_attempt(); w.count() > 0 && !pause(ctx, w)) return stopping_error();
         if (ctx.stopping()) return stopping_error();
-        auto n = mark_sending(db, source, part, channel);
+        auto n = mark_sending(ctx, source, part, channel);
         if (!n) return n.error();  // nothing sent: the handler retry re-reads the row
         pr.attempts = *n;
+        if (!ctx.owns()) {
+            // The lease went while the row was being marked: send nothing. Back to pending, if
+            // the lease in the database still allows it (then the next owner sends the part);
+            // otherwise the row stays 'sending' and the next owner records unknown_outcome.
+            auto back = mark(ctx, source, part, "pending", 0, "", "not sent: the partition's lease was lost before the send");
+            lg()->warn("{} {} part {}: the partition's lease is lost, not sending ({})", channel, source, part,
+                       back ? "left pending" : back.error().detail);
+            return Error::make("fenced", "the partition's lease is lost: part " + std::to_string(part) + " not sent");
+        }
         Outcome o = send();
         pr.http_status = o.http_status;
         pr.info = o.info;
         switch (o.kind) {
             case Outcome::sent:
-                if (auto m = mark(db, source, part, "sent", o.message_id); !m) return m.error();  // stays 'sending'
+                if (auto m = mark(ctx, source, part, "sent", o.message_id); !m) return m.error();  // stays 'sending'
                 pr.delivered = true;
                 pr.message_id = o.message_id;
                 return pr;
@@ -180,7 +197,7 @@ Result<PartResult> deliver_part(processor::Context& ctx, const Settings& s, cons
                 pr.detail = o.detail;
                 pr.retryable = false;
                 lg()->warn("{} {} part {}: {} ({})", channel, source, part, pr.reason, o.detail);
-                if (auto m = mark(db, source, part, "failed", 0, pr.reason, pr.detail); !m) return m.error();
+                if (auto m = mark(ctx, source, part, "failed", 0, pr.reason, pr.detail); !m) return m.error();
                 return pr;
             }
             case Outcome::not_sent: {
@@ -203,12 +220,12 @@ Result<PartResult> deliver_part(processor::Context& ctx, const Settings& s, cons
                 if (give_up) {
                     pr.retryable = true;
                     lg()->warn("{} {} part {}: giving up after {} attempts: {}", channel, source, part, pr.attempts, o.detail);
-                    if (auto m = mark(db, source, part, "failed", 0, pr.reason, pr.detail); !m) return m.error();
+                    if (auto m = mark(ctx, source, part, "failed", 0, pr.reason, pr.detail); !m) return m.error();
                     return pr;
                 }
                 lg()->info("{} {} part {}: not delivered ({}); next attempt in {} ms", channel, source, part, o.detail,
                            duration_cast<milliseconds>(wait).count());
-                if (auto m = mark(db, source, part, "pending", 0, "", o.detail); !m) return m.error();
+                if (auto m = mark(ctx, source, part, "pending", 0, "", o.detail); !m) return m.error();
                 break;
             }
         }

@@ -274,6 +274,47 @@ TEST_CASE("kill -9 during a send: the message is delivered at most once and no T
             .empty());
 }
 
+TEST_CASE("a lease taken over during a send: the old owner records nothing and sends no further part",
+          "[integration][notification][fencing]") {
+    Stack s;
+    s.start_processor();
+    const std::string session = "session:telegram:88";
+    const int partition = events::partition_of(session, events::kDefaultPartitions);
+    auto db = [&](const std::string& sql) {
+        pqxx::connection c(s.db());
+        pqxx::work tx(c);
+        auto r = tx.exec(sql);
+        tx.commit();
+        return r;
+    };
+    s.telegram.delay_next(3s);
+    auto id = s.say(session, "telegram", paragraphs(6000, 'f'));  // two parts
+    REQUIRE(testing::eventually([&] { return s.telegram.message_count() == 1; }, 20s));
+    // Part 0 is on its way (the fake holds the answer): another instance takes the partition now.
+    auto taken =
+        db("UPDATE processor_leases SET owner = gen_random_uuid(), epoch = epoch + 1, expires_at = now() + interval '1 hour' "
+           "WHERE processor = 'notification-processor' AND partition = " +
+           std::to_string(partition) + " RETURNING epoch");
+    REQUIRE(taken.size() == 1);
+    std::this_thread::sleep_for(4s);  // the answer came; its record is fenced
+    INFO(testing::tail_file(s.proc->log_path()));
+    CHECK(s.delivery_status(id, 0) == "sending");
+    CHECK(s.delivery_status(id, 1).empty());
+    CHECK(s.telegram.message_count() == 1);
+    CHECK(s.caused(id, "TelegramMessageSent").empty());
+
+    // The next owner (this instance again, once the lease is free) finds part 0 of unknown outcome:
+    // at most once, nothing is resent.
+    db("UPDATE processor_leases SET owner = NULL, expires_at = now() WHERE processor = 'notification-processor' AND "
+       "partition = " +
+       std::to_string(partition));
+    auto failed = s.wait_for(id, "NotificationFailed", 30s);
+    CHECK(failed[0]["reason"] == "unknown_outcome");
+    CHECK(failed[0]["parts_sent"] == 0);
+    CHECK(s.telegram.message_count() == 1);
+    CHECK(s.caused(id, "TelegramMessageSent").empty());
+}
+
 TEST_CASE("redelivery after parts were recorded sent resends only the missing parts", "[integration][notification]") {
     Stack s;
     s.start_processor();

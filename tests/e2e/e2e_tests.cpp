@@ -8,7 +8,12 @@
 #include "fake_telegram.h"
 #include "signature.h"
 
+#include "engram/events/event.h"
+
 #include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+
+#include <tuple>
 #include <thread>
 
 using namespace engram;
@@ -45,9 +50,21 @@ struct WholeStack {
     fakes::FakeOpenAI llm;
     fakes::FakeTelegram tg;
     int gw_port = testing::free_port();
-    std::unique_ptr<testing::Process> memory, ai, notify, gw;
+    // Two instances of every processor, sharing the partitions, as a deployment would run them.
+    std::unique_ptr<testing::Process> memory, ai, notify, memory2, ai2, notify2, gw;
 
     explicit WholeStack(std::map<std::string, std::string> gateway_env = {}) {
+        // "slow please" is answered after 4 s (a run to kill in the middle).
+        llm.on(
+            [](const json& req) {
+                return req["messages"].back()["role"] == "user" &&
+                       fakes::FakeOpenAI::last_user_message(req).find("slow please") != std::string::npos;
+            },
+            [](const json& req) {
+                return fakes::FakeOpenAI::tool_calls_body(
+                    {{"call_send", "send_message", {{"text", "Echo: " + fakes::FakeOpenAI::last_user_message(req)}}}});
+            },
+            4000ms);
         // The model: answers a user's message with send_message, then ends the run with task_complete.
         llm.on([](const json& req) { return req["messages"].back()["role"] == "tool"; },
                [](const json&) {
@@ -59,14 +76,23 @@ struct WholeStack {
                    std::string answer = text.find("long please") != std::string::npos ? long_answer(6000) : "Echo: " + text;
                    return fakes::FakeOpenAI::tool_calls_body({{"call_send", "send_message", {{"text", answer}}}});
                });
-        memory = s.start("memory-processor/engram-memory-processor", {{"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"}});
-        ai = s.start("ai-processor/engram-ai-processor",
-                     {{"AI_PROCESSOR_LISTEN", "127.0.0.1:0"}, {"LLM_BASE_URL", llm.base_url()}, {"LLM_MAX_RETRIES", "2"}});
-        notify =
-            s.start("notification-processor/engram-notification-processor", {{"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
-                                                                             {"TELEGRAM_BOT_TOKEN", tg.token()},
-                                                                             {"TELEGRAM_API_BASE", tg.base_url()},
-                                                                             {"TELEGRAM_ALLOWED_CHAT_IDS", kChat}});
+        auto start_processors = [&] {
+            auto m = s.start("memory-processor/engram-memory-processor",
+                             {{"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"}, {"MEMORY_PROCESSOR_LEASE_TTL_MS", "2000"}});
+            auto a = s.start("ai-processor/engram-ai-processor", {{"AI_PROCESSOR_LISTEN", "127.0.0.1:0"},
+                                                                  {"AI_PROCESSOR_LEASE_TTL_MS", "2000"},
+                                                                  {"LLM_BASE_URL", llm.base_url()},
+                                                                  {"LLM_MAX_RETRIES", "2"}});
+            auto n =
+                s.start("notification-processor/engram-notification-processor", {{"NOTIFICATION_PROCESSOR_LISTEN", "127.0.0.1:0"},
+                                                                                 {"NOTIFICATION_PROCESSOR_LEASE_TTL_MS", "2000"},
+                                                                                 {"TELEGRAM_BOT_TOKEN", tg.token()},
+                                                                                 {"TELEGRAM_API_BASE", tg.base_url()},
+                                                                                 {"TELEGRAM_ALLOWED_CHAT_IDS", kChat}});
+            return std::make_tuple(std::move(m), std::move(a), std::move(n));
+        };
+        std::tie(memory, ai, notify) = start_processors();
+        std::tie(memory2, ai2, notify2) = start_processors();
         std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:" + std::to_string(gw_port)},
                                                   {"TELEGRAM_BOT_TOKEN", tg.token()},
                                                   {"TELEGRAM_API_BASE", tg.base_url()},
@@ -93,7 +119,7 @@ struct WholeStack {
     }
     std::string logs() {
         std::string out;
-        for (auto* p : {ai.get(), notify.get(), gw.get()})
+        for (auto* p : {ai.get(), ai2.get(), notify.get(), notify2.get(), gw.get()})
             out += "--- " + p->log_path() + "\n" + testing::tail_file(p->log_path(), 3000);
         return out;
     }
@@ -200,4 +226,36 @@ TEST_CASE("e2e: Telegram's 429 delays the reply, which then arrives once", "[e2e
     CHECK(w.replies_to(kChat).size() == 1);
     CHECK(w.tg.send_calls() == 2);
     CHECK(w.replies_to(kChat)[0].text == "Echo: are you busy?");
+}
+
+TEST_CASE("e2e: kill -9 the AI instance in the middle of a run: the other instance answers, once", "[e2e]") {
+    WholeStack w;
+    const std::string session = "session:telegram:" + kChat;
+    w.tg.push_update(text_update(1, kChat, "slow please"));
+    REQUIRE(testing::eventually([&] { return !w.llm.requests().empty(); }, 30s));
+    // The instance that owns the session's partition is the one waiting for the model.
+    pqxx::connection c(w.s.db());
+    pqxx::work tx(c);
+    auto row = tx.exec_params(
+        "SELECT m.pid FROM processor_leases l JOIN processor_members m ON m.processor = l.processor AND m.member = l.owner "
+        "WHERE l.processor = 'ai-processor' AND l.partition = $1",
+        engram::events::partition_of(session, 16));
+    tx.commit();
+    REQUIRE(row.size() == 1);
+    int pid = row[0][0].as<int>();
+    auto& victim = w.ai->pid() == pid ? w.ai : w.ai2;
+    REQUIRE(victim->pid() == pid);
+    auto t0 = std::chrono::steady_clock::now();
+    victim->kill9();
+    bool replied = testing::eventually([&] { return w.replies_to(kChat).size() >= 1; }, 60s);
+    INFO(w.logs());
+    REQUIRE(replied);
+    WARN("answered " << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
+                     << " ms after the kill (lease 2 s, then a 4 s model call again)");
+    w.settle();
+    CHECK(w.replies_to(kChat).size() == 1);
+    CHECK(w.replies_to(kChat)[0].text == "Echo: slow please");
+    CHECK(w.of_type(session, "MessageGenerated").size() == 1);
+    CHECK(w.of_type(session, "AIProcessingCompleted").size() == 1);
+    CHECK(w.of_type(session, "TelegramMessageSent").size() == 1);
 }

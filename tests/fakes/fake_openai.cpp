@@ -50,6 +50,7 @@ struct FakeOpenAI::Impl {
     std::vector<json> requests;
     std::vector<std::map<std::string, std::string>> headers;
     std::vector<json> embedding_requests;
+    milliseconds embeddings_delay{0};
     std::unique_ptr<http::Server> server;
 
     void sleep(milliseconds d) {
@@ -126,10 +127,13 @@ struct FakeOpenAI::Impl {
             res->respond(http::Response::json(400, {{"error", {{"message", "input is required"}}}}));
             return;
         }
+        milliseconds delay{0};
         {
             std::lock_guard lk(mu);
             embedding_requests.push_back(body);
+            delay = embeddings_delay;
         }
+        sleep(delay);
         int dims = body.contains("dimensions") && body["dimensions"].is_number_integer() ? body["dimensions"].get<int>() : 64;
         if (dims <= 0 || dims > 4096) dims = 64;
         std::vector<std::string> inputs;
@@ -155,12 +159,12 @@ struct FakeOpenAI::Impl {
     }
 };
 
-FakeOpenAI::FakeOpenAI() : impl_(std::make_unique<Impl>()) {
+FakeOpenAI::FakeOpenAI(int threads) : impl_(std::make_unique<Impl>()) {
     http::ServerOptions so;
     so.host = "127.0.0.1";
     so.port = 0;
     so.io_threads = 1;
-    so.worker_threads = 8;
+    so.worker_threads = threads;
     so.body_limit = 16 << 20;
     Impl* impl = impl_.get();
     impl_->server = std::make_unique<http::Server>(
@@ -195,6 +199,11 @@ void FakeOpenAI::push_status(int status, json body, std::map<std::string, std::s
     impl_->push({status, std::move(body), std::move(headers), {}, false});
 }
 void FakeOpenAI::push_delay(milliseconds d) { impl_->push({0, {}, {}, d, true}); }
+
+void FakeOpenAI::delay_embeddings(milliseconds d) {
+    std::lock_guard lk(impl_->mu);
+    impl_->embeddings_delay = d;
+}
 
 void FakeOpenAI::on(std::function<bool(const json&)> match, std::function<json(const json&)> answer, milliseconds delay) {
     std::lock_guard lk(impl_->mu);

@@ -18,7 +18,8 @@ namespace engram::fakes {
 
 class FakeOpenAI {
 public:
-    FakeOpenAI();   // starts listening
+    // Starts listening; `threads` answers can be under way at once (delayed ones included).
+    explicit FakeOpenAI(int threads = 8);
     ~FakeOpenAI();  // stops (delayed answers still sleeping are cut short)
     FakeOpenAI(const FakeOpenAI&) = delete;
     FakeOpenAI& operator=(const FakeOpenAI&) = delete;
@@ -49,6 +50,8 @@ public:
     std::size_t script_remaining() const;
     // POST /v1/embeddings requests, in order (their bodies).
     std::vector<nlohmann::json> embedding_requests() const;
+    // Every later POST /v1/embeddings answers only after d (recorded in embedding_requests() at once).
+    void delay_embeddings(std::chrono::milliseconds d);
 
     // Helpers for building answers (also used by push_text/push_tool_calls).
     static nlohmann::json text_body(const std::string& content);

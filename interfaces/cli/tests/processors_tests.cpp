@@ -19,7 +19,6 @@ namespace t = engram::testing;
 
 namespace {
 
-
 std::vector<std::string> lines_of(const std::string& s) {
     std::vector<std::string> out;
     std::istringstream in(s);

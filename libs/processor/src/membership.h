@@ -17,9 +17,10 @@
 
 namespace engram::processor {
 
-// The owner of every partition among `members` (rendezvous / highest-random-weight hashing): each
-// partition goes to the member with the highest hash(member, partition). A join or a leave moves
-// only the partitions the changed member wins or held: about P/N of them.
+// The owner of every partition among `members`: rendezvous (highest-random-weight) hashing with
+// bounded loads. Each partition goes to the member with the highest hash(member, partition) among
+// those below ceil(P/N) partitions, so shares differ by at most one, and a join or a leave moves
+// about P/N partitions (a few more where a capped member's choice cascades), never all.
 std::vector<std::string> assign(const std::vector<std::string>& members, int partitions);
 
 struct LeaseRow {

@@ -1,0 +1,59 @@
+// The fencing decisions of a run, without a store: what a version conflict means, and how far the
+// run's known version of its session moves after an append.
+#include "agent.h"
+
+#include "engram/core/uuid.h"
+
+#include <catch2/catch.hpp>
+
+using namespace engram;
+
+namespace {
+
+events::Event ev(std::int64_t version, const std::string& causation, Uuid id = Uuid::v4()) {
+    events::Event e;
+    e.id = id;
+    e.type = "Custom";
+    e.aggregate_id = "session:web:x";
+    e.version = AggregateVersion(version);
+    e.position = GlobalPosition(version);
+    if (!causation.empty()) e.metadata = {{"causation_id", causation}};
+    return e;
+}
+
+}  // namespace
+
+TEST_CASE("a version conflict caused by other traffic moves the known version", "[unit][ai][fencing]") {
+    const std::string tid = Uuid::v4().str();
+    auto v = ai::judge_conflict({ev(6, ""), ev(7, Uuid::v4().str()), ev(8, "")}, tid, {}, 5);
+    CHECK_FALSE(v.fenced);
+    CHECK(v.version == 8);
+    // Nothing new (the read raced): the version stays.
+    CHECK(ai::judge_conflict({}, tid, {}, 5).version == 5);
+}
+
+TEST_CASE("an event of the same trigger the run did not write means another instance runs it", "[unit][ai][fencing]") {
+    const auto t = Uuid::v4();
+    const std::string tid = t.str();
+    auto foreign = Uuid::v5(t, "iter:1:final");
+    auto v = ai::judge_conflict({ev(6, ""), ev(7, tid, foreign)}, tid, {}, 5);
+    CHECK(v.fenced);
+    CHECK(v.detail.find(foreign.str()) != std::string::npos);
+    CHECK(v.detail.find("version 7") != std::string::npos);
+
+    // The run's own events (appended, or replayed as identical) are not a rival's.
+    auto mine = Uuid::v5(t, "started");
+    auto w = ai::judge_conflict({ev(6, tid, mine), ev(7, "")}, tid, {mine.str()}, 5);
+    CHECK_FALSE(w.fenced);
+    CHECK(w.version == 7);
+    // Nor is the trigger itself, whatever its metadata says.
+    CHECK_FALSE(ai::judge_conflict({ev(6, tid, t)}, tid, {}, 5).fenced);
+}
+
+TEST_CASE("the known version follows the run's own appends, never past events it has not seen", "[unit][ai][fencing]") {
+    CHECK(ai::advance_version(5, {6, 7, 8}) == 8);  // created on top of what the run knew
+    CHECK(ai::advance_version(5, {3}) == 5);        // a replay of an event the run had read
+    CHECK(ai::advance_version(5, {5, 6}) == 6);
+    CHECK(ai::advance_version(5, {9, 10}) == 5);  // replayed further on: 6..8 unseen
+    CHECK(ai::advance_version(5, {}) == 5);
+}
