@@ -5,8 +5,11 @@
 # its own socket, no bridge, no iptables rules, no IP forwarding), builds a Debian 12 base image with
 # debootstrap (no registry is needed; cached), the engram image from deploy/Dockerfile and small
 # stand-ins for the official postgres and nats images, then runs deploy/docker-compose.yml unchanged:
-# up, wait for every health check, a message through the gateway answered by the offline provider,
-# the AI processor killed in the middle of a run and the run completed after its restart, down -v.
+# up (two instances of each processor), wait for every container's health check, both instances of
+# each processor holding partitions (`engram processors --json`), a message through the gateway
+# answered by the offline provider, the AI processor instance that runs a conversation killed in the
+# middle of a run (the other instance takes all partitions over and completes the run once; the
+# killed one rejoins), a crashed instance restarted by its restart policy, down -v.
 # Nothing is left behind: no container, network, volume, mount, bridge or firewall rule.
 #
 # Exit 77 (ctest: skipped) with the reason when the engines cannot be installed or run here.
@@ -106,7 +109,7 @@ cleanup() {
     if [ -n "$problems" ]; then echo "FAILED: left behind:$problems" >&2; rc=1; fi
   fi
   rm -rf "$run"
-  [ $rc -eq 0 ] && echo "PASS: the compose stack built, became healthy, answered, survived a killed AI processor, and left nothing behind ($(( $(date +%s) - t0 ))s)"
+  [ $rc -eq 0 ] && echo "PASS: the compose stack built, became healthy with two instances of each processor sharing the partitions, answered, survived killed AI processor instances (takeover, restart), and left nothing behind ($(( $(date +%s) - t0 ))s)"
   exit $rc
 }
 trap cleanup EXIT
@@ -188,34 +191,91 @@ done
 s=$(date +%s)
 compose up -d --no-build >"$logs/compose.log" 2>&1 || { cat "$logs/compose.log" >&2; fail "compose up failed"; }
 services=(postgres nats event-store memory-processor ai-processor notification-processor gateway)
-declare -A cid
+processors=(memory-processor ai-processor notification-processor)
+declare -A cids    # service -> its container ids, by container number, space-separated
+declare -A name    # container id -> <service>_<number>, as compose names it
+containers=()
 for svc in "${services[@]}"; do
-  cid[$svc]="$(compose ps -q "$svc")"
-  [ -n "${cid[$svc]}" ] || fail "compose created no container for $svc"
+  ids=()
+  while read -r n c; do
+    ids+=("$c"); name[$c]="${svc}_$n"; containers+=("$c")
+  done < <(compose ps -q "$svc" | xargs -r $DOCKER inspect -f \
+             '{{index .Config.Labels "com.docker.compose.container-number"}} {{.Id}}' | sort -n)
+  want=1; [[ " ${processors[*]} " == *" $svc "* ]] && want=2
+  [ ${#ids[@]} = $want ] || fail "compose created ${#ids[@]} container(s) for $svc, not $want"
+  cids[$svc]="${ids[*]}"
 done
-health() { $DOCKER inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "${cid[$1]}" 2>/dev/null; }
+health() { $DOCKER inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$1" 2>/dev/null; }
+restarts() { $DOCKER inspect -f '{{.RestartCount}}' "$1"; }
+running() { [ "$($DOCKER inspect -f '{{.State.Running}}' "$1")" = true ]; }
 for _ in $(seq 1 240); do
   all=1
-  for svc in "${services[@]}"; do
-    [ "$(health "$svc")" = healthy ] && continue
+  for c in "${containers[@]}"; do
+    [ "$(health "$c")" = healthy ] && continue
     all=0
-    if [ "$($DOCKER inspect -f '{{.RestartCount}}' "${cid[$svc]}")" -gt 0 ]; then
-      $DOCKER logs --tail 5 "${cid[$svc]}" >&2 2>&1
-      fail "$svc exits at start (restarted $($DOCKER inspect -f '{{.RestartCount}}' "${cid[$svc]}") times; its last lines above)"
+    if [ "$(restarts "$c")" -gt 0 ]; then
+      $DOCKER logs --tail 5 "$c" >&2 2>&1
+      fail "${name[$c]} exits at start (restarted $(restarts "$c") times; its last lines above)"
     fi
   done
   [ $all = 1 ] && break
   sleep 0.5
 done
-for svc in "${services[@]}"; do
-  [ "$(health "$svc")" = healthy ] || fail "$svc is not healthy: $(health "$svc")"
+for c in "${containers[@]}"; do
+  [ "$(health "$c")" = healthy ] || fail "${name[$c]} is not healthy: $(health "$c")"
 done
-log "all ${#services[@]} services healthy in $(( $(date +%s) - s ))s"
+log "all ${#containers[@]} containers of the ${#services[@]} services healthy in $(( $(date +%s) - s ))s"
 # Only the gateway and the store are published, and only on loopback.
 published="$($DOCKER ps --filter "label=com.docker.compose.project=$project" --format '{{.Ports}}' | tr ',' '\n' |
              grep -- '->' | sed 's/^ *//' | sort)"
 expected="$(printf '127.0.0.1:%s->8080/tcp\n127.0.0.1:%s->8081/tcp\n' "$EVENT_STORE_PORT" "$GATEWAY_PORT" | sort)"
 [ "$published" = "$expected" ] || fail "published ports: $published (expected: $expected)"
+
+# --- the processors' instances share the partitions ----------------------------------------------
+# `engram processors --json` in the store's container (it has DATABASE_URL); a member's host is the
+# hostname of its container, the container's short id.
+processors_json() { $DOCKER exec "${cids[event-store]}" engram processors --json; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# shares <service> <container...>: succeeds when every partition of the service's processor is held,
+# only by live members in these containers, and each of them holds some; "<container> <count>, ...
+# of <P>" (or why not) in $run/shares.<service>.
+shares() {
+  local svc="$1" c args=(); shift
+  for c in "$@"; do args+=("$($DOCKER inspect -f '{{.Config.Hostname}}' "$c")=${name[$c]}"); done
+  { processors_json || echo '{}'; } 2>"$run/shares.err" | python3 -c '
+import collections, json, sys
+doc, svc = json.load(sys.stdin), sys.argv[1]
+hosts = dict(a.split("=", 1) for a in sys.argv[2:])
+procs = {p["name"]: p for p in doc.get("processors", [])}
+P = doc.get("partitions")
+if svc not in procs or not P:
+    print("no state of %s yet" % svc); sys.exit(1)
+live = {m["member"]: m["host"] for m in procs[svc]["members"] if m["live"]}
+held = collections.Counter()
+for l in procs[svc]["leases"]:
+    if l["state"] != "held":
+        held[l["state"]] += 1  # free, expired
+    elif l["owner"] in live:
+        held[hosts.get(live[l["owner"]], "host " + live[l["owner"]])] += 1
+    else:
+        held["gone member " + l["owner"][:8]] += 1
+print(", ".join("%s %d" % kv for kv in sorted(held.items())) + " of %d" % P)
+sys.exit(0 if len(procs[svc]["leases"]) == P and set(held) == set(hosts.values()) else 1)' "$svc" "${args[@]}" >"$run/shares.$svc" 2>&1
+}
+wait_shares() {  # wait_shares <seconds> <service> <container...>
+  local end=$(( $(now_ms) + $1 * 1000 )) c who=""; shift
+  for c in "${@:2}"; do who+=" ${name[$c]}"; done
+  until shares "$@"; do
+    [ "$(now_ms)" -lt $end ] || fail "the partitions of $1 are not shared by$who: $(cat "$run/shares.$1") $(cat "$run/shares.err")"
+    sleep 0.25
+  done
+}
+for svc in "${processors[@]}"; do
+  # shellcheck disable=SC2086 # the two container ids
+  wait_shares 30 "$svc" ${cids[$svc]}
+  log "$svc partitions: $(cat "$run/shares.$svc")"
+done
+partitions="$(processors_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitions"])')"
 
 # --- a message through the gateway, answered by the offline provider ----------------------------
 gw="http://127.0.0.1:$GATEWAY_PORT" store="http://127.0.0.1:$EVENT_STORE_PORT"
@@ -262,11 +322,30 @@ wait_for 60 "the memory to be indexed" bash -c \
   "curl -fsS -H 'Authorization: Bearer $ENGRAM_API_TOKEN' '$store/projections/fast_memory/user:api:compose' | grep -q Tom"
 
 # --- the AI processor killed in the middle of a run ---------------------------------------------
-# The memory processor is frozen, so a recall run stops at its recall tool call (ToolCalled written,
-# no ToolCompleted yet); then the AI processor dies, and the run must complete after its restart,
-# with no step repeated: one start, one model call per iteration, one answer, one completion.
-ai_id="${cid[ai-processor]}"
-ai_running() { [ "$($DOCKER inspect -f '{{.State.Running}}' "$ai_id")" = true ]; }
+# The memory processors are frozen, so a recall run stops at its recall tool call (ToolCalled
+# written, no ToolCompleted yet); then the AI processor instance that holds the session's partition
+# dies, and the run must complete, with no step repeated: one start, one model call per iteration,
+# one answer, one completion.
+ttl_ms=$AI_PROCESSOR_LEASE_TTL_MS
+session_partition="$(python3 -c '
+import sys
+h = 2166136261  # FNV-1a 32, as events::partition_of
+for b in sys.argv[1].encode():
+    h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+print(h % int(sys.argv[2]))' "$session" "$partitions")"
+# owner: the AI processor container whose live member holds the session's partition (empty if none)
+owner() {
+  local host c
+  host="$(processors_json | python3 -c '
+import json, sys
+p = {p["name"]: p for p in json.load(sys.stdin)["processors"]}["ai-processor"]
+live = {m["member"]: m["host"] for m in p["members"] if m["live"]}
+print("".join(live.get(l["owner"], "") for l in p["leases"] if l["partition"] == int(sys.argv[1]) and l["state"] == "held"))' \
+    "$session_partition")"
+  for c in ${cids[ai-processor]}; do [ "$($DOCKER inspect -f '{{.Config.Hostname}}' "$c")" = "$host" ] && echo "$c"; done
+  return 0
+}
+find_victim() { victim="$(owner)"; [ -n "$victim" ]; }  # sets interrupted_run's victim
 # duplicates <aggregate> <trigger id>: the run's steps recorded more than once (empty = none)
 duplicates() {
   events "$1" | python3 -c '
@@ -278,50 +357,83 @@ run = [e for e in evs if e["data"].get("run_id") in runs or e["data"].get("trigg
 keys = collections.Counter((e["type"], e["data"].get("tool_call_id", ""), e["data"].get("iteration", "")) for e in run)
 print(" ".join("%s(%s)x%d" % (k[0], k[1], n) for k, n in keys.items() if n > 1))' "$2"
 }
-interrupted_run() {  # interrupted_run <n> <how: docker-kill|crash>
-  local n="$1" how="$2" t restarts
-  restarts="$($DOCKER inspect -f '{{.RestartCount}}' "$ai_id")"
-  $DOCKER pause "${cid[memory-processor]}" >/dev/null
+interrupted_run() {  # interrupted_run <n> <how: takeover|crash>
+  local n="$1" how="$2" t victim survivor c k0 took
+  # shellcheck disable=SC2086 # the two container ids
+  $DOCKER pause ${cids[memory-processor]} >/dev/null
   t="$(trigger "$session" "what is my cat called?")"
   wait_for 60 "run $n to call recall" has_type "$session" "$t" ToolCalled
-  log "run $n in flight: $(run_state "$session" "$t" | cut -d'|' -f1)"
-  if [ "$how" = docker-kill ]; then
-    $DOCKER kill "$ai_id" >/dev/null
+  # (retried: a partition being handed over is free for a moment)
+  wait_for 15 "a live AI processor instance to hold partition $session_partition of $session" find_victim
+  for c in ${cids[ai-processor]}; do [ "$c" = "$victim" ] || survivor="$c"; done
+  log "run $n in flight on ${name[$victim]} (partition $session_partition): $(run_state "$session" "$t" | cut -d'|' -f1)"
+  if [ "$how" = takeover ]; then
+    local restarts; restarts="$(restarts "$victim")"
+    $DOCKER kill -s KILL "$victim" >/dev/null
+    k0=$(now_ms)
+    # shellcheck disable=SC2086
+    $DOCKER unpause ${cids[memory-processor]} >/dev/null
+    # The other instance takes every partition over once the killed one's leases run out.
+    wait_shares $(( ttl_ms / 1000 + 5 )) ai-processor "$survivor"
+    took=$(( $(now_ms) - k0 ))
+    log "takeover: ${name[$victim]} killed (SIGKILL); ${name[$survivor]} holds every partition ${took} ms later (lease TTL $ttl_ms ms): $(cat "$run/shares.ai-processor")"
     # The engine treats a container killed through it as stopped by hand (restart policies leave it
-    # stopped): it is started again as an operator would.
-    for _ in $(seq 1 40); do ai_running || break; sleep 0.25; done
-    ai_running && fail "the AI processor still runs after docker kill"
-    $DOCKER unpause "${cid[memory-processor]}" >/dev/null
-    compose start ai-processor >>"$logs/compose.log" 2>&1 || fail "could not start the AI processor again"
-    log "docker kill: the AI processor container was killed and started again"
+    # stopped): the run completes on the survivor alone.
+    wait_for 60 "run $n to complete on ${name[$survivor]}" has_type "$session" "$t" AIProcessingCompleted
+    if running "$victim"; then fail "${name[$victim]} runs again (restarted $(restarts "$victim") times, $restarts before)"; fi
   else
     # A crash: the process dies with SIGKILL on its own, and restart: unless-stopped brings it back.
-    kill -KILL "$($DOCKER inspect -f '{{.State.Pid}}' "$ai_id")"
-    $DOCKER unpause "${cid[memory-processor]}" >/dev/null
+    local restarts; restarts="$(restarts "$victim")"
+    kill -KILL "$($DOCKER inspect -f '{{.State.Pid}}' "$victim")"
+    # shellcheck disable=SC2086
+    $DOCKER unpause ${cids[memory-processor]} >/dev/null
     for _ in $(seq 1 120); do
-      [ "$($DOCKER inspect -f '{{.RestartCount}}' "$ai_id")" -gt "$restarts" ] && ai_running && break
+      [ "$(restarts "$victim")" -gt "$restarts" ] && running "$victim" && break
       sleep 0.25
     done
-    [ "$($DOCKER inspect -f '{{.RestartCount}}' "$ai_id")" -gt "$restarts" ] && ai_running ||
-      fail "the engine did not restart the crashed AI processor (restart policy)"
-    log "crash: the AI processor's process was killed, and its restart policy restarted the container"
+    [ "$(restarts "$victim")" -gt "$restarts" ] && running "$victim" ||
+      fail "the engine did not restart the crashed ${name[$victim]} (restart policy)"
+    log "crash: ${name[$victim]}'s process was killed, and its restart policy restarted the container"
+    wait_for 120 "run $n to complete after the crash" has_type "$session" "$t" AIProcessingCompleted
   fi
-  wait_for 120 "run $n to complete after the restart" has_type "$session" "$t" AIProcessingCompleted
   state="$(run_state "$session" "$t")"
   log "run $n: ${state%%|*}"
   [[ "${state#*|}" == *Tom* ]] || fail "run $n's answer does not mention Tom: ${state#*|}"
   local dup; dup="$(duplicates "$session" "$t")"
-  [ -z "$dup" ] || fail "run $n repeated steps after the restart: $dup"
-  local types=" ${state%%|*} " w c=0
-  for w in $types; do [ "$w" = MessageGenerated ] && c=$((c + 1)); done
-  [ $c = 1 ] || fail "run $n sent $c answers (expected one): $state"
+  [ -z "$dup" ] || fail "run $n repeated steps after the kill: $dup"
+  local types=" ${state%%|*} " w ty cnt
+  for ty in AIProcessingStarted MessageGenerated AIProcessingCompleted; do
+    cnt=0
+    for w in $types; do [ "$w" = "$ty" ] && cnt=$((cnt + 1)); done
+    [ $cnt = 1 ] || fail "run $n recorded $cnt $ty (expected one): $state"
+  done
   [[ "$types" == *" MemoryRecalled "* ]] || fail "run $n recorded no MemoryRecalled: $state"
 }
-interrupted_run 2 docker-kill
+ai_healthy() { local c; for c in ${cids[ai-processor]}; do [ "$(health "$c")" = healthy ] || return 1; done; }
+interrupted_run 2 takeover
+# Started again as an operator would, the killed instance takes its share back.
+compose start ai-processor >>"$logs/compose.log" 2>&1 || fail "could not start the AI processor again"
+wait_for 60 "both AI processor instances to be healthy again" ai_healthy
+# shellcheck disable=SC2086
+wait_shares 30 ai-processor ${cids[ai-processor]}
+log "rejoined: $(cat "$run/shares.ai-processor")"
 interrupted_run 3 crash
-wait_for 60 "the AI processor to be healthy again" bash -c "[ \"\$($DOCKER inspect -f '{{.State.Health.Status}}' $ai_id)\" = healthy ]"
+wait_for 60 "both AI processor instances to be healthy again" ai_healthy
+# After the kills and the frozen memory processors, every processor's work is shared again.
+for svc in "${processors[@]}"; do
+  # shellcheck disable=SC2086
+  wait_shares 30 "$svc" ${cids[$svc]}
+done
+log "partitions shared again: $(for svc in "${processors[@]}"; do printf '%s: %s; ' "$svc" "$(cat "$run/shares.$svc")"; done)"
 
 # --- down, and nothing left behind ---------------------------------------------------------------
+# KEEP_COMPOSE_LOGS: the logs of a passing run, while its containers still exist (cleanup's copy
+# would come after down).
+if [ -n "${KEEP_COMPOSE_LOGS:-}" ]; then
+  echo "---- service logs ----" >&2
+  compose logs --no-color >&2 2>&1
+  KEEP_COMPOSE_LOGS=""
+fi
 s=$(date +%s)
 compose down -v --remove-orphans -t 10 >>"$logs/compose.log" 2>&1 || fail "compose down failed"
 log "down -v in $(( $(date +%s) - s ))s"
