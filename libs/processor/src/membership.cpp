@@ -144,7 +144,9 @@ Result<std::optional<Claimed>> Membership::claim(int partition) {
             tx.commit();
             return std::optional<Claimed>();
         }
-        Claimed out{rows[0][0].as<std::int64_t>(), rows[0][1].as<std::uint64_t>()};
+        Claimed out;
+        out.epoch = rows[0][0].as<std::int64_t>();
+        out.checkpoint = rows[0][1].as<std::uint64_t>();
         tx.commit();
         return std::optional<Claimed>(out);
     })
