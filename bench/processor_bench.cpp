@@ -76,9 +76,10 @@ std::map<std::string, std::string> ai_env(const std::string& llm, const std::str
 
 // Partitions of `processor` owned by the live member with this pid.
 std::int64_t owned_by_pid(const std::string& db, const std::string& processor, int pid) {
-    return scalar(db, "SELECT count(*) FROM processor_leases l JOIN processor_members m ON m.processor = l.processor AND "
-                      "m.member = l.owner WHERE l.processor = '" +
-                          processor + "' AND l.expires_at > now() AND m.pid = " + std::to_string(pid));
+    return scalar(db,
+                  "SELECT count(*) FROM processor_leases l JOIN processor_members m ON m.processor = l.processor AND "
+                  "m.member = l.owner WHERE l.processor = '" +
+                      processor + "' AND l.expires_at > now() AND m.pid = " + std::to_string(pid));
 }
 std::int64_t owned_live(const std::string& db, const std::string& processor) {
     return scalar(db, "SELECT count(*) FROM processor_leases WHERE processor = '" + processor +
@@ -110,17 +111,25 @@ int main(int argc, char** argv) {
         testing::Stack s("bench-ai-" + std::to_string(n));
         fakes::FakeOpenAI llm(64);  // never the bottleneck: 16 runs wait at most
         llm.on([](const json& req) { return req["messages"].back()["role"] == "tool"; },
-               [](const json&) { return fakes::FakeOpenAI::tool_calls_body({{"c2", "task_complete", {{"summary", "ok"}}}}); },
+               [](const json&) {
+                   return fakes::FakeOpenAI::tool_calls_body({{"c2", "task_complete", {{"summary", "ok"}}}});
+               },
                model_latency);
         llm.on([](const json&) { return true; },
-               [](const json&) { return fakes::FakeOpenAI::tool_calls_body({{"c1", "send_message", {{"text", "hi"}}}}); },
+               [](const json&) {
+                   return fakes::FakeOpenAI::tool_calls_body({{"c1", "send_message", {{"text", "hi"}}}});
+               },
                model_latency);
         std::vector<std::unique_ptr<testing::Process>> procs;
         for (int i = 0; i < n; ++i) procs.push_back(s.start("ai-processor/engram-ai-processor", ai_env(llm.base_url(), "3000")));
-        if (!wait_for([&] { return owned_live(s.db(), "ai-processor") == 16 &&
-                                   scalar(s.db(), "SELECT count(DISTINCT owner) FROM processor_leases WHERE processor = "
-                                                  "'ai-processor'") == n; },
-                      30s)) {
+        if (!wait_for(
+                [&] {
+                    return owned_live(s.db(), "ai-processor") == 16 &&
+                           scalar(s.db(),
+                                  "SELECT count(DISTINCT owner) FROM processor_leases WHERE processor = "
+                                  "'ai-processor'") == n;
+                },
+                30s)) {
             std::fprintf(stderr, "instances did not share the partitions\n");
             return 1;
         }
@@ -145,9 +154,12 @@ int main(int argc, char** argv) {
         Stat takeover, rebalance;
         const int trials = quick ? 2 : 4;
         for (int t = 0; t < trials; ++t) {
-            wait_for([&] { return owned_by_pid(s.db(), "ai-processor", procs[0]->pid()) > 0 &&
-                                  owned_by_pid(s.db(), "ai-processor", procs[1]->pid()) > 0; },
-                     30s);
+            wait_for(
+                [&] {
+                    return owned_by_pid(s.db(), "ai-processor", procs[0]->pid()) > 0 &&
+                           owned_by_pid(s.db(), "ai-processor", procs[1]->pid()) > 0;
+                },
+                30s);
             int victim = t % 2;
             int survivor = 1 - victim;
             auto t0 = Clock::now();
@@ -156,16 +168,19 @@ int main(int argc, char** argv) {
             takeover.v.push_back(secs_since(t0));
             procs[victim] = s.start("ai-processor/engram-ai-processor", ai_env("", "6000"));
             t0 = Clock::now();
-            if (!wait_for([&] { return owned_by_pid(s.db(), "ai-processor", procs[victim]->pid()) > 0 &&
-                                       owned_live(s.db(), "ai-processor") == 16; },
-                          30s))
+            if (!wait_for(
+                    [&] {
+                        return owned_by_pid(s.db(), "ai-processor", procs[victim]->pid()) > 0 &&
+                               owned_live(s.db(), "ai-processor") == 16;
+                    },
+                    30s))
                 return 1;
             rebalance.v.push_back(secs_since(t0));  // from the start of the process: includes its start-up
         }
         std::printf("  %-58s p50 %5.2f s, max %5.2f s  (bound: lease 6 s + tick 1 s = 7 s; %zu trials)\n",
                     "takeover after kill -9 (2 instances, 16 partitions)", takeover.p50(), takeover.max(), takeover.v.size());
-        std::printf("  %-58s p50 %5.2f s, max %5.2f s  (from process start; 2 ticks + start-up)\n",
-                    "rebalance after a join", rebalance.p50(), rebalance.max());
+        std::printf("  %-58s p50 %5.2f s, max %5.2f s  (from process start; 2 ticks + start-up)\n", "rebalance after a join",
+                    rebalance.p50(), rebalance.max());
     }
 
     // --- 3. The pipeline at saturation: offline provider, no model latency --------------------
@@ -210,9 +225,13 @@ int main(int argc, char** argv) {
         auto t0 = Clock::now();
         auto p = s.start("memory-processor/engram-memory-processor",
                          {{"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"}, {"LOG_LEVEL", "warn"}});
-        if (!wait_for([&] { return scalar(s.db(), "SELECT coalesce(sum(version), 0) FROM projection_state WHERE name = "
-                                                  "'conversation'") >= n; },
-                      600s)) {
+        if (!wait_for(
+                [&] {
+                    return scalar(s.db(),
+                                  "SELECT coalesce(sum(version), 0) FROM projection_state WHERE name = "
+                                  "'conversation'") >= n;
+                },
+                600s)) {
             std::fprintf(stderr, "memory processor did not finish\n");
             return 1;
         }

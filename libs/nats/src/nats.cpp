@@ -880,6 +880,19 @@ Cursor::~Cursor() {
                                 nullptr);
 }
 
+Status Cursor::check() {
+    jsConsumerInfo* ci = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = js_GetConsumerInfo(&ci, static_cast<jsCtx*>(conn_->native_jetstream()), options_.stream.c_str(), name_.c_str(),
+                                      nullptr, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr)
+        return Error::make("cursor_gone",
+                           "cursor " + name_ + " no longer exists on the server: reopen at " + std::to_string(next_seq_));
+    if (s != NATS_OK) return nats_error(s, "checking cursor " + name_, jerr);
+    jsConsumerInfo_Destroy(ci);
+    return ok();
+}
+
 Result<std::vector<Message>> Cursor::fetch(int batch, std::chrono::milliseconds timeout) {
     natsMsgList list{nullptr, 0};
     jsErrCode jerr = static_cast<jsErrCode>(0);

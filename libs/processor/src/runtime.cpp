@@ -415,6 +415,7 @@ struct Runtime::Impl {
     void fetch_loop(const ClaimPtr& claim) {
         auto last_error_log = Clock::now() - std::chrono::hours(1);
         std::unique_ptr<nats::Cursor> cursor;
+        auto last_check = Clock::now();
         auto filter = "events." + filter_type + "." + std::to_string(claim->partition);
         while (!claim->releasing.load() && !is_stopping()) {
             {
@@ -457,6 +458,21 @@ struct Runtime::Impl {
                 cursor_reopens->inc();
                 wait_on_claim(claim, std::chrono::milliseconds(200));
                 continue;
+            }
+            if (r->empty()) {
+                // Nothing new for a while: make sure the consumer still exists (a NATS restart
+                // drops it silently, and a fetch from a consumer that is gone only times out).
+                if (Clock::now() - last_check > std::chrono::seconds(2)) {
+                    last_check = Clock::now();
+                    if (auto st = cursor->check(); !st && st.error().code == "cursor_gone") {
+                        log->info("partition {}: {}", claim->partition, st.error().detail);
+                        cursor.reset();
+                        cursor_reopens->inc();
+                        continue;
+                    }
+                }
+            } else {
+                last_check = Clock::now();
             }
             for (auto& m : *r) accept(claim, std::move(m));
             {

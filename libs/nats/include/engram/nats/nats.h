@@ -308,6 +308,10 @@ public:
 
     // Up to `batch` messages in stream order, waiting up to `timeout` for the first.
     Result<std::vector<Message>> fetch(int batch, std::chrono::milliseconds timeout);
+    // Whether the server still has the consumer: a server restart (or an inactive_threshold
+    // passed) drops it silently, after which fetch() only ever times out. Error "cursor_gone"
+    // then (reopen at next_seq()); other errors as usual.
+    Status check();
     std::uint64_t next_seq() const { return next_seq_; }  // first stream sequence not yet returned
     // Messages matching the filter after the last one returned (from the last fetch's metadata).
     std::uint64_t pending() const { return pending_; }
