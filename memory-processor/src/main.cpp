@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
     extra.add({"EMBEDDINGS_MODEL", "embedding model; unset = the built-in local embedding", "", false, nullptr});
     // Kept alive for the life of the process by the handler's captures.
     static std::unique_ptr<memory_processor::SearchService> search;
-    return processor::run_main(argc, argv, defaults, extra, [](const config::Values& v) {
+    return processor::run_main_batched(argc, argv, defaults, extra, [](const config::Values& v) {
         std::shared_ptr<memory::Embedder> emb =
             memory::make_embedder(v.get("LLM_BASE_URL"), v.get("LLM_API_KEY"), v.get("EMBEDDINGS_MODEL"));
         auto conn = pg::connect(v.get("DATABASE_URL"));
@@ -23,6 +23,6 @@ int main(int argc, char** argv) {
         search = std::make_unique<memory_processor::SearchService>(v.get("NATS_URL"), v.get("DATABASE_URL"), emb);
         if (auto s = search->start(); !s) throw std::runtime_error("memory.search: " + s.error().detail);
         log::get("memory-processor")->info("embeddings: {}", emb->name());
-        return memory_processor::make_handler(emb, {v.get("EVENT_STORE_URL"), v.get("ENGRAM_API_TOKEN")});
+        return memory_processor::make_handlers(emb, {v.get("EVENT_STORE_URL"), v.get("ENGRAM_API_TOKEN")});
     });
 }

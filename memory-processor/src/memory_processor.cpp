@@ -63,64 +63,71 @@ Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, cons
     return out;
 }
 
-// Applies one event to one projection instance. The new state and its checkpoint (the position and
-// aggregate version it reflects) are written in one transaction. An event at or below the
-// checkpoint was applied already (a redelivery) and changes nothing; an event beyond the next
-// version means earlier ones of this aggregate are still to come (redelivered late after a crash),
-// so they are read from the store and folded first: the row never skips an event. The shared
-// advisory lock lets `engram projections rebuild` (exclusive) replace the projection atomically.
-// The transaction is fenced first: an instance that lost the partition (its lease taken over) commits
-// nothing, so a state folded from its stale view never overwrites the new owner's.
-Status apply_projection(processor::Context& ctx, const projections::Projection& p, const StoreAccess& store) {
-    const auto& ev = ctx.event();
+// Applies consecutive events of one aggregate (one, or a batch from the runtime) to one projection
+// instance. The new state and its checkpoint (the position and aggregate version it reflects) are
+// written in one transaction. Events at or below the checkpoint were applied already (handled again,
+// or covered by a rebuild) and change nothing; a first event beyond the next version means earlier
+// ones of this aggregate are missing here, so they are read from the store and folded first: the row
+// never skips an event. The shared advisory lock lets `engram projections rebuild` (exclusive)
+// replace the projection atomically. Fenced: an instance that lost the partition commits nothing,
+// so a state folded from its stale view never overwrites the new owner's.
+Status apply_projection(const std::vector<processor::Context*>& cs, const projections::Projection& p, const StoreAccess& store) {
+    auto& first = *cs.front();
     auto name = std::string(p.name());
-    const auto& id = ev.aggregate_id;
-    auto r = ctx.db().run([&](pqxx::connection& c) -> Status {
+    const auto& id = first.event().aggregate_id;
+    auto r = first.db().run([&](pqxx::connection& c) -> Status {
         pqxx::work tx(c);
         // Fenced up front (a lost lease writes nothing and calls nothing), and again right before the
         // write: the first check's row lock is not held across the store calls below, so a slow store
         // cannot hold up the lease's renewal.
-        if (!ctx.owns()) return Error::make("fenced", "the partition's lease is not held any more");
+        if (!first.owns()) return Error::make("fenced", "the partition's lease is not held any more");
         tx.exec("SELECT pg_advisory_xact_lock_shared(hashtext(" + tx.quote("projection:" + name) + "))");
         auto row = tx.exec("SELECT state::text, position, version FROM projection_state WHERE name = " + tx.quote(name) +
                            " AND id = " + tx.quote(id) + " FOR UPDATE");
-        nlohmann::json before = p.initial(id);
-        std::int64_t version = 0;
+        nlohmann::json state = p.initial(id);
+        std::int64_t version = 0, position = 0;
         if (!row.empty()) {
-            before = nlohmann::json::parse(row[0][0].c_str());
+            state = nlohmann::json::parse(row[0][0].c_str());
+            position = row[0][1].as<std::int64_t>();
             version = row[0][2].as<std::int64_t>();
-            // Applied already (a redelivery, or covered by a rebuild).
-            if (row[0][1].as<std::int64_t>() >= ev.position.value() || version >= ev.version.value()) return ok();
         }
-        std::vector<events::Event> todo;
-        if (ev.version.value() > version + 1) {
-            auto missing = fetch_versions(store, id, version + 1, ev.version.value() - 1);
+        std::vector<processor::Context*> todo;
+        for (auto* ctx : cs)
+            if (ctx->event().position.value() > position && ctx->event().version.value() > version) todo.push_back(ctx);
+        if (todo.empty()) return ok();
+        const auto& head = todo.front()->event();
+        if (head.version.value() > version + 1) {
+            auto missing = fetch_versions(store, id, version + 1, head.version.value() - 1);
             if (!missing) return std::move(missing).error();
-            todo = std::move(*missing);
+            state = projections::fold_from(p, state, *missing);
         }
-        todo.push_back(ev);
-        auto after = projections::fold_from(p, before, todo);
-        if (p.name() == "fast_memory" && projections::fast_memory_changed(before, after)) {
-            // Appended before the commit: a crash in between re-derives the same event (same
-            // deterministic id and content) on redelivery, which the store stores once.
-            events::NewEvent upd;
-            upd.type = "FastMemoryUpdated";
-            upd.aggregate_id = id;
-            auto mems = nlohmann::json::array();
-            for (const auto& m : after.value("memories", nlohmann::json::array()))
-                mems.push_back({{"memory_id", m.value("memory_id", "")}, {"text", m.value("text", "")}});
-            upd.data = {{"user_id", after.value("user_id", id.substr(5))},
-                        {"summary", projections::fast_memory_summary(after)},
-                        {"memories", mems},
-                        {"tokens", after.value("tokens", 0)},
-                        {"position", ev.position.value()}};
-            auto appended = ctx.append("fast_memory", std::move(upd));
-            if (!appended) return std::move(appended).error();
+        for (auto* ctx : todo) {
+            const auto& ev = ctx->event();
+            auto after = projections::fold_from(p, state, {ev});
+            if (p.name() == "fast_memory" && projections::fast_memory_changed(state, after)) {
+                // Appended before the commit: a crash in between re-derives the same event (same
+                // deterministic id and content) when handled again, which the store stores once.
+                events::NewEvent upd;
+                upd.type = "FastMemoryUpdated";
+                upd.aggregate_id = id;
+                auto mems = nlohmann::json::array();
+                for (const auto& m : after.value("memories", nlohmann::json::array()))
+                    mems.push_back({{"memory_id", m.value("memory_id", "")}, {"text", m.value("text", "")}});
+                upd.data = {{"user_id", after.value("user_id", id.substr(5))},
+                            {"summary", projections::fast_memory_summary(after)},
+                            {"memories", mems},
+                            {"tokens", after.value("tokens", 0)},
+                            {"position", ev.position.value()}};
+                auto appended = ctx->append("fast_memory", std::move(upd));
+                if (!appended) return std::move(appended).error();
+            }
+            state = std::move(after);
         }
-        if (auto f = ctx.fence(tx); !f) return f;
+        const auto& last = todo.back()->event();
+        if (auto f = first.fence(tx); !f) return f;
         tx.exec("INSERT INTO projection_state (name, id, state, position, version) VALUES (" + tx.quote(name) + "," +
-                tx.quote(id) + "," + tx.quote(after.dump()) + "," + std::to_string(ev.position.value()) + "," +
-                std::to_string(ev.version.value()) +
+                tx.quote(id) + "," + tx.quote(state.dump()) + "," + std::to_string(last.position.value()) + "," +
+                std::to_string(last.version.value()) +
                 ") ON CONFLICT (name, id) DO UPDATE SET state = excluded.state, position = excluded.position, "
                 "version = excluded.version, updated_at = now() "
                 // A late handler (a stale instance) never moves a checkpoint backwards.
@@ -132,34 +139,54 @@ Status apply_projection(processor::Context& ctx, const projections::Projection& 
     return *r;
 }
 
+Status index_memory(processor::Context& ctx, memory::Embedder& embedder) {
+    const auto& ev = ctx.event();
+    auto emb = embedder.embed(ev.data.value("text", ""));
+    if (!emb) return std::move(emb).error();
+    auto r = ctx.db().run([&](pqxx::connection& c) -> Status {
+        pqxx::work tx(c);
+        if (auto f = ctx.fence(tx); !f) return f;  // as apply_projection
+        memory::index(tx, ev, *emb);
+        tx.commit();
+        return ok();
+    });
+    if (!r) return std::move(r).error();
+    return *r;
+}
+
+// The events of one aggregate, in order (one, or a batch): every projection of that aggregate in
+// one transaction each, then the memory index.
+Status handle(const std::vector<processor::Context*>& cs, memory::Embedder& embedder, const StoreAccess& store) {
+    const auto& agg_id = cs.front()->event().aggregate_id;
+    for (const auto* p : projections::all()) {
+        // Every event of an instance's aggregate moves its checkpoint, folded or not, so the
+        // versions it has seen stay contiguous.
+        auto agg = p->aggregate_of(agg_id);
+        if (!agg || *agg != agg_id) continue;
+        if (auto s = apply_projection(cs, *p, store); !s) return s;
+    }
+    for (auto* ctx : cs)
+        if (ctx->event().type == "MemoryStored")
+            if (auto s = index_memory(*ctx, embedder); !s) return s;
+    return ok();
+}
+
 }  // namespace
 
-processor::Handler make_handler(std::shared_ptr<memory::Embedder> embedder, StoreAccess store) {
-    return [embedder, store](processor::Context& ctx) -> Status {
-        const auto& ev = ctx.event();
-        for (const auto* p : projections::all()) {
-            // Every event of an instance's aggregate moves its checkpoint, folded or not, so the
-            // versions it has seen stay contiguous.
-            auto agg = p->aggregate_of(ev.aggregate_id);
-            if (!agg || *agg != ev.aggregate_id) continue;
-            if (auto s = apply_projection(ctx, *p, store); !s) return s;
-        }
-        if (ev.type == "MemoryStored") {
-            auto text = ev.data.value("text", "");
-            auto emb = embedder->embed(text);
-            if (!emb) return std::move(emb).error();
-            auto r = ctx.db().run([&](pqxx::connection& c) -> Status {
-                pqxx::work tx(c);
-                if (auto f = ctx.fence(tx); !f) return f;  // as apply_projection
-                memory::index(tx, ev, *emb);
-                tx.commit();
-                return ok();
-            });
-            if (!r) return std::move(r).error();
-            if (!*r) return *r;
-        }
-        return ok();
+processor::Handlers make_handlers(std::shared_ptr<memory::Embedder> embedder, StoreAccess store) {
+    processor::Handlers h;
+    h.one = [embedder, store](processor::Context& ctx) -> Status {
+        std::vector<processor::Context*> one = {&ctx};
+        return handle(one, *embedder, store);
     };
+    // Up to a partition's queued events of one aggregate folded and committed at once: one
+    // transaction per projection instead of one per event.
+    h.batch = [embedder, store](const std::vector<processor::Context*>& cs) -> Status { return handle(cs, *embedder, store); };
+    return h;
+}
+
+processor::Handler make_handler(std::shared_ptr<memory::Embedder> embedder, StoreAccess store) {
+    return make_handlers(std::move(embedder), std::move(store)).one;
 }
 
 SearchService::SearchService(std::string nats_url, std::string database_url, std::shared_ptr<memory::Embedder> embedder)

@@ -31,6 +31,8 @@ struct StoreAccess {
 // and the memory index.
 void migrate(pqxx::connection& c);
 processor::Handler make_handler(std::shared_ptr<memory::Embedder> embedder, StoreAccess store);
+// The same, plus the batch handler the runtime uses for consecutive events of one aggregate.
+processor::Handlers make_handlers(std::shared_ptr<memory::Embedder> embedder, StoreAccess store);
 
 // memory.search: request {"user_id", "query", "limit"?} -> {"results": [{"memory_id","text","score"}...]}
 // or {"error", "detail"}. Subscribed in a queue group, so several instances share the load.

@@ -76,6 +76,14 @@ Options options_from(const config::Values& v, Options o) {
 
 int run_main(int argc, char** argv, Options defaults, config::Spec extra,
              std::function<Handler(const config::Values&)> make_handler) {
+    return run_main_batched(argc, argv, std::move(defaults), std::move(extra),
+                            [make_handler = std::move(make_handler)](const config::Values& v) {
+                                return Handlers{make_handler(v), nullptr};
+                            });
+}
+
+int run_main_batched(int argc, char** argv, Options defaults, config::Spec extra,
+                     std::function<Handlers(const config::Values&)> make_handlers) {
     const std::string prog = "engram-" + defaults.name;
     auto spec = config_spec(defaults);
     for (const auto& s : extra.settings()) spec.add(s);
@@ -102,14 +110,14 @@ int run_main(int argc, char** argv, Options defaults, config::Spec extra,
     }
     log::init(cfg->get("LOG_LEVEL"), cfg->get("LOG_FORMAT"));
 
-    Handler handler;
+    Handlers handlers;
     try {
-        handler = make_handler(*cfg);
+        handlers = make_handlers(*cfg);
     } catch (const std::exception& e) {
         std::cerr << prog << ": " << e.what() << "\n";
         return 2;
     }
-    if (!handler) {
+    if (!handlers.one) {
         std::cerr << prog << ": no handler\n";
         return 2;
     }
@@ -120,7 +128,7 @@ int run_main(int argc, char** argv, Options defaults, config::Spec extra,
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);  // threads started below inherit the mask
 
-    Runtime rt(options_from(*cfg, std::move(defaults)), std::move(handler));
+    Runtime rt(options_from(*cfg, std::move(defaults)), std::move(handlers.one), std::move(handlers.batch));
     if (auto s = rt.start(); !s) {
         std::cerr << prog << ": " << s.error().detail << "\n";
         return 1;

@@ -75,13 +75,15 @@ using ItemPtr = std::shared_ptr<Item>;
 struct AggQueue {
     std::deque<ItemPtr> items;
     std::size_t loaded = 0;
-    bool active = false;    // a worker owns it
-    bool in_ready = false;  // listed in `ready`
+    std::size_t unbatched = 0;  // after a failed batch: this many items go one by one
+    bool active = false;        // a worker owns it
+    bool in_ready = false;      // listed in `ready`
 };
 
 struct Runtime::Impl {
     Options opts;
     Handler handler;
+    BatchHandler batch_handler;
     std::shared_ptr<spdlog::logger> log;
     std::string labels;
     std::string member = Uuid::v4().str();
@@ -100,6 +102,7 @@ struct Runtime::Impl {
     metrics::Counter* lost_total = nullptr;
     metrics::Counter* fenced_total = nullptr;
     metrics::Counter* cursor_reopens = nullptr;
+    metrics::Counter* batched_total = nullptr;
     metrics::Gauge* parked_rows = nullptr;
     metrics::Gauge* lag = nullptr;
     metrics::Gauge* in_flight = nullptr;
@@ -156,6 +159,7 @@ struct Runtime::Impl {
         lost_total = c("processor_partition_lost_total", "partitions whose lease this process lost (taken over after expiry)");
         fenced_total = c("processor_fenced_total", "effects refused because the partition's lease was lost");
         cursor_reopens = c("processor_cursor_reopens_total", "partition cursors reopened after a gap or a lost consumer");
+        batched_total = c("processor_events_batched_total", "events handled in batches (counted in handled_total too)");
         parked_rows = g("processor_parked_events", "rows in processor_parked for this processor");
         lag = g("processor_consumer_lag", "messages of owned partitions not yet fetched");
         in_flight = g("processor_in_flight", "handlers running now");
@@ -550,6 +554,7 @@ struct Runtime::Impl {
         copts.timeout = std::chrono::milliseconds(15000);
         if (!opts.api_token.empty()) copts.default_headers.emplace_back("Authorization", "Bearer " + opts.api_token);
         http::Client client(opts.event_store_url, copts);
+        std::vector<ItemPtr> batch;
         while (true) {
             std::string agg;
             ItemPtr item;
@@ -568,6 +573,56 @@ struct Runtime::Impl {
                 if (item->claim->releasing.load() || item->claim->lost.load()) continue;  // dropped with its claim
                 q.active = true;
                 ++item->claim->running;
+                batch.clear();
+                if (batch_handler && opts.max_batch > 1 && q.unbatched == 0 && !item->parked) {
+                    for (const auto& it : q.items) {
+                        if (batch.size() >= opts.max_batch || it->parked || it->claim != item->claim) break;
+                        batch.push_back(it);
+                    }
+                }
+                if (batch.size() < 2) batch.clear();
+                if (q.unbatched > 0) --q.unbatched;
+            }
+            // Bodies not kept in memory (a backlog beyond the per-aggregate cap) are re-read here, so
+            // a backlog is handled in batches too.
+            for (std::size_t i = 0; i < batch.size(); ++i) {
+                if (batch[i]->event) continue;
+                if (!load(*batch[i])) {
+                    batch.resize(i);
+                    break;
+                }
+            }
+            if (batch.size() < 2) batch.clear();
+            if (!batch.empty()) {
+                auto outcome = run_batch(batch, client);
+                std::lock_guard lk(mu);
+                --item->claim->running;
+                auto it = queues.find(agg);
+                if (it != queues.end()) {
+                    auto& q = it->second;
+                    q.active = false;
+                    if (outcome == Outcome::ok) {
+                        for (const auto& b : batch) {
+                            if (q.items.empty() || q.items.front() != b) break;
+                            q.items.pop_front();
+                            if (b->counted) {
+                                --q.loaded;
+                                --b->claim->loaded;
+                            }
+                            b->claim->unfinished.erase(b->seq);
+                        }
+                    } else if (outcome == Outcome::failed) {
+                        q.unbatched = batch.size();  // one by one, with retries and parking per event
+                    }
+                    if (q.items.empty())
+                        queues.erase(it);
+                    else
+                        make_ready_locked(agg, q);
+                }
+                recount_buffered_locked();
+                item->claim->cv.notify_all();
+                idle_cv.notify_all();
+                continue;
             }
             bool done = process(*item, client);
             {
@@ -690,6 +745,62 @@ struct Runtime::Impl {
         // The claim went away or the runtime stops: whoever owns the partition next redoes it.
         if (it.claim->lost.load() || it.claim->releasing.load() || is_stopping()) return Outcome::abandoned;
         failed_attempts->inc();
+        return Outcome::failed;
+    }
+
+    // One BatchHandler call over consecutive loaded events of one aggregate (attempt 1 each).
+    Outcome run_batch(const std::vector<ItemPtr>& items, http::Client& client) {
+        std::vector<Context::Impl> impls(items.size());
+        std::vector<Context> ctxs;
+        std::vector<Context*> ptrs;
+        ctxs.reserve(items.size());
+        auto deadline = Clock::now() + opts.handler_timeout;
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            auto& ci = impls[i];
+            ci.claim = items[i]->claim.get();
+            ci.event = &*items[i]->event;
+            ci.client = &client;
+            ci.processor = &opts.name;
+            ci.member = &member;
+            ci.deadline = deadline;
+            ci.stopping = [this] { return is_stopping(); };
+            ci.pool = pool.get();
+            ci.fenced = fenced_total;
+            ci.lease_ttl_ms = opts.lease_ttl.count();
+            ctxs.emplace_back(&ci);
+        }
+        for (auto& c : ctxs) ptrs.push_back(&c);
+        {
+            std::lock_guard lk(mu);
+            if (stopping) return Outcome::abandoned;
+            ++running_handlers;
+            in_flight->set(running_handlers);
+        }
+        auto t0 = Clock::now();
+        Status s = ok();
+        try {
+            s = batch_handler(ptrs);
+        } catch (const std::exception& e) {
+            s = Error::make("exception", e.what());
+        } catch (...) {
+            s = Error::make("exception", "unknown exception");
+        }
+        latency->observe(std::chrono::duration<double>(Clock::now() - t0).count());
+        {
+            std::lock_guard lk(mu);
+            --running_handlers;
+            in_flight->set(running_handlers);
+            idle_cv.notify_all();
+        }
+        if (s) {
+            handled->inc(items.size());
+            batched_total->inc(items.size());
+            return Outcome::ok;
+        }
+        const auto& claim = *items.front()->claim;
+        if (claim.lost.load() || claim.releasing.load() || is_stopping()) return Outcome::abandoned;
+        log->debug("batch of {} events of {} failed ({}): handling them one by one", items.size(),
+                   items.front()->event->aggregate_id, error_text(s.error()));
         return Outcome::failed;
     }
 
@@ -962,9 +1073,10 @@ struct Runtime::Impl {
 // ===========================================================================================
 // Runtime
 
-Runtime::Runtime(Options opts, Handler handler) : impl_(std::make_shared<Impl>()) {
+Runtime::Runtime(Options opts, Handler handler, BatchHandler batch) : impl_(std::make_shared<Impl>()) {
     impl_->opts = std::move(opts);
     impl_->handler = std::move(handler);
+    impl_->batch_handler = std::move(batch);
     impl_->log = log::get("processor");
     impl_->init_metrics();
 }

@@ -662,3 +662,52 @@ TEST_CASE("two runtimes of one processor share the partitions, and the survivor 
                           "'::uuid");
     CHECK(leases[0][0].as<int>() == 16);
 }
+
+TEST_CASE("a batch handler gets consecutive events of one aggregate; a failing batch falls back to one by one",
+          "[integration][processor]") {
+    Env env;
+    const int n = 200;
+    nlohmann::json batch = {{"aggregate_id", "batched"}, {"events", nlohmann::json::array()}};
+    for (int i = 0; i < n; ++i) batch["events"].push_back({{"type", "TestStep"}, {"data", {{"n", i}}}});
+    auto r = env.client->post_json("/events", batch);
+    REQUIRE(r.ok());
+    REQUIRE(r->status == 201);
+    Recorder rec;
+    std::atomic<int> batches{0}, largest{0};
+    auto poison = [](const events::Event& e) { return e.data.value("n", -1) == 77; };
+    processor::Runtime rt(
+        env.options("batch-proc", {"TestStep"}),
+        [&](processor::Context& ctx) -> Status {
+            if (poison(ctx.event())) return Error::make("bad_event", "77 is refused");
+            rec.record(ctx.event());
+            return ok();
+        },
+        [&](const std::vector<processor::Context*>& cs) -> Status {
+            // All or nothing: a batch holding the poison event is refused whole.
+            for (auto* c : cs)
+                if (poison(c->event())) return Error::make("bad_event", "a batch with 77");
+            std::int64_t v = cs.front()->event().version.value();
+            for (auto* c : cs) {
+                REQUIRE(c->event().aggregate_id == "batched");
+                REQUIRE(c->event().version.value() == v++);  // consecutive, in order
+                rec.record(c->event());
+            }
+            ++batches;
+            largest = std::max<int>(largest.load(), static_cast<int>(cs.size()));
+            return ok();
+        });
+    REQUIRE(rt.start().ok());
+    REQUIRE(testing::eventually([&] { return rec.count() == n - 1; }, 30s));
+    std::this_thread::sleep_for(300ms);
+    auto want = iota_vec(0, n);
+    want.erase(want.begin() + 77);
+    CHECK(rec.of("batched") == want);  // every event once, in order, 77 parked
+    CHECK(batches.load() > 0);
+    CHECK(largest.load() > 1);
+    REQUIRE(testing::eventually(
+        [&] { return env.sql("SELECT count(*) FROM processor_parked WHERE processor = 'batch-proc'")[0][0].as<int>() == 1; },
+        10s));
+    auto m = get_metrics(rt);
+    CHECK(m.find("processor_events_batched_total{processor=\"batch-proc\"} 0") == std::string::npos);
+    rt.stop();
+}

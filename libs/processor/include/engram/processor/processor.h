@@ -54,6 +54,7 @@ struct Options {
     std::chrono::milliseconds parked_poll{2000};        // retry_requested poll + gauges
     std::size_t max_loaded_per_partition = 256;         // bodies held per partition; beyond: sequence only, re-read
     std::size_t max_loaded_per_aggregate = 16;          // bodies held per aggregate (the rest: sequence only)
+    std::size_t max_batch = 16;                         // events per BatchHandler call at most
     std::size_t max_unfinished_per_partition = 100000;  // sequences held; beyond, that partition's cursor pauses
     std::chrono::milliseconds drain_timeout{30000};     // stop() / hand-over: wait this long for running handlers
     std::chrono::milliseconds handler_timeout{300000};  // a handler's deadline (Context::stopping() turns true)
@@ -104,6 +105,17 @@ private:
 // without counting it: the event is handled again by whoever owns the partition next.
 using Handler = std::function<Status(Context&)>;
 
+// Optional: several consecutive events of one aggregate, in stream order, each with its own
+// Context (up to Options::max_batch, those already in memory), so a handler can fold them and
+// commit once. Ok = all of them done. An Error = none counted done: the runtime handles them one by
+// one with the Handler (which retries, classifies and parks per event), so a batch handler must be
+// idempotent per event like any handler.
+using BatchHandler = std::function<Status(const std::vector<Context*>& batch)>;
+struct Handlers {
+    Handler one;
+    BatchHandler batch;  // may be empty
+};
+
 // Unavailable dependencies: codes "unavailable", "database", "nats", "connect", "io", "timeout",
 // "cancelled", "llm_unreachable", "llm_rate_limited"; "event_store" / "embeddings" with
 // extra.status 0, 429 or >= 500; or any Error with extra.transient == true.
@@ -113,7 +125,7 @@ Error transient(Error e);
 
 class Runtime {
 public:
-    Runtime(Options opts, Handler handler);
+    Runtime(Options opts, Handler handler, BatchHandler batch = nullptr);
     ~Runtime();  // stop()
     Runtime(const Runtime&) = delete;
     Runtime& operator=(const Runtime&) = delete;
@@ -159,5 +171,8 @@ Options options_from(const config::Values& v, Options defaults);
 // starts the runtime (exit 1 on failure), blocks SIGTERM/SIGINT and stops gracefully on either.
 int run_main(int argc, char** argv, Options defaults, config::Spec extra,
              std::function<Handler(const config::Values&)> make_handler);
+// The same for a processor with a batch handler.
+int run_main_batched(int argc, char** argv, Options defaults, config::Spec extra,
+                     std::function<Handlers(const config::Values&)> make_handlers);
 
 }  // namespace engram::processor
