@@ -287,11 +287,46 @@ Subscription::~Subscription() {
 
 // ---- Connection --------------------------------------------------------------------------------
 
+std::vector<std::string> server_urls(const std::string& url) {
+    std::vector<std::string> out;
+    std::string userinfo;
+    std::size_t start = 0;
+    while (start <= url.size()) {
+        auto end = url.find(',', start);
+        if (end == std::string::npos) end = url.size();
+        auto u = url.substr(start, end - start);
+        while (!u.empty() && (u.front() == ' ' || u.front() == '\t')) u.erase(0, 1);
+        while (!u.empty() && (u.back() == ' ' || u.back() == '\t')) u.pop_back();
+        if (!u.empty()) {
+            auto scheme = u.find("://");
+            auto host_start = scheme == std::string::npos ? 0 : scheme + 3;
+            auto at = u.find('@', host_start);
+            if (at != std::string::npos && userinfo.empty()) userinfo = u.substr(host_start, at - host_start + 1);
+            out.push_back(u);
+        }
+        start = end + 1;
+    }
+    if (!userinfo.empty())
+        for (auto& u : out) {
+            auto scheme = u.find("://");
+            auto host_start = scheme == std::string::npos ? 0 : scheme + 3;
+            if (u.find('@', host_start) == std::string::npos) u.insert(host_start, userinfo);
+        }
+    return out;
+}
+
 Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& o) {
     natsOptions* opts = nullptr;
     natsStatus s = natsOptions_Create(&opts);
     if (s != NATS_OK) return nats_error(s, "creating options");
-    s = natsOptions_SetURL(opts, o.url.c_str());
+    auto urls = server_urls(o.url);
+    if (urls.empty()) {
+        natsOptions_Destroy(opts);
+        return plain_error("no NATS server URL in '" + redact_credentials(o.url) + "'");
+    }
+    std::vector<const char*> ptrs;
+    for (const auto& u : urls) ptrs.push_back(u.c_str());
+    s = natsOptions_SetServers(opts, ptrs.data(), static_cast<int>(ptrs.size()));
     if (s == NATS_OK && !o.name.empty()) s = natsOptions_SetName(opts, o.name.c_str());
     if (s == NATS_OK) s = natsOptions_SetTimeout(opts, to_ms(o.timeout));
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);

@@ -329,6 +329,11 @@ private:
     std::uint64_t pending_ = 0;
 };
 
+// The servers of a NATS_URL: "nats://a:4222,nats://b:4222" -> each URL, trimmed, empty entries
+// dropped. Credentials (user:pass@ or token@) given on one URL only are applied to the others
+// (a cluster shares its authorization). NATS.c's own URL option does not connect with a list.
+std::vector<std::string> server_urls(const std::string& url);
+
 // NATS subject matching: `*` matches one token, `>` (last token) one or more.
 bool subject_matches(std::string_view pattern, std::string_view subject);
 

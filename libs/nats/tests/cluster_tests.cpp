@@ -1,0 +1,62 @@
+// A NATS_URL listing several servers: parsed into a server list (NATS.c's URL option alone does
+// not connect with one), and a real three-node JetStream cluster on loopback reached through it.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <thread>
+
+#include "engram/core/uuid.h"
+#include "engram/nats/nats.h"
+#include "engram/testing/testing.h"
+
+using namespace engram;
+using namespace std::chrono_literals;
+
+TEST_CASE("server_urls splits a NATS_URL list and shares its credentials", "[unit][nats]") {
+    CHECK(nats::server_urls("nats://a:4222") == std::vector<std::string>{"nats://a:4222"});
+    CHECK(nats::server_urls("nats://a:1, nats://b:2 ,,nats://c:3") ==
+          std::vector<std::string>{"nats://a:1", "nats://b:2", "nats://c:3"});
+    CHECK(nats::server_urls("nats://tok@a:1,nats://b:2") == std::vector<std::string>{"nats://tok@a:1", "nats://tok@b:2"});
+    CHECK(nats::server_urls("nats://u:p@a:1,nats://v:q@b:2") == std::vector<std::string>{"nats://u:p@a:1", "nats://v:q@b:2"});
+    CHECK(nats::server_urls(" , ").empty());
+}
+
+TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, the first entry dead",
+          "[integration][nats]") {
+    auto dir = testing::make_temp_dir("nats-cluster");
+    std::vector<int> client(3), route(3);
+    for (int i = 0; i < 3; ++i) {
+        client[i] = testing::free_port();
+        route[i] = testing::free_port();
+    }
+    std::string routes;
+    for (int i = 0; i < 3; ++i) routes += (i ? ", " : "") + std::string("nats-route://127.0.0.1:") + std::to_string(route[i]);
+    std::vector<std::unique_ptr<testing::Process>> servers;
+    for (int i = 0; i < 3; ++i) {
+        auto conf = dir + "/n" + std::to_string(i) + ".conf";
+        std::ofstream(conf) << "server_name: n" << i << "\nlisten: 127.0.0.1:" << client[i] << "\njetstream { store_dir: \"" << dir
+                            << "/js" << i << "\" }\ncluster { name: engram-test, listen: 127.0.0.1:" << route[i]
+                            << ", routes: [" << routes << "] }\n";
+        servers.push_back(std::make_unique<testing::Process>(std::vector<std::string>{"nats-server", "-c", conf},
+                                                             std::map<std::string, std::string>{},
+                                                             dir + "/n" + std::to_string(i) + ".log"));
+    }
+    std::string url = "nats://127.0.0.1:" + std::to_string(testing::free_port());  // nobody listens there
+    for (int i = 0; i < 3; ++i) url += ",nats://127.0.0.1:" + std::to_string(client[i]);
+    nats::ConnectOptions o;
+    o.url = url;
+    o.name = "cluster-test";
+    auto c = nats::Connection::connect(o);
+    REQUIRE(c);
+    REQUIRE(testing::eventually([&] { return (*c)->connected(); }, 15s));
+    // The cluster elects its JetStream meta leader after the routes are up: the stream appears then.
+    REQUIRE(testing::eventually([&] { return (*c)->ensure_stream("CLUSTERED", {"clustered.>"}).ok(); }, 30s));
+    for (int i = 0; i < 20; ++i) {
+        auto ack = (*c)->publish_sync("clustered.x", "m" + std::to_string(i), Uuid::v4().str());
+        REQUIRE(ack);
+        CHECK(ack->ok);
+    }
+    auto info = (*c)->stream_info("CLUSTERED");
+    REQUIRE(info);
+    CHECK(info->messages == 20);
+}
