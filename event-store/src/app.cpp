@@ -24,6 +24,10 @@ config::Spec config_spec() {
            config::url({"nats", "tls"})});
     s.add({"EVENTS_STREAM", "JetStream stream the relay publishes to (subjects events.<type>.<partition>)", "EVENTS", false,
            nullptr});
+    s.add({"NATS_STREAM_REPLICAS",
+           "copies of the stream in a NATS JetStream cluster when the store creates it (1 for a single server, 3 for a "
+           "three-node cluster); an existing stream is left as it is",
+           "1", false, config::one_of({"1", "3", "5"})});
     s.add({"ENGRAM_PARTITIONS",
            "partitions of the stream (by aggregate id); processors lease them. Fixed for a deployment: recorded in the "
            "database by the first service that starts",
@@ -318,6 +322,7 @@ Status App::start() {
     ro.database_url = d.cfg.get("DATABASE_URL");
     ro.stream = d.cfg.get("EVENTS_STREAM");
     ro.partitions = static_cast<int>(d.cfg.get_int("ENGRAM_PARTITIONS"));
+    ro.replicas = static_cast<int>(d.cfg.get_int("NATS_STREAM_REPLICAS"));
     d.relay = std::make_unique<store::Relay>(ro, *d.nats, d.metrics);
     d.writer.on_commit([this](const std::vector<events::Event>& evs) {
         impl_->relay->notify(evs);

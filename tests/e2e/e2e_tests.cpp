@@ -93,6 +93,22 @@ struct WholeStack {
         };
         std::tie(memory, ai, notify) = start_processors();
         std::tie(memory2, ai2, notify2) = start_processors();
+        // The tests are about answers, not rebalancing: let the two instances settle on their shares
+        // first (a hand-over in the middle of a Telegram retry_after wait would cut the wait short).
+        REQUIRE(testing::eventually(
+            [&] {
+                try {
+                    pqxx::connection c(s.db());
+                    pqxx::nontransaction tx(c);
+                    auto r = tx.exec(
+                        "SELECT count(*) FROM (SELECT processor FROM processor_leases WHERE owner IS NOT NULL AND "
+                        "expires_at > now() GROUP BY processor HAVING count(*) = 16 AND count(DISTINCT owner) = 2) settled");
+                    return r[0][0].as<int>() == 3;
+                } catch (const std::exception&) {
+                    return false;
+                }
+            },
+            30s));
         std::map<std::string, std::string> env = {{"GATEWAY_LISTEN", "127.0.0.1:" + std::to_string(gw_port)},
                                                   {"TELEGRAM_BOT_TOKEN", tg.token()},
                                                   {"TELEGRAM_API_BASE", tg.base_url()},

@@ -427,10 +427,16 @@ Status Connection::ensure_stream(const StreamConfig& c) {
     natsStatus s = js_GetStreamInfo(&si, js, c.name.c_str(), nullptr, &jerr);
     if (s == NATS_OK) {
         std::vector<std::string> have;
-        if (si->Config)
+        int replicas = 1;
+        if (si->Config) {
             for (int i = 0; i < si->Config->SubjectsLen; ++i) have.emplace_back(si->Config->Subjects[i]);
+            replicas = static_cast<int>(std::max<std::int64_t>(si->Config->Replicas, 1));
+        }
         jsStreamInfo_Destroy(si);
         if (have != c.subjects) spdlog::warn("nats: stream {} exists with other subjects; left as it is", c.name);
+        if (replicas != c.replicas)
+            spdlog::warn("nats: stream {} exists with {} replica(s), {} wanted; left as it is (change it with the nats CLI)",
+                         c.name, replicas, c.replicas);
         return ok();
     }
     if (s != NATS_NOT_FOUND) return nats_error(s, "looking up stream " + c.name, jerr);
@@ -448,6 +454,7 @@ Status Connection::ensure_stream(const StreamConfig& c) {
     cfg.MaxAge = c.max_age.count() * kNsPerMs;
     cfg.MaxMsgs = c.max_msgs;
     cfg.MaxBytes = c.max_bytes;
+    cfg.Replicas = std::max(c.replicas, 1);
     jerr = static_cast<jsErrCode>(0);
     s = js_AddStream(&si, js, &cfg, nullptr, &jerr);
     if (s == NATS_OK) {
@@ -469,7 +476,9 @@ Result<StreamInfo> Connection::stream_info(const std::string& name) {
     if (si->Config) {
         for (int i = 0; i < si->Config->SubjectsLen; ++i) out.subjects.emplace_back(si->Config->Subjects[i]);
         out.duplicate_window = std::chrono::milliseconds(si->Config->Duplicates / kNsPerMs);
+        out.replicas = static_cast<int>(std::max<std::int64_t>(si->Config->Replicas, 1));
     }
+    if (si->Cluster && si->Cluster->Leader) out.leader = si->Cluster->Leader;
     out.messages = si->State.Msgs;
     out.bytes = si->State.Bytes;
     out.first_seq = si->State.FirstSeq;

@@ -21,8 +21,7 @@ TEST_CASE("server_urls splits a NATS_URL list and shares its credentials", "[uni
     CHECK(nats::server_urls(" , ").empty());
 }
 
-TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, the first entry dead",
-          "[integration][nats]") {
+TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, the first entry dead", "[integration][nats]") {
     auto dir = testing::make_temp_dir("nats-cluster");
     std::vector<int> client(3), route(3);
     for (int i = 0; i < 3; ++i) {
@@ -34,8 +33,8 @@ TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, th
     std::vector<std::unique_ptr<testing::Process>> servers;
     for (int i = 0; i < 3; ++i) {
         auto conf = dir + "/n" + std::to_string(i) + ".conf";
-        std::ofstream(conf) << "server_name: n" << i << "\nlisten: 127.0.0.1:" << client[i] << "\njetstream { store_dir: \"" << dir
-                            << "/js" << i << "\" }\ncluster { name: engram-test, listen: 127.0.0.1:" << route[i]
+        std::ofstream(conf) << "server_name: n" << i << "\nlisten: 127.0.0.1:" << client[i] << "\njetstream { store_dir: \""
+                            << dir << "/js" << i << "\" }\ncluster { name: engram-test, listen: 127.0.0.1:" << route[i]
                             << ", routes: [" << routes << "] }\n";
         servers.push_back(std::make_unique<testing::Process>(std::vector<std::string>{"nats-server", "-c", conf},
                                                              std::map<std::string, std::string>{},
@@ -50,13 +49,43 @@ TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, th
     REQUIRE(c);
     REQUIRE(testing::eventually([&] { return (*c)->connected(); }, 15s));
     // The cluster elects its JetStream meta leader after the routes are up: the stream appears then.
-    REQUIRE(testing::eventually([&] { return (*c)->ensure_stream("CLUSTERED", {"clustered.>"}).ok(); }, 30s));
-    for (int i = 0; i < 20; ++i) {
-        auto ack = (*c)->publish_sync("clustered.x", "m" + std::to_string(i), Uuid::v4().str());
-        REQUIRE(ack);
-        CHECK(ack->ok);
-    }
+    nats::StreamConfig sc;
+    sc.name = "CLUSTERED";
+    sc.subjects = {"clustered.>"};
+    sc.replicas = 3;
+    REQUIRE(testing::eventually([&] { return (*c)->ensure_stream(sc).ok(); }, 30s));
+    auto publish = [&](int from, int to) {
+        for (int i = from; i < to; ++i) {
+            // A publish during a leader election may time out or fail: retried with the same id,
+            // which the stream stores once.
+            auto id = Uuid::v4().str();
+            bool stored = testing::eventually(
+                [&] {
+                    auto ack = (*c)->publish_sync("clustered.x", "m" + std::to_string(i), id);
+                    return ack && ack->ok;
+                },
+                30s);
+            REQUIRE(stored);
+        }
+    };
+    publish(0, 20);
     auto info = (*c)->stream_info("CLUSTERED");
     REQUIRE(info);
     CHECK(info->messages == 20);
+    CHECK(info->replicas == 3);
+    REQUIRE_FALSE(info->leader.empty());
+    // kill -9 the stream's leader: the other two elect a new one and keep every message.
+    int leader = info->leader.back() - '0';
+    REQUIRE((leader >= 0 && leader < 3));
+    auto t0 = std::chrono::steady_clock::now();
+    servers[static_cast<std::size_t>(leader)]->kill9();
+    publish(20, 40);
+    WARN("first 20 publishes after killing the stream leader took "
+         << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count() << " ms");
+    REQUIRE(testing::eventually(
+        [&] {
+            auto i2 = (*c)->stream_info("CLUSTERED");
+            return i2 && i2->messages == 40 && !i2->leader.empty() && i2->leader != info->leader;
+        },
+        30s));
 }

@@ -1122,7 +1122,8 @@ Status Runtime::start() {
     auto nc = nats::Connection::connect(co);
     if (!nc) return std::move(nc).error();
     d.nc = std::move(*nc);
-    if (auto s = d.nc->ensure_stream(o.stream, {"events.>"}); !s) return s;
+    // The stream is the store's to create (with its replica count): until it exists, the
+    // partitions' cursors keep retrying, so a processor may still start first.
 
     bool all = o.types.empty() || std::find(o.types.begin(), o.types.end(), "*") != o.types.end();
     if (!all && o.types.size() == 1) {

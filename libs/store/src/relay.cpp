@@ -11,6 +11,14 @@
 namespace engram::store {
 namespace {
 
+nats::StreamConfig stream_config(const Relay::Options& o) {
+    nats::StreamConfig c;
+    c.name = o.stream;
+    c.subjects = {o.subject_prefix + ".>"};
+    c.replicas = o.replicas;
+    return c;
+}
+
 constexpr long long kRelayLock = 0x656e6772616d03;  // one publishing relay per database
 constexpr std::size_t kMaxFresh = 50000;            // committed events kept in memory for publishing
 
@@ -97,7 +105,7 @@ void Relay::notify(const std::vector<events::Event>& committed) {
 // is the truth (a crash can happen after publishing and before persisting the watermark).
 bool Relay::sync_with_stream() {
     auto& d = *impl_;
-    if (auto s = d.nats.ensure_stream(d.opts.stream, {d.opts.subject_prefix + ".>"}); !s) {
+    if (auto s = d.nats.ensure_stream(stream_config(d.opts)); !s) {
         d.log->warn("cannot ensure stream {}: {}", d.opts.stream, s.error().detail);
         return false;
     }

@@ -87,6 +87,7 @@ struct StreamConfig {
     std::chrono::milliseconds max_age{0};                // 0 = keep forever
     std::int64_t max_msgs = -1;                          // -1 = unlimited
     std::int64_t max_bytes = -1;
+    int replicas = 1;  // copies in a JetStream cluster (1, 3 or 5); a single server takes only 1
 };
 
 struct StreamInfo {
@@ -98,6 +99,8 @@ struct StreamInfo {
     std::uint64_t last_seq = 0;
     std::int64_t consumers = 0;
     std::chrono::milliseconds duplicate_window{0};
+    int replicas = 1;
+    std::string leader;  // server name of the stream's leader in a cluster ("" for a single server)
 };
 
 struct ConsumerInfo {
@@ -156,7 +159,7 @@ public:
 
     // --- JetStream streams -------------------------------------------------------------------
     // Creates the stream if missing (file storage, limits retention); an existing stream is left
-    // as it is (a warning is logged when its subjects differ).
+    // as it is (a warning is logged when its subjects or replica count differ).
     Status ensure_stream(const std::string& name, const std::vector<std::string>& subjects);
     Status ensure_stream(const StreamConfig& config);
     Result<StreamInfo> stream_info(const std::string& name);

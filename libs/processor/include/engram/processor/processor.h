@@ -131,7 +131,8 @@ public:
     Runtime& operator=(const Runtime&) = delete;
 
     // Migrates the runtime's tables (under an advisory lock), checks the partition count, connects
-    // to NATS, ensures the stream, joins the group and starts the threads and the health server.
+    // to NATS, joins the group and starts the threads and the health server (the stream is the
+    // store's to create: cursors retry until it exists).
     // An error leaves nothing running.
     Status start();
     // Graceful and idempotent: stop fetching, let running handlers finish (up to drain_timeout),

@@ -44,9 +44,11 @@ public:
         std::string database_url;
         std::string stream = "EVENTS";
         std::string subject_prefix = "events";  // subject = <prefix>.<type>.<partition>
-        int partitions = 16;                    // partition = events::partition_of(aggregate_id, partitions)
-        std::size_t batch = 1000;               // events read and published per round
-        std::chrono::milliseconds poll{200};    // also picks up events written by other store processes
+        int partitions = 16;
+        int replicas = 1;  // of the stream, when the relay creates it (a JetStream cluster: 3)                    // partition =
+                           // events::partition_of(aggregate_id, partitions)
+        std::size_t batch = 1000;             // events read and published per round
+        std::chrono::milliseconds poll{200};  // also picks up events written by other store processes
         std::chrono::milliseconds standby_retry{1000};
     };
 
