@@ -703,31 +703,34 @@ struct Runtime::Impl {
 
     enum class Outcome { ok, failed, abandoned };
 
-    Outcome run_handler(Item& it, int attempt, http::Client& client, Error* err) {
+    // What every Context of an event of `claim` shares.
+    Context::Impl context_for(const Claim& claim, http::Client* client, Clock::time_point deadline) {
         Context::Impl ci;
-        ci.claim = it.claim.get();
-        ci.event = &*it.event;
-        ci.attempt = attempt;
-        ci.parked = it.parked;
-        ci.client = &client;
+        ci.claim = &claim;
+        ci.client = client;
         ci.processor = &opts.name;
         ci.member = &member;
-        ci.deadline = Clock::now() + opts.handler_timeout;
+        ci.deadline = deadline;
         ci.stopping = [this] { return is_stopping(); };
         ci.pool = pool.get();
         ci.fenced = fenced_total;
         ci.lease_ttl_ms = opts.lease_ttl.count();
-        Context ctx(&ci);
+        return ci;
+    }
+
+    // Runs a handler call counted in in_flight and timed; an exception is an Error. nullopt: not
+    // started because the runtime stops.
+    std::optional<Status> invoke(const std::function<Status()>& call) {
         {
             std::lock_guard lk(mu);
-            if (stopping) return Outcome::abandoned;
+            if (stopping) return std::nullopt;
             ++running_handlers;
             in_flight->set(running_handlers);
         }
         auto t0 = Clock::now();
         Status s = ok();
         try {
-            s = handler(ctx);
+            s = call();
         } catch (const std::exception& e) {
             s = Error::make("exception", e.what());
         } catch (...) {
@@ -740,8 +743,19 @@ struct Runtime::Impl {
             in_flight->set(running_handlers);
             idle_cv.notify_all();
         }
-        if (s) return Outcome::ok;
-        *err = s.error();
+        return s;
+    }
+
+    Outcome run_handler(Item& it, int attempt, http::Client& client, Error* err) {
+        auto ci = context_for(*it.claim, &client, Clock::now() + opts.handler_timeout);
+        ci.event = &*it.event;
+        ci.attempt = attempt;
+        ci.parked = it.parked;
+        Context ctx(&ci);
+        auto s = invoke([&] { return handler(ctx); });
+        if (!s) return Outcome::abandoned;
+        if (*s) return Outcome::ok;
+        *err = s->error();
         // The claim went away or the runtime stops: whoever owns the partition next redoes it.
         if (it.claim->lost.load() || it.claim->releasing.load() || is_stopping()) return Outcome::abandoned;
         failed_attempts->inc();
@@ -750,57 +764,30 @@ struct Runtime::Impl {
 
     // One BatchHandler call over consecutive loaded events of one aggregate (attempt 1 each).
     Outcome run_batch(const std::vector<ItemPtr>& items, http::Client& client) {
-        std::vector<Context::Impl> impls(items.size());
+        std::vector<Context::Impl> impls;
         std::vector<Context> ctxs;
         std::vector<Context*> ptrs;
+        impls.reserve(items.size());
         ctxs.reserve(items.size());
         auto deadline = Clock::now() + opts.handler_timeout;
-        for (std::size_t i = 0; i < items.size(); ++i) {
-            auto& ci = impls[i];
-            ci.claim = items[i]->claim.get();
-            ci.event = &*items[i]->event;
-            ci.client = &client;
-            ci.processor = &opts.name;
-            ci.member = &member;
-            ci.deadline = deadline;
-            ci.stopping = [this] { return is_stopping(); };
-            ci.pool = pool.get();
-            ci.fenced = fenced_total;
-            ci.lease_ttl_ms = opts.lease_ttl.count();
-            ctxs.emplace_back(&ci);
+        for (const auto& item : items) {
+            impls.push_back(context_for(*item->claim, &client, deadline));
+            impls.back().event = &*item->event;
+            ctxs.emplace_back(&impls.back());
+            ptrs.push_back(&ctxs.back());
         }
-        for (auto& c : ctxs) ptrs.push_back(&c);
-        {
-            std::lock_guard lk(mu);
-            if (stopping) return Outcome::abandoned;
-            ++running_handlers;
-            in_flight->set(running_handlers);
-        }
-        auto t0 = Clock::now();
-        Status s = ok();
-        try {
-            s = batch_handler(ptrs);
-        } catch (const std::exception& e) {
-            s = Error::make("exception", e.what());
-        } catch (...) {
-            s = Error::make("exception", "unknown exception");
-        }
-        latency->observe(std::chrono::duration<double>(Clock::now() - t0).count());
-        {
-            std::lock_guard lk(mu);
-            --running_handlers;
-            in_flight->set(running_handlers);
-            idle_cv.notify_all();
-        }
-        if (s) {
+        auto s = invoke([&] { return batch_handler(ptrs); });
+        if (!s) return Outcome::abandoned;
+        if (*s) {
             handled->inc(items.size());
             batched_total->inc(items.size());
             return Outcome::ok;
         }
+        const auto& error = s->error();
         const auto& claim = *items.front()->claim;
         if (claim.lost.load() || claim.releasing.load() || is_stopping()) return Outcome::abandoned;
         log->debug("batch of {} events of {} failed ({}): handling them one by one", items.size(),
-                   items.front()->event->aggregate_id, error_text(s.error()));
+                   items.front()->event->aggregate_id, error_text(error));
         return Outcome::failed;
     }
 
@@ -944,15 +931,7 @@ struct Runtime::Impl {
         return true;
     }
 
-    Status fence_tx(const Claim& c, pqxx::transaction_base& tx) {
-        Context::Impl ci;
-        ci.claim = &c;
-        ci.processor = &opts.name;
-        ci.member = &member;
-        ci.fenced = fenced_total;
-        ci.lease_ttl_ms = opts.lease_ttl.count();
-        return ci.fence(tx);
-    }
+    Status fence_tx(const Claim& c, pqxx::transaction_base& tx) { return context_for(c, nullptr, Clock::now()).fence(tx); }
 
     // ---------------------------------------------------------------------------------------
     void poll_loop() {
