@@ -36,6 +36,13 @@ config::Spec config_spec() {
     s.add({"ENGRAM_API_TOKEN", "bearer token required on every request when set", "", false, nullptr, true});
     http::add_guard_settings(s);
     s.add({"EVENT_STORE_MAX_BATCH", "most events written by one group commit", "5000", false, config::int_range(1, 100000)});
+    s.add({"EVENT_STORE_RELAY_LEASE_TTL_MS",
+           "the relay lease (one publishing store process per database): a dead holder's is taken over after at most this",
+           "5000", false, config::int_range(500, 600000)});
+    s.add({"EVENT_STORE_COMMIT_TIMEOUT_MS",
+           "a group commit not confirmed by the database within this time is cut and answered 503 (outcome unknown; retry "
+           "with the same ids): a frozen primary, or one waiting for a synchronous standby that is gone",
+           "10000", false, config::int_range(100, 600000)});
     s.add({"EVENT_STORE_HTTP_THREADS", "HTTP worker threads (read queries block one each)", "16", false,
            config::int_range(1, 512)});
     s.add({"EVENT_STORE_SSE_KEEPALIVE_MS", "interval of the keep-alive comment on event streams", "15000", false,
@@ -91,7 +98,9 @@ struct App::Impl {
     explicit Impl(config::Values c)
         : cfg(std::move(c)),
           pool(cfg.get("DATABASE_URL"), static_cast<std::size_t>(cfg.get_int("EVENT_STORE_DB_POOL"))),
-          writer(store::Writer::Options{cfg.get("DATABASE_URL"), static_cast<std::size_t>(cfg.get_int("EVENT_STORE_MAX_BATCH"))},
+          writer(store::Writer::Options{cfg.get("DATABASE_URL"), static_cast<std::size_t>(cfg.get_int("EVENT_STORE_MAX_BATCH")),
+                                        100000, std::chrono::milliseconds(200),
+                                        std::chrono::milliseconds(cfg.get_int("EVENT_STORE_COMMIT_TIMEOUT_MS"))},
                  metrics),
           sse(reader, metrics, std::chrono::milliseconds(cfg.get_int("EVENT_STORE_SSE_KEEPALIVE_MS")),
               SseHub::Limits{static_cast<std::size_t>(cfg.get_int("EVENT_STORE_SSE_MAX_STREAMS")),
@@ -143,6 +152,10 @@ struct App::Impl {
         auto parsed = store::parse_append_body(req.body);
         if (!parsed) return res->respond(error_response(parsed.error()));
         if (auto fits = publishable(*parsed, req.body.size()); !fits) return res->respond(error_response(fits.error()));
+        // Connected to an old primary that came back after a failover: what it accepts would be
+        // lost (or fork the log), so nothing is.
+        if (auto stale = relay ? relay->fenced() : std::nullopt)
+            return res->respond(error_response(Error::make("unavailable", *stale)));
         writer.submit(std::move(*parsed), [res](Result<store::AppendOutcome> r) {
             if (!r) return res->respond(error_response(r.error()));
             res->respond(http::Response::json(r->created ? 201 : 200, store::outcome_json(*r)));
@@ -270,6 +283,10 @@ struct App::Impl {
                 b->position.value(), b->bytes, b->max_payload);
             rel["blocked_position"] = b->position.value();
         }
+        if (auto stale = relay ? relay->fenced() : std::nullopt) {
+            ok = false;
+            checks["relay"] = *stale;
+        }
         return http::Response::json(ok ? 200 : 503, {{"status", ok ? "ready" : "not_ready"}, {"checks", checks}, {"relay", rel}});
     }
 
@@ -323,6 +340,7 @@ Status App::start() {
     ro.stream = d.cfg.get("EVENTS_STREAM");
     ro.partitions = static_cast<int>(d.cfg.get_int("ENGRAM_PARTITIONS"));
     ro.replicas = static_cast<int>(d.cfg.get_int("NATS_STREAM_REPLICAS"));
+    ro.lease_ttl = std::chrono::milliseconds(d.cfg.get_int("EVENT_STORE_RELAY_LEASE_TTL_MS"));
     d.relay = std::make_unique<store::Relay>(ro, *d.nats, d.metrics);
     d.writer.on_commit([this](const std::vector<events::Event>& evs) {
         impl_->relay->notify(evs);

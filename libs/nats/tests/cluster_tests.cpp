@@ -2,7 +2,6 @@
 // not connect with one), and a real three-node JetStream cluster on loopback reached through it.
 #include <catch2/catch.hpp>
 
-#include <fstream>
 #include <thread>
 
 #include "engram/core/uuid.h"
@@ -22,26 +21,9 @@ TEST_CASE("server_urls splits a NATS_URL list and shares its credentials", "[uni
 }
 
 TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, the first entry dead", "[integration][nats]") {
-    auto dir = testing::make_temp_dir("nats-cluster");
-    std::vector<int> client(3), route(3);
-    for (int i = 0; i < 3; ++i) {
-        client[i] = testing::free_port();
-        route[i] = testing::free_port();
-    }
-    std::string routes;
-    for (int i = 0; i < 3; ++i) routes += (i ? ", " : "") + std::string("nats-route://127.0.0.1:") + std::to_string(route[i]);
-    std::vector<std::unique_ptr<testing::Process>> servers;
-    for (int i = 0; i < 3; ++i) {
-        auto conf = dir + "/n" + std::to_string(i) + ".conf";
-        std::ofstream(conf) << "server_name: n" << i << "\nlisten: 127.0.0.1:" << client[i] << "\njetstream { store_dir: \""
-                            << dir << "/js" << i << "\" }\ncluster { name: engram-test, listen: 127.0.0.1:" << route[i]
-                            << ", routes: [" << routes << "] }\n";
-        servers.push_back(std::make_unique<testing::Process>(std::vector<std::string>{"nats-server", "-c", conf},
-                                                             std::map<std::string, std::string>{},
-                                                             dir + "/n" + std::to_string(i) + ".log"));
-    }
+    testing::NatsCluster cluster;
     std::string url = "nats://127.0.0.1:" + std::to_string(testing::free_port());  // nobody listens there
-    for (int i = 0; i < 3; ++i) url += ",nats://127.0.0.1:" + std::to_string(client[i]);
+    url += "," + cluster.url();
     nats::ConnectOptions o;
     o.url = url;
     o.name = "cluster-test";
@@ -75,10 +57,8 @@ TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, th
     CHECK(info->replicas == 3);
     REQUIRE_FALSE(info->leader.empty());
     // kill -9 the stream's leader: the other two elect a new one and keep every message.
-    int leader = info->leader.back() - '0';
-    REQUIRE((leader >= 0 && leader < 3));
     auto t0 = std::chrono::steady_clock::now();
-    servers[static_cast<std::size_t>(leader)]->kill9();
+    cluster.kill(info->leader);
     publish(20, 40);
     WARN("first 20 publishes after killing the stream leader took "
          << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count() << " ms");

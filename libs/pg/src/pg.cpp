@@ -32,10 +32,19 @@ Error unavailable(const std::exception& e) {
 Result<std::unique_ptr<pqxx::connection>> connect(const std::string& url) {
     try {
         // A database that accepts TCP but never answers must not hang a caller forever.
+        // A machine that died without closing its connections is noticed by TCP keepalives (idle)
+        // and tcp_user_timeout (data sent and never acknowledged) instead of the kernel's ~15 min.
         std::string u = url;
-        if (u.find("connect_timeout") == std::string::npos)
-            u += (u.find("://") != std::string::npos ? (u.find('?') == std::string::npos ? "?" : "&") : " ") +
-                 std::string("connect_timeout=5");
+        bool uri = u.find("://") != std::string::npos;
+        auto add = [&](const char* key, const char* value) {
+            if (u.find(key) != std::string::npos) return;
+            u += (uri ? (u.find('?') == std::string::npos ? "?" : "&") : " ") + std::string(key) + "=" + value;
+        };
+        add("connect_timeout", "5");
+        add("keepalives_idle", "10");
+        add("keepalives_interval", "3");
+        add("keepalives_count", "3");
+        add("tcp_user_timeout", "20000");
         return std::make_unique<pqxx::connection>(u);
     } catch (const std::exception& e) {
         return unavailable(e);

@@ -3,9 +3,11 @@
 #include "engram/log/log.h"
 #include "engram/metrics/metrics.h"
 #include "engram/nats/nats.h"
+#include "engram/core/uuid.h"
 #include "engram/pg/pg.h"
 #include "rows.h"
 
+#include <cstdio>
 #include <deque>
 
 namespace engram::store {
@@ -19,8 +21,8 @@ nats::StreamConfig stream_config(const Relay::Options& o) {
     return c;
 }
 
-constexpr long long kRelayLock = 0x656e6772616d03;  // one publishing relay per database
-constexpr std::size_t kMaxFresh = 50000;            // committed events kept in memory for publishing
+constexpr const char* kFenceHeader = "Engram-Relay-Fence";  // "<timeline>.<epoch>" of the publisher
+constexpr std::size_t kMaxFresh = 50000;                    // committed events kept in memory for publishing
 
 // A JSON string's dumped length, escapes included.
 std::size_t dumped_size(const std::string& s) { return nlohmann::json(s).dump().size(); }
@@ -34,6 +36,13 @@ std::size_t published_bytes_bound(const events::NewEvent& e) {
     return kEnvelopeFixed + dumped_size(e.type) + dumped_size(e.aggregate_id) + e.data.dump().size() + e.metadata.dump().size() +
            kPublishHeaderBytes;
 }
+
+namespace {
+struct Fenced : std::runtime_error {
+    Fenced(const std::string& why, bool stale) : std::runtime_error(why), stale_database(stale) {}
+    bool stale_database;  // the database is on an older timeline than the stream's last publisher
+};
+}  // namespace
 
 struct Relay::Impl {
     Options opts;
@@ -49,8 +58,15 @@ struct Relay::Impl {
     std::deque<events::Event> fresh;  // committed events not yet published, in position order
     std::thread thread;
 
-    std::unique_ptr<pqxx::connection> conn;  // holds the session advisory lock while active
+    pg::Watchdog watchdog;  // before conn: a frozen database must not hold the relay for ever
+    std::unique_ptr<pqxx::connection> conn;
     bool synced = false;
+    // The fence of this process's messages: the database's timeline (a promotion starts a new,
+    // higher one) and the lease epoch. Compared as a pair with what the stream's last message carries.
+    std::int64_t timeline = 0, epoch = 0;
+    std::string owner = Uuid::v4().str();
+    std::chrono::steady_clock::time_point renewed{};
+    std::optional<std::string> fenced;  // guarded by mu
     // The stream's last sequence. Each publish expects it (expected_last_seq), so a message lost in
     // a reconnect can never be overtaken by the next one. (Not expected_last_msg_id: the server
     // forgets the last msg id when it restarts after the duplicate window has passed.)
@@ -83,6 +99,21 @@ void Relay::stop() {
     if (impl_->thread.joinable()) impl_->thread.join();
     active_ = false;
 }
+
+std::optional<std::string> Relay::fenced() const {
+    std::lock_guard lk(impl_->mu);
+    return impl_->fenced;
+}
+
+namespace {
+
+std::pair<std::int64_t, std::int64_t> parse_fence(const std::string& h) {
+    long long t = 0, e = 0;
+    if (std::sscanf(h.c_str(), "%lld.%lld", &t, &e) != 2) return {0, 0};
+    return {t, e};
+}
+
+}  // namespace
 
 std::optional<Relay::Blocked> Relay::blocked() const {
     std::lock_guard lk(impl_->mu);
@@ -133,6 +164,19 @@ bool Relay::sync_with_stream() {
         w = persisted;
     } else if (last) {
         auto msgs = &*last;
+        auto theirs = parse_fence((*msgs)[0].headers[kFenceHeader]);
+        if (theirs > std::make_pair(d.timeline, d.epoch)) {
+            std::string why = theirs.first > d.timeline
+                                  ? fmt::format(
+                                        "stream {} was last written from database timeline {}, this database is on "
+                                        "timeline {}: an old primary that came back? not publishing from it",
+                                        d.opts.stream, theirs.first, d.timeline)
+                                  : fmt::format(
+                                        "stream {} was last written under relay epoch {}, this relay holds {}: "
+                                        "another store took over",
+                                        d.opts.stream, theirs.second, d.epoch);
+            throw Fenced(why, theirs.first > d.timeline);
+        }
         auto id = (*msgs)[0].headers["Nats-Msg-Id"];
         auto r = tx.exec("SELECT position FROM events WHERE id = " + tx.quote(id) + "::uuid");
         if (r.empty()) {
@@ -195,10 +239,51 @@ void Relay::run() {
         return !d.stopping;
     };
     auto drop_connection = [&] {
-        d.conn.reset();  // closing the session releases the advisory lock
+        d.conn.reset();
         d.synced = false;
         if (active_.exchange(false)) d.log->info("relay inactive");
     };
+    // Claims the lease when it is free, expired or already this process's; a claim bumps the epoch.
+    auto claim = [&]() -> bool {
+        auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
+        pqxx::work tx(*d.conn);
+        auto tl = tx.exec("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint")[0][0]
+                      .as<std::int64_t>();
+        auto r = tx.exec_params(
+            "INSERT INTO relay_lease (stream, owner, epoch, expires_at) VALUES ($1, $2, 1, now() + $3 * interval '1 ms') "
+            "ON CONFLICT (stream) DO UPDATE SET owner = excluded.owner, epoch = relay_lease.epoch + 1, "
+            "expires_at = excluded.expires_at WHERE relay_lease.expires_at < now() OR relay_lease.owner = excluded.owner "
+            "RETURNING epoch",
+            d.opts.stream, d.owner, d.opts.lease_ttl.count());
+        tx.commit();
+        if (r.empty()) return false;
+        d.timeline = tl;
+        d.epoch = r[0][0].as<std::int64_t>();
+        d.renewed = std::chrono::steady_clock::now();
+        return true;
+    };
+    auto renew = [&]() -> bool {
+        auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
+        pqxx::work tx(*d.conn);
+        auto r = tx.exec_params(
+            "UPDATE relay_lease SET expires_at = now() + $4 * interval '1 ms' WHERE stream = $1 AND owner = $2 AND epoch = $3 "
+            "RETURNING 1",
+            d.opts.stream, d.owner, d.epoch, d.opts.lease_ttl.count());
+        tx.commit();
+        return !r.empty();
+    };
+    auto release = [&] {
+        if (!d.conn || !active_.load()) return;
+        try {
+            auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
+            pqxx::work tx(*d.conn);
+            tx.exec_params(
+                "UPDATE relay_lease SET expires_at = now() - interval '1 s' WHERE stream = $1 AND owner = $2 AND epoch = $3",
+                d.opts.stream, d.owner, d.epoch);
+            tx.commit();
+        } catch (const std::exception&) {}
+    };
+
     for (;;) {
         {
             std::lock_guard lk(d.mu);
@@ -216,14 +301,27 @@ void Relay::run() {
                     "SET synchronous_commit = off");  // the watermark is re-derived from the stream anyway
             }
             if (!active_.load()) {
-                pqxx::nontransaction tx(*d.conn);
-                bool got = tx.exec("SELECT pg_try_advisory_lock(" + std::to_string(kRelayLock) + ")")[0][0].as<bool>();
-                if (!got) {  // another store process relays; stand by and take over if it dies
+                if (!claim()) {  // another store process relays; stand by and take over if it dies
                     if (!pause(d.opts.standby_retry)) break;
                     continue;
                 }
                 active_ = true;
-                d.log->info("relay active: publishing to stream {}", d.opts.stream);
+                d.synced = false;
+                d.log->info("relay active: publishing to stream {} (timeline {}, epoch {})", d.opts.stream, d.timeline, d.epoch);
+            } else if (std::chrono::steady_clock::now() - d.renewed > d.opts.lease_ttl / 3) {
+                if (!renew()) {
+                    d.log->warn("relay lease of stream {} lost (epoch {}): another store process relays", d.opts.stream, d.epoch);
+                    active_ = false;
+                    d.synced = false;
+                    continue;
+                }
+                d.renewed = std::chrono::steady_clock::now();
+            }
+            if (std::chrono::steady_clock::now() - d.renewed > d.opts.lease_ttl * 3 / 4) {
+                // Stalled past what a renewal covers: another process may hold the lease by now.
+                active_ = false;
+                d.synced = false;
+                continue;
             }
             if (!d.nats.connected()) {
                 d.synced = false;
@@ -231,7 +329,29 @@ void Relay::run() {
                 continue;
             }
             if (!d.synced) {
-                if (!sync_with_stream()) {
+                bool ok;
+                try {
+                    auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
+                    ok = sync_with_stream();
+                } catch (const Fenced& f) {
+                    if (f.stale_database) {
+                        std::lock_guard lk(d.mu);
+                        if (!d.fenced) d.log->error("relay fenced: {}", f.what());
+                        d.fenced = f.what();
+                    } else {
+                        d.log->info("relay fenced: {}", f.what());
+                    }
+                    release();
+                    active_ = false;
+                    d.synced = false;
+                    if (!pause(d.opts.standby_retry)) break;
+                    continue;
+                }
+                {
+                    std::lock_guard lk(d.mu);
+                    d.fenced.reset();
+                }
+                if (!ok) {
                     d.failures.inc();
                     if (!pause(std::chrono::milliseconds(500))) break;
                     continue;
@@ -255,6 +375,7 @@ void Relay::run() {
                 }
             }
             if (evs.empty()) {
+                auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
                 pqxx::read_transaction tx(*d.conn);
                 evs = rows::to_events(tx.exec(std::string("SELECT ") + rows::kColumns + " FROM events WHERE position > " +
                                               std::to_string(published_.load()) + " ORDER BY position LIMIT " +
@@ -294,12 +415,14 @@ void Relay::run() {
             auto round = std::make_shared<Round>();
             std::size_t sent = 0;
             std::uint64_t expect = d.last_seq;
+            const std::string fence = std::to_string(d.timeline) + "." + std::to_string(d.epoch);
             for (std::size_t i = 0; i < evs.size(); ++i) {
                 const auto& ev = evs[i];
                 nats::PublishOptions po;
                 po.msg_id = ev.id.str();
                 po.expected_last_seq = expect;
                 po.headers["Engram-Position"] = std::to_string(ev.position.value());
+                po.headers[kFenceHeader] = fence;
                 auto s = d.nats.publish_async(d.opts.subject_prefix + "." + ev.type + "." +
                                                   std::to_string(events::partition_of(ev.aggregate_id, d.opts.partitions)),
                                               bodies[i], po, [round](const nats::PubAck& a) {
@@ -325,6 +448,7 @@ void Relay::run() {
                 d.last_seq = expect;
                 unblock();
                 d.published_total.inc(sent);
+                auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
                 pqxx::work tx(*d.conn);
                 tx.exec("INSERT INTO relay_state (stream, published) VALUES (" + tx.quote(d.opts.stream) + "," +
                         std::to_string(published_.load()) +
@@ -353,6 +477,7 @@ void Relay::run() {
             if (!pause(std::chrono::milliseconds(200))) break;
         }
     }
+    release();
     drop_connection();
 }
 

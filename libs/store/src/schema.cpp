@@ -53,6 +53,17 @@ const std::vector<std::string>& migrations() {
         );
         ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
         )SQL",
+        // 4: which store process relays, as a replicated row (a session advisory lock vanishes in a
+        // failover without telling its holder). epoch grows with every claim; with the database's
+        // timeline it fences the stream (docs in relay.h).
+        R"SQL(
+        CREATE TABLE relay_lease (
+            stream     text        PRIMARY KEY,
+            owner      text        NOT NULL,
+            epoch      bigint      NOT NULL,
+            expires_at timestamptz NOT NULL
+        );
+        )SQL",
     };
     return m;
 }

@@ -22,6 +22,7 @@ Appended appended_of(const events::Event& e) { return Appended{e.id, e.position,
 Writer::Writer(Options opts, metrics::Registry& m)
     : opts_(std::move(opts)),
       log_(log::get("writer")),
+      watchdog_(std::make_unique<pg::Watchdog>()),
       batch_events_(m.histogram("engram_commit_batch_events", "events written per group commit",
                                 {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096})),
       batch_requests_(m.histogram("engram_commit_batch_requests", "append requests per group commit",
@@ -88,6 +89,7 @@ bool Writer::ensure_connection() {
     conn_ = std::move(*c);
     forget_cache();  // others may have written while this writer was away
     try {
+        auto guard = watchdog_->arm(*conn_, opts_.commit_timeout);
         migrate(*conn_);
         pqxx::work tx(*conn_);
         auto r = tx.exec("SELECT coalesce(max(position), 0) FROM events");
@@ -135,9 +137,16 @@ void Writer::process(std::vector<Pending>& batch) {
     }
     std::vector<Result<AppendOutcome>> results;
     std::vector<events::Event> committed;
+    bool timed_out = false;
     try {
+        auto guard = watchdog_->arm(*conn_, opts_.commit_timeout);
         auto t0 = std::chrono::steady_clock::now();
-        commit_batch(batch, results, committed);
+        try {
+            commit_batch(batch, results, committed);
+        } catch (...) {
+            timed_out = guard.fired();
+            throw;
+        }
         commit_seconds_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     } catch (const std::exception& e) {
         if (pg::is_connection_error(e)) {
@@ -145,8 +154,18 @@ void Writer::process(std::vector<Pending>& batch) {
             // idempotent 200 if it did.
             db_up_ = false;
             conn_.reset();
-            log_->warn("database connection lost during a commit: {}", e.what());
-            fail_all(pg::unavailable(e));
+            if (timed_out) {
+                log_->warn(
+                    "a group commit of {} requests took longer than {} ms: connection cut (is the database frozen, "
+                    "or waiting for a synchronous standby?)",
+                    batch.size(), opts_.commit_timeout.count());
+                fail_all(Error::make("unavailable", "the database did not confirm the commit within " +
+                                                        std::to_string(opts_.commit_timeout.count()) +
+                                                        " ms; the outcome is unknown: retry with the same event ids"));
+            } else {
+                log_->warn("database connection lost during a commit: {}", e.what());
+                fail_all(pg::unavailable(e));
+            }
             return;
         }
         if (batch.size() > 1) {

@@ -149,3 +149,72 @@ void Nats::stop(bool hard) {
 }
 
 }  // namespace engram::testing
+
+namespace engram::testing {
+
+NatsCluster::NatsCluster() {
+    std::string bin = find_nats_server();
+    dir_ = make_temp_dir("engram-nats-cluster");
+    watchdog_ = std::make_unique<Watchdog>("for p in $(cat " + shell_quote(dir_) +
+                                           "/*.pid 2>/dev/null); do kill -9 $p; done 2>/dev/null; "
+                                           "sleep 0.2; rm -rf " +
+                                           shell_quote(dir_));
+    for (int i = 0; i < 3; ++i) {
+        client_.push_back(free_port());
+        route_.push_back(free_port());
+    }
+    std::string routes;
+    for (int i = 0; i < 3; ++i) routes += (i ? ", " : "") + std::string("nats-route://127.0.0.1:") + std::to_string(route_[i]);
+    for (int i = 0; i < 3; ++i) {
+        std::string n = "n" + std::to_string(i);
+        std::ofstream(dir_ + "/" + n + ".conf")
+            << "server_name: " << n << "\nlisten: 127.0.0.1:" << client_[i] << "\nmax_payload: 8388608\njetstream { store_dir: \""
+            << dir_ << "/js" << i << "\" }\ncluster { name: engram-test, listen: 127.0.0.1:" << route_[i] << ", routes: ["
+            << routes << "] }\n";
+        servers_.push_back(nullptr);
+        start(n);
+    }
+}
+
+NatsCluster::~NatsCluster() {
+    servers_.clear();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+    if (watchdog_) watchdog_->disarm();
+}
+
+std::string NatsCluster::url() const {
+    std::string url;
+    for (int p : client_) url += (url.empty() ? "" : ",") + std::string("nats://127.0.0.1:") + std::to_string(p);
+    return url;
+}
+
+static std::size_t server_index(const std::string& name) {
+    if (name.size() != 2 || name[0] != 'n' || name[1] < '0' || name[1] > '2')
+        throw std::invalid_argument("no server named '" + name + "' in the cluster (n0, n1, n2)");
+    return static_cast<std::size_t>(name[1] - '0');
+}
+
+void NatsCluster::kill(const std::string& server_name) {
+    auto i = server_index(server_name);
+    if (servers_[i]) servers_[i]->kill9();
+    servers_[i].reset();
+}
+
+void NatsCluster::start(const std::string& server_name) {
+    auto i = server_index(server_name);
+    if (servers_[i] && servers_[i]->alive()) return;
+    servers_[i] =
+        std::make_unique<Process>(std::vector<std::string>{find_nats_server(), "-c", dir_ + "/" + server_name + ".conf"},
+                                  std::map<std::string, std::string>{}, dir_ + "/" + server_name + ".log");
+    { std::ofstream(dir_ + "/" + server_name + ".pid") << servers_[i]->pid() << "\n"; }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!nats_ready(client_[i])) {
+        if (!servers_[i]->alive() || std::chrono::steady_clock::now() > deadline)
+            throw std::runtime_error("nats-server " + server_name +
+                                     " did not start: " + tail_file(dir_ + "/" + server_name + ".log"));
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+}  // namespace engram::testing

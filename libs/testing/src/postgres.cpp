@@ -3,6 +3,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cctype>
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -89,10 +96,12 @@ std::string template_cluster(const std::string& bin, const std::string& base) {
 
 }  // namespace
 
-Postgres::Postgres(PostgresOptions options) : options_(std::move(options)) {
+Postgres::Postgres(PostgresOptions options) : Postgres(std::move(options), nullptr) {}
+
+Postgres::Postgres(PostgresOptions options, const Postgres* primary) : options_(std::move(options)) {
     bin_ = find_pg_bin();
     std::string base = options_.base_dir.empty() ? temp_base() : options_.base_dir;
-    std::string tpl = template_cluster(bin_, base);
+    std::string tpl = primary ? std::string() : template_cluster(bin_, base);
     dir_ = make_temp_dir("engram-pg", base);
     data_ = dir_ + "/data";
     try {
@@ -101,8 +110,27 @@ Postgres::Postgres(PostgresOptions options) : options_(std::move(options)) {
         for (const auto& a : as_postgres({bin_ + "/pg_ctl", "-D", data_, "-m", "immediate", "-w", "stop"}))
             stop_cmd += " " + shell_quote(a);
         watchdog_ = std::make_unique<Watchdog>(stop_cmd + " >/dev/null 2>&1; rm -rf " + shell_quote(dir_));
-        int rc = run_command({"cp", "-a", tpl + "/data", data_}, dir_, dir_ + "/setup.log");
-        if (rc != 0) throw std::runtime_error("copying the template cluster failed: " + tail_file(dir_ + "/setup.log"));
+        if (primary) {
+            int rc = run_command(as_postgres({bin_ + "/pg_basebackup", "-h", "127.0.0.1", "-p", std::to_string(primary->port()),
+                                              "-U", "postgres", "-D", data_, "-R", "-X", "stream", "-c", "fast", "--no-sync"}),
+                                 dir_, dir_ + "/setup.log");
+            if (rc != 0) throw std::runtime_error("pg_basebackup failed: " + tail_file(dir_ + "/setup.log"));
+        } else {
+            int rc = run_command({"cp", "-a", tpl + "/data", data_}, dir_, dir_ + "/setup.log");
+            if (rc != 0) throw std::runtime_error("copying the template cluster failed: " + tail_file(dir_ + "/setup.log"));
+        }
+        // The settings go into postgresql.conf as well as on the command line: tools that start the
+        // server themselves (pg_rewind's crash recovery) must see them too.
+        if (!options_.settings.empty()) {
+            std::ofstream conf(data_ + "/postgresql.conf", std::ios::app);
+            for (const auto& setting : options_.settings) {
+                auto eq = setting.find('=');
+                std::string value = eq == std::string::npos ? "" : setting.substr(eq + 1);
+                std::string quoted;
+                for (char ch : value) quoted += ch == '\'' ? std::string("''") : std::string(1, ch);
+                conf << setting.substr(0, eq) << " = '" << quoted << "'\n";
+            }
+        }
         for (int attempt = 0;; ++attempt) {
             port_ = free_port();
             if (try_start()) break;
@@ -135,6 +163,70 @@ Postgres::~Postgres() {
 Postgres& Postgres::shared() {
     static Postgres instance;
     return instance;
+}
+
+std::unique_ptr<Postgres> Postgres::standby_of(const Postgres& primary, PostgresOptions options) {
+    return std::unique_ptr<Postgres>(new Postgres(std::move(options), &primary));
+}
+
+void Postgres::kill() {
+    if (!running_) return;
+    std::ifstream pidfile(data_ + "/postmaster.pid");
+    pid_t pm = 0;
+    pidfile >> pm;
+    if (pm <= 0) throw std::runtime_error("no postmaster.pid in " + data_);
+    // The children first are found by their parent pid; all get SIGKILL together so none of them
+    // notices the postmaster's death and exits cleanly.
+    std::vector<pid_t> victims{pm};
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+        std::string name = e.path().filename().string();
+        if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+        std::ifstream st(e.path() / "stat");
+        std::string line;
+        std::getline(st, line);
+        auto close = line.rfind(')');
+        if (close == std::string::npos) continue;
+        std::istringstream rest(line.substr(close + 2));
+        char state = 0;
+        pid_t ppid = 0;
+        rest >> state >> ppid;
+        if (ppid == pm) victims.push_back(static_cast<pid_t>(std::stol(name)));
+    }
+    ::kill(pm, SIGSTOP);  // no new children between the scan and the kill
+    for (pid_t v : victims) ::kill(v, SIGKILL);
+    for (int i = 0; i < 500 && ::kill(pm, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    running_ = false;
+}
+
+void Postgres::promote() {
+    int rc =
+        run_command(as_postgres({bin_ + "/pg_ctl", "-D", data_, "-w", "-t", "60", "-s", "promote"}), dir_, dir_ + "/pg_ctl.log");
+    if (rc != 0) throw std::runtime_error("pg_ctl promote failed: " + tail_file(dir_ + "/pg_ctl.log") + log());
+}
+
+void Postgres::rejoin_as_standby_of(const Postgres& primary) {
+    if (running_) stop(StopMode::fast);
+    std::string source = "host=127.0.0.1 port=" + std::to_string(primary.port()) + " user=postgres dbname=postgres";
+    {
+        // pg_rewind reads the source's timeline from its control file, which a fresh promotion only
+        // updates at its next checkpoint: without one it finds "no rewind required" and the old
+        // primary, with WAL the new one never had, cannot follow.
+        pqxx::connection c(source);
+        pqxx::nontransaction tx(c);
+        tx.exec("CHECKPOINT");
+    }
+    int rc = run_command(
+        as_postgres({bin_ + "/pg_rewind", "--target-pgdata=" + data_, "--source-server=" + source, "-R", "--no-sync"}), dir_,
+        dir_ + "/rewind.log");
+    if (rc != 0) throw std::runtime_error("pg_rewind failed: " + tail_file(dir_ + "/rewind.log"));
+    start();
+}
+
+std::string Postgres::multi_host_url(const std::vector<const Postgres*>& clusters, const std::string& db) {
+    std::string hosts;
+    for (const auto* c : clusters) hosts += (hosts.empty() ? "" : ",") + std::string("127.0.0.1:") + std::to_string(c->port());
+    return "postgresql://postgres@" + hosts + "/" + db + "?target_session_attrs=read-write";
 }
 
 std::string Postgres::url(const std::string& db) const {

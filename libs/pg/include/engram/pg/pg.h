@@ -5,7 +5,9 @@
 
 #include <pqxx/pqxx>
 
+#include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,6 +27,44 @@ Result<std::unique_ptr<pqxx::connection>> connect(const std::string& url);
 // missing): records `value` under `key` unless a value is there already, and returns the recorded
 // one (under a transaction advisory lock, so concurrent first starts agree).
 std::string record_setting(pqxx::connection& c, const std::string& key, const std::string& value);
+
+// Cuts a connection whose call runs past its deadline. A blocking libpq call waits as long as the
+// server does: a frozen or partitioned primary, or a primary whose synchronous standby is gone (its
+// commits wait for one, for ever), would hang the caller, and statement_timeout cannot help since
+// the server enforces it. On expiry the socket is shut down (not closed, so the descriptor cannot be
+// reused under libpq): the blocked call fails as a broken connection and the owner discards the
+// connection as after any connection error. One thread serves every guard.
+class Watchdog {
+public:
+    Watchdog();
+    ~Watchdog();
+    Watchdog(const Watchdog&) = delete;
+    Watchdog& operator=(const Watchdog&) = delete;
+
+    class Guard {
+    public:
+        Guard() = default;
+        Guard(Guard&& o) noexcept : w_(o.w_), id_(o.id_) { o.w_ = nullptr; }
+        Guard& operator=(Guard&&) = delete;
+        ~Guard();
+        // True when the deadline passed and the connection was cut (meaningful after the call).
+        bool fired() const;
+
+    private:
+        friend class Watchdog;
+        Guard(Watchdog* w, std::uint64_t id) : w_(w), id_(id) {}
+        Watchdog* w_ = nullptr;
+        std::uint64_t id_ = 0;
+    };
+
+    // Until the guard is destroyed (which must happen before the connection is closed), cuts `c` if
+    // `timeout` passes. A zero timeout arms nothing.
+    Guard arm(pqxx::connection& c, std::chrono::milliseconds timeout);
+
+private:
+    struct State;
+    std::unique_ptr<State> s_;
+};
 
 // A bounded pool. acquire() blocks while all connections are leased; a lease whose connection
 // broke is discarded on return, so the next acquire() reconnects: recovery after a database

@@ -28,9 +28,9 @@ class Counter;
 namespace engram::store {
 
 // What NATS counts against the server's max_payload besides the envelope JSON: the headers the
-// relay sends (NATS/1.0 line, Nats-Msg-Id, Engram-Position, Nats-Expected-Last-Sequence), at their
-// longest.
-constexpr std::size_t kPublishHeaderBytes = 160;
+// relay sends (NATS/1.0 line, Nats-Msg-Id, Engram-Position, Nats-Expected-Last-Sequence,
+// Engram-Relay-Fence), at their longest.
+constexpr std::size_t kPublishHeaderBytes = 224;
 // The nats-server default max_payload, assumed while the store has not yet learned the real one.
 constexpr std::int64_t kDefaultMaxPayload = 1024 * 1024;
 
@@ -50,6 +50,9 @@ public:
         std::size_t batch = 1000;             // events read and published per round
         std::chrono::milliseconds poll{200};  // also picks up events written by other store processes
         std::chrono::milliseconds standby_retry{1000};
+        // The relay lease (table relay_lease): renewed every ttl/3, a dead holder's is taken over
+        // after at most ttl; the holder stops publishing once it could not renew for 3/4 of it.
+        std::chrono::milliseconds lease_ttl{5000};
     };
 
     Relay(Options opts, nats::Connection& nats, metrics::Registry& metrics);
@@ -58,7 +61,10 @@ public:
     Relay& operator=(const Relay&) = delete;
 
     void start();
-    void stop();
+    void stop();  // releases the lease: another store process takes over at once
+    // Set when the stream holds messages published from a newer timeline or lease epoch than this
+    // process's database gives it: an old primary that came back. Nothing is published then.
+    std::optional<std::string> fenced() const;
     // Hands the relay freshly committed events (from the commit listener): it publishes them
     // without reading them back from the database when they follow what it published last.
     void notify(const std::vector<events::Event>& committed);

@@ -15,6 +15,9 @@
 namespace spdlog {
 class logger;
 }
+namespace engram::pg {
+class Watchdog;
+}
 namespace engram::metrics {
 class Registry;
 class Histogram;
@@ -30,6 +33,10 @@ public:
         std::size_t max_batch_events = 5000;  // events per group commit
         std::size_t max_queue = 100000;       // requests waiting; beyond this appends get 503 at once
         std::chrono::milliseconds reconnect_interval{200};
+        // A group commit (or the reconnection's migration and head read) that takes longer is cut:
+        // its requests get 503 with an unknown outcome, which a retry with the same ids settles.
+        // Covers a frozen or unreachable server and a primary waiting for a synchronous standby.
+        std::chrono::milliseconds commit_timeout{10000};
     };
     using Callback = std::function<void(Result<AppendOutcome>)>;
     using CommitListener = std::function<void(const std::vector<events::Event>&)>;
@@ -72,6 +79,7 @@ private:
     Options opts_;
     std::shared_ptr<spdlog::logger> log_;
     CommitListener listener_;
+    std::unique_ptr<pg::Watchdog> watchdog_;  // declared before conn_: guards die before the connection
     std::unique_ptr<pqxx::connection> conn_;
     std::chrono::steady_clock::time_point last_connect_{};
     // Writer-thread only: what this writer knows of the log (see try_fast_commit).

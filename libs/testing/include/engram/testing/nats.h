@@ -57,4 +57,28 @@ private:
     std::unique_ptr<Watchdog> watchdog_;
 };
 
+// Three nats-servers forming a JetStream cluster on loopback (distinct ports, server names n0..n2
+// and store folders), no auth, 8 MiB max_payload. url() lists all three, for a comma-separated
+// NATS_URL. Killed and removed in the destructor.
+class NatsCluster {
+public:
+    NatsCluster();  // starts the servers; the cluster elects its meta leader shortly after
+    ~NatsCluster();
+    NatsCluster(const NatsCluster&) = delete;
+    NatsCluster& operator=(const NatsCluster&) = delete;
+
+    std::string url() const;  // nats://127.0.0.1:a,nats://127.0.0.1:b,nats://127.0.0.1:c
+    // kill -9 the server named `server_name` ("n0".."n2", as JetStream reports leaders); start it
+    // again on the same ports and store.
+    void kill(const std::string& server_name);
+    void start(const std::string& server_name);
+    const std::string& dir() const { return dir_; }
+
+private:
+    std::string dir_;
+    std::vector<int> client_, route_;
+    std::vector<std::unique_ptr<Process>> servers_;
+    std::unique_ptr<Watchdog> watchdog_;
+};
+
 }  // namespace engram::testing

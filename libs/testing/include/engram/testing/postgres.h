@@ -45,6 +45,22 @@ class Postgres {
 public:
     explicit Postgres(PostgresOptions options = {});  // creates and starts the cluster; throws on failure
     ~Postgres();
+
+    // A streaming-replication standby of `primary` (pg_basebackup -R from its running server), started
+    // on its own port. For failover tests give both clusters "full_page_writes=on" and
+    // "wal_log_hints=on" (pg_rewind needs them) and the same synchronous_standby_names.
+    static std::unique_ptr<Postgres> standby_of(const Postgres& primary, PostgresOptions options = {});
+    // A machine death: SIGKILL to the postmaster and every child at once (no shutdown checkpoint, the
+    // clients' connections reset).
+    void kill();
+    // pg_ctl promote: a standby becomes a primary on a new timeline (waits until it accepts writes).
+    void promote();
+    // A dead former primary comes back as a standby of the new one: pg_rewind (which runs crash
+    // recovery first) from `primary`'s server, recovery configuration written (-R), started.
+    void rejoin_as_standby_of(const Postgres& primary);
+    // postgresql://postgres@127.0.0.1:<a>,127.0.0.1:<b>/<db>?target_session_attrs=read-write: libpq's own
+    // failover between the given clusters.
+    static std::string multi_host_url(const std::vector<const Postgres*>& clusters, const std::string& db = "postgres");
     Postgres(const Postgres&) = delete;
     Postgres& operator=(const Postgres&) = delete;
 
@@ -66,6 +82,7 @@ public:
     std::string log() const;
 
 private:
+    Postgres(PostgresOptions options, const Postgres* primary);
     bool try_start();
 
     PostgresOptions options_;
