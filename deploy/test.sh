@@ -25,8 +25,8 @@ if [ "$preset" = "asan" ]; then
   export LSAN_OPTIONS="suppressions=$root/cmake/lsan-suppressions.txt:print_suppressions=0"
 fi
 # The compose file must stay valid even where no container engine runs.
-(cd "$root/deploy" && docker-compose -f docker-compose.yml config -q)
-echo "docker-compose.yml: valid"
+(cd "$root/deploy" && docker-compose -f docker-compose.yml config -q && docker-compose -f docker-compose.ha.yml config -q)
+echo "docker-compose.yml, docker-compose.ha.yml: valid"
 if [ $# -gt 0 ]; then
   exec ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" "$@"
 fi

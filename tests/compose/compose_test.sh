@@ -9,7 +9,11 @@
 # each processor holding partitions (`engram processors --json`), a message through the gateway
 # answered by the offline provider, the AI processor instance that runs a conversation killed in the
 # middle of a run (the other instance takes all partitions over and completes the run once; the
-# killed one rejoins), a crashed instance restarted by its restart policy, down -v.
+# killed one rejoins), a crashed instance restarted by its restart policy, down -v. Then
+# deploy/docker-compose.ha.yml (three NATS nodes, pg_auto_failover with two database nodes, two
+# stores, two instances of each processor): a message answered, the NATS stream leader's container
+# killed and a message answered, the PostgreSQL primary's container killed (pg_auto_failover
+# promotes the standby) and a message answered, each exactly once; down -v.
 # Nothing is left behind: no container, network, volume, mount, bridge or firewall rule.
 #
 # Exit 77 (ctest: skipped) with the reason when the engines cannot be installed or run here.
@@ -72,6 +76,10 @@ compose_env="$run/compose.env"; : >"$compose_env"
 compose() {
   docker-compose -p "$project" -f "$root/deploy/docker-compose.yml" --env-file "$compose_env" "$@"
 }
+compose_ha() {
+  docker-compose -p "${project}ha" -f "$root/deploy/docker-compose.ha.yml" --env-file "$compose_env" "$@"
+}
+ha_up=0  # the HA stack is up (cleanup shows its logs and takes it down)
 dockerd_pid=""
 cleanup() {
   local rc=$?
@@ -79,13 +87,21 @@ cleanup() {
   if [ -n "$dockerd_pid" ]; then
     if [ $rc -ne 0 ] || [ -n "${KEEP_COMPOSE_LOGS:-}" ]; then
       echo "---- service logs (last 40 lines each) ----" >&2
-      compose logs --no-color --tail=40 >&2 2>&1
-      compose ps >&2 2>&1
+      if [ $ha_up = 1 ]; then
+        compose_ha logs --no-color --tail=40 >&2 2>&1
+        compose_ha ps >&2 2>&1
+      else
+        compose logs --no-color --tail=40 >&2 2>&1
+        compose ps >&2 2>&1
+      fi
     fi
     compose down -v --remove-orphans -t 5 >>"$logs/compose.log" 2>&1
-    $DOCKER ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r $DOCKER rm -f -v >/dev/null 2>&1
-    $DOCKER network ls -q --filter "label=com.docker.compose.project=$project" | xargs -r $DOCKER network rm >/dev/null 2>&1
-    $DOCKER volume ls -q --filter "label=com.docker.compose.project=$project" | xargs -r $DOCKER volume rm >/dev/null 2>&1
+    [ $ha_up = 1 ] && compose_ha down -v --remove-orphans -t 5 >>"$logs/compose.log" 2>&1
+    for p in "$project" "${project}ha"; do
+      $DOCKER ps -aq --filter "label=com.docker.compose.project=$p" | xargs -r $DOCKER rm -f -v >/dev/null 2>&1
+      $DOCKER network ls -q --filter "label=com.docker.compose.project=$p" | xargs -r $DOCKER network rm >/dev/null 2>&1
+      $DOCKER volume ls -q --filter "label=com.docker.compose.project=$p" | xargs -r $DOCKER volume rm >/dev/null 2>&1
+    done
     $DOCKER image prune -f >/dev/null 2>&1            # superseded engram images; build caches stay
     kill -TERM "$dockerd_pid" 2>/dev/null
     for _ in $(seq 1 150); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
@@ -109,7 +125,7 @@ cleanup() {
     if [ -n "$problems" ]; then echo "FAILED: left behind:$problems" >&2; rc=1; fi
   fi
   rm -rf "$run"
-  [ $rc -eq 0 ] && echo "PASS: the compose stack built, became healthy with two instances of each processor sharing the partitions, answered, survived killed AI processor instances (takeover, restart), and left nothing behind ($(( $(date +%s) - t0 ))s)"
+  [ $rc -eq 0 ] && echo "PASS: the compose stack built, became healthy with two instances of each processor sharing the partitions, answered, survived killed AI processor instances (takeover, restart); the HA stack answered once each across the death of the NATS stream leader and of the PostgreSQL primary; nothing left behind ($(( $(date +%s) - t0 ))s)"
   exit $rc
 }
 trap cleanup EXIT
@@ -172,9 +188,11 @@ build() {  # build <tag> <dockerfile> <context> <name>
 # In parallel: the small images mostly wait for the mirror while the engram image compiles.
 build engram-test/postgres:15 "$here/postgres.Dockerfile" "$here" postgres & pg_build=$!
 build engram-test/nats:2 "$here/nats.Dockerfile" "$here" nats & nats_build=$!
+build engram-test/postgres-ha:15 "$root/deploy/postgres-ha.Dockerfile" "$root/deploy" postgres-ha & pgha_build=$!
 build engram:compose-test "$root/deploy/Dockerfile" "$root" engram
 wait $pg_build || exit 1
 wait $nats_build || exit 1
+wait $pgha_build || exit 1
 
 # --- up ------------------------------------------------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -440,3 +458,98 @@ log "down -v in $(( $(date +%s) - s ))s"
 left="$($DOCKER ps -aq; $DOCKER network ls -q --filter "label=com.docker.compose.project=$project";
         $DOCKER volume ls -q --filter "label=com.docker.compose.project=$project")"
 [ -z "$left" ] || fail "left after down -v: $left"
+
+# --- the HA stack: docker-compose.ha.yml ---------------------------------------------------------
+# Three NATS nodes, pg_auto_failover (monitor, primary, synchronous standby), two stores, two
+# instances of each processor, the gateway. A message is answered; the NATS server leading the
+# stream is killed and a message is answered; the PostgreSQL primary is killed, pg_auto_failover
+# promotes the standby, and a message is answered. Each answer exactly once.
+export PG_HA_IMAGE=engram-test/postgres-ha:15 EVENT_STORE_PORT_B="$(free_port)"
+s=$(date +%s)
+ha_up=1
+compose_ha up -d --no-build >"$logs/compose-ha.log" 2>&1 || { cat "$logs/compose-ha.log" >&2; fail "compose up (HA) failed"; }
+declare -A ha   # service -> container id (the first, for the processors)
+ha_containers=()
+while read -r svc c; do
+  ha_containers+=("$c"); name[$c]="$svc"
+  [ -n "${ha[$svc]:-}" ] || ha[$svc]="$c"
+done < <(compose_ha ps -q | xargs -r $DOCKER inspect -f '{{index .Config.Labels "com.docker.compose.service"}} {{.Id}}')
+[ ${#ha_containers[@]} = 15 ] || fail "the HA stack has ${#ha_containers[@]} containers, not 15"
+for _ in $(seq 1 360); do
+  all=1
+  for c in "${ha_containers[@]}"; do [ "$(health "$c")" = healthy ] || all=0; done
+  [ $all = 1 ] && break
+  sleep 0.5
+done
+for c in "${ha_containers[@]}"; do [ "$(health "$c")" = healthy ] || fail "HA: ${name[$c]} is not healthy: $(health "$c")"; done
+# pg_show: "<node> <reported state>" per line, from the monitor
+pg_show() {
+  $DOCKER exec "${ha[pg-monitor]}" pg_autoctl show state --json 2>/dev/null | python3 -c '
+import json, sys
+for n in json.load(sys.stdin):
+    print(n.get("node_name") or n.get("nodename"), n.get("reported_state") or n.get("current_group_state"))'
+}
+formation() { [ "$(pg_show | awk '{print $2}' | sort | tr '\n' ' ')" = "primary secondary " ]; }
+wait_for 180 "pg_auto_failover: a primary and a secondary" formation
+log "HA: all ${#ha_containers[@]} containers healthy, database nodes $(pg_show | tr '\n' ' ')in $(( $(date +%s) - s ))s"
+
+# ha_trigger <session> <message> <key>: POST /trigger with an Idempotency-Key, retried through the
+# outage (a retry with the key is the same trigger); prints the trigger's event id.
+ha_trigger() {
+  local body
+  for _ in $(seq 1 240); do
+    if body="$(curl -fsS -m 10 "${auth[@]}" -XPOST "$gw/trigger" -H 'content-type: application/json' -H "Idempotency-Key: $3" \
+        -d "{\"source\":\"compose\",\"user_id\":\"compose\",\"session_id\":\"$1\",\"message\":\"$2\"}" 2>/dev/null)"; then
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["event_id"])' <<<"$body"
+      return 0
+    fi
+    sleep 0.5
+  done
+  fail "POST /trigger kept failing for 120 s"
+}
+# answered_once <n> <session> <trigger id>: the run completed with one start, answer and completion
+answered_once() {
+  wait_for 180 "HA run $1 to complete" has_type "$2" "$3" AIProcessingCompleted
+  local state types w ty cnt
+  state="$(run_state "$2" "$3")"; types=" ${state%%|*} "
+  for ty in AIProcessingStarted MessageGenerated AIProcessingCompleted; do
+    cnt=0
+    for w in $types; do [ "$w" = "$ty" ] && cnt=$((cnt + 1)); done
+    [ $cnt = 1 ] || fail "HA run $1 recorded $cnt $ty (expected one): $state"
+  done
+}
+ha_session="session:api:compose-ha-$$"
+k0=$(now_ms)
+t="$(ha_trigger "$ha_session" "hello from the HA stack" "ha-1-$$")"
+answered_once 1 "$ha_session" "$t"
+log "HA run 1 answered in $(( $(now_ms) - k0 )) ms"
+
+# The NATS server leading the EVENTS stream.
+leader="$($DOCKER exec "${ha[nats1]}" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+for a in d.get("account_details", []):
+    for st in a.get("stream_detail", []):
+        if st["name"] == "EVENTS":
+            print(st.get("cluster", {}).get("leader", ""))')"
+[ -n "$leader" ] && [ -n "${ha[$leader]:-}" ] || fail "HA: no leader of stream EVENTS found (got '$leader')"
+$DOCKER kill -s KILL "${ha[$leader]}" >/dev/null
+k0=$(now_ms)
+t="$(ha_trigger "$ha_session" "are you still there?" "ha-2-$$")"
+answered_once 2 "$ha_session" "$t"
+log "HA: NATS stream leader $leader killed; run 2 answered $(( $(now_ms) - k0 )) ms later"
+
+primary="$(pg_show | awk '$2 == "primary" {print $1}')"
+[ -n "$primary" ] && [ -n "${ha[$primary]:-}" ] || fail "HA: no PostgreSQL primary ($(pg_show | tr '\n' ' '))"
+$DOCKER kill -s KILL "${ha[$primary]}" >/dev/null
+k0=$(now_ms)
+t="$(ha_trigger "$ha_session" "and now?" "ha-3-$$")"
+answered_once 3 "$ha_session" "$t"
+log "HA: PostgreSQL primary $primary killed; run 3 answered $(( $(now_ms) - k0 )) ms later; nodes now: $(pg_show | tr '\n' ' ')"
+
+s=$(date +%s)
+compose_ha down -v --remove-orphans -t 5 >>"$logs/compose.log" 2>&1 || fail "compose down (HA) failed"
+ha_up=0
+log "HA down -v in $(( $(date +%s) - s ))s"
+left="$($DOCKER ps -aq; $DOCKER volume ls -q --filter "label=com.docker.compose.project=${project}ha")"
+[ -z "$left" ] || fail "left after the HA stack's down -v: $left"

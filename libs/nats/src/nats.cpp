@@ -933,7 +933,15 @@ Status Cursor::check() {
         return Error::make("cursor_gone",
                            "cursor " + name_ + " no longer exists on the server: reopen at " + std::to_string(next_seq_));
     if (s != NATS_OK) return nats_error(s, "checking cursor " + name_, jerr);
+    // Delivered by the server but never received: with no acks, a batch sent to a pull request
+    // whose reply route died with a cluster node is lost, and no later delivery may come to show the
+    // gap. Called while idle, so nothing is in flight: reopen from the next unseen sequence.
+    std::uint64_t delivered = ci->Delivered.Consumer;
     jsConsumerInfo_Destroy(ci);
+    if (delivered > consumer_seq_)
+        return Error::make("cursor_gap", "cursor " + name_ + ": the server delivered " + std::to_string(delivered) +
+                                             " messages, " + std::to_string(consumer_seq_) + " arrived: reopen at " +
+                                             std::to_string(next_seq_));
     return ok();
 }
 

@@ -58,7 +58,11 @@ std::vector<std::string> assign(const std::vector<std::string>& members, int par
 }
 
 Membership::Membership(std::string database_url, std::string processor, std::string member, std::chrono::milliseconds ttl)
-    : url_(std::move(database_url)), processor_(std::move(processor)), member_(std::move(member)), ttl_(ttl) {}
+    : url_(std::move(database_url)),
+      processor_(std::move(processor)),
+      member_(std::move(member)),
+      ttl_(ttl),
+      watchdog_(std::make_unique<pg::Watchdog>()) {}
 
 Membership::~Membership() = default;
 
@@ -71,8 +75,11 @@ Result<pqxx::connection*> Membership::conn() {
     return c_.get();
 }
 
+// Every lease statement is bounded by half a lease (pg::Watchdog): a frozen or unreachable
+// primary must not hold the coordinator past the point where its claims lapse anyway.
 #define ENGRAM_MEMBERSHIP_TRY(expr)                                         \
     try {                                                                   \
+        auto guard = watchdog_->arm(**c, ttl_ / 2);                         \
         expr                                                                \
     } catch (const std::exception& e) {                                     \
         if (pg::is_connection_error(e)) c_.reset();                         \

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engram/core/result.h"
+#include "engram/pg/pg.h"
 
 #include <pqxx/pqxx>
 
@@ -57,6 +58,7 @@ private:
     Result<pqxx::connection*> conn();
     std::string url_, processor_, member_;
     std::chrono::milliseconds ttl_;
+    std::unique_ptr<pg::Watchdog> watchdog_;  // before c_: a guard never outlives the connection
     std::unique_ptr<pqxx::connection> c_;
 };
 

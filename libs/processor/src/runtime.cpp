@@ -468,7 +468,7 @@ struct Runtime::Impl {
                 // drops it silently, and a fetch from a consumer that is gone only times out).
                 if (Clock::now() - last_check > std::chrono::seconds(2)) {
                     last_check = Clock::now();
-                    if (auto st = cursor->check(); !st && st.error().code == "cursor_gone") {
+                    if (auto st = cursor->check(); !st && (st.error().code == "cursor_gone" || st.error().code == "cursor_gap")) {
                         log->info("partition {}: {}", claim->partition, st.error().detail);
                         cursor.reset();
                         cursor_reopens->inc();

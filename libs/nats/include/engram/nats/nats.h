@@ -313,7 +313,9 @@ public:
     Result<std::vector<Message>> fetch(int batch, std::chrono::milliseconds timeout);
     // Whether the server still has the consumer: a server restart (or an inactive_threshold
     // passed) drops it silently, after which fetch() only ever times out. Error "cursor_gone"
-    // then (reopen at next_seq()); other errors as usual.
+    // then (reopen at next_seq()). Call it while idle: a consumer that delivered more than arrived
+    // lost the rest on the way (a cluster node died with the pull's reply route) and no later
+    // delivery may come to show it: error "cursor_gap". Other errors as usual.
     Status check();
     std::uint64_t next_seq() const { return next_seq_; }  // first stream sequence not yet returned
     // Messages matching the filter after the last one returned (from the last fetch's metadata).
