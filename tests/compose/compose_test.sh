@@ -57,6 +57,11 @@ grep -qw overlay /proc/filesystems || skip "the kernel has no overlay filesystem
 
 mkdir -p "$cache"
 cache="$(cd "$cache" && pwd)"
+# A full disk shows up as odd errors far away (debootstrap: "file already exists", image layers
+# that fail to extract): say it first.
+free_kb="$(df -Pk "$cache" | awk 'NR == 2 {print $4}')"
+[ "${free_kb:-0}" -ge $((6 * 1024 * 1024)) ] ||
+  fail "only $((${free_kb:-0} / 1024)) MiB free on the filesystem of $cache: the images and the engine's data need 6 GiB"
 run="$(mktemp -d /tmp/engram-compose.XXXXXX)"   # short: the engine's unix sockets live here
 project="engramct$$"
 logs="$run/logs"; mkdir -p "$logs"
