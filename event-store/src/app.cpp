@@ -322,6 +322,10 @@ Status App::start() {
     so.port = hp->port;
     so.worker_threads = static_cast<int>(d.cfg.get_int("EVENT_STORE_HTTP_THREADS"));
     so.max_connections = static_cast<std::size_t>(d.cfg.get_int("EVENT_STORE_MAX_CONNECTIONS"));
+    // An append never blocks (parse, validate, queue for the writer, answered from its thread): a
+    // small one runs on the I/O thread that read it. Large bodies take a worker, so parsing a
+    // megabyte never holds up the other connections of that I/O thread.
+    so.run_inline = [](const http::Request& r) { return r.method == "POST" && r.path == "/events" && r.body.size() <= 16384; };
     d.server = std::make_unique<http::Server>(
         so, [this](http::Request& req, std::shared_ptr<http::Responder> res) { impl_->handle(req, res); });
     try {

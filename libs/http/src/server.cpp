@@ -437,6 +437,11 @@ private:
         parser_.reset();
 
         auto responder = std::make_shared<ResponderImpl>(shared_from_this(), version_);
+        if (core_->opts.run_inline && core_->opts.run_inline(req)) {
+            std::shared_ptr<Responder> r = responder;
+            core_->invoke(req, r);
+            return;
+        }
         auto queued = core_->pool.submit([core = core_, req = std::move(req), responder]() mutable {
             std::shared_ptr<Responder> r = std::move(responder);
             core->invoke(req, r);

@@ -100,6 +100,10 @@ struct ServerOptions {
     // Requests read and waiting for a worker. One more is answered 503 {"error":"overloaded"} with
     // Retry-After (the connection stays usable), never queued without bound.
     std::size_t max_queued = 4096;
+    // Requests for which this returns true run their handler on the I/O thread that read them, not
+    // on a worker: one thread hand-off less, for handlers that never block (they validate, hand
+    // the work on and answer through the Responder later). Empty = every handler on a worker.
+    std::function<bool(const Request&)> run_inline;
 };
 
 class Server {
