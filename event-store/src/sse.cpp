@@ -119,7 +119,7 @@ std::size_t SseHub::clients() const {
 }
 
 std::string SseHub::frame(const events::Event& e) {
-    return "id: " + std::to_string(e.position.value()) + "\nevent: " + e.type + "\ndata: " + e.to_json().dump() + "\n\n";
+    return "id: " + std::to_string(e.position.value()) + "\nevent: " + e.type + "\ndata: " + e.json_text() + "\n\n";
 }
 
 void SseHub::publish(const std::vector<events::Event>& evs) {

@@ -207,6 +207,32 @@ json Event::to_json() const {
                 {"metadata", metadata}};
 }
 
+std::string Event::to_json_text(std::string_view data_text, std::string_view metadata_text) const {
+    // The keys in nlohmann's order (std::map: sorted), so the bytes equal to_json().dump().
+    std::string out;
+    out.reserve(160 + type.size() + aggregate_id.size() + data_text.size() + metadata_text.size());
+    out += "{\"aggregate_id\":";
+    out += json(aggregate_id).dump();
+    out += ",\"aggregate_version\":";
+    out += std::to_string(version.value());
+    out += ",\"data\":";
+    out += data_text;
+    out += ",\"id\":\"";
+    out += id.str();
+    out += "\",\"metadata\":";
+    out += metadata_text;
+    out += ",\"position\":";
+    out += std::to_string(position.value());
+    out += ",\"timestamp\":\"";
+    out += format_rfc3339(timestamp);
+    out += "\",\"type\":";
+    out += json(type).dump();
+    out += '}';
+    return out;
+}
+
+std::string Event::json_text() const { return text ? *text : to_json().dump(); }
+
 Result<Event> Event::from_json(const json& j) {
     if (!j.is_object()) return invalid("an event must be a JSON object");
     Event e;

@@ -364,3 +364,22 @@ TEST_CASE("U+0000 in data or metadata, strings or keys, is refused naming where"
     // Other control characters are fine in data (jsonb stores them).
     CHECK(parse_error(with(minimal(), "data", {{"t", "\x01\x1f"}})).empty());
 }
+
+TEST_CASE("Event::to_json_text is byte for byte to_json().dump()", "[unit][events]") {
+    events::Event e;
+    e.id = *Uuid::parse("0b3f8a52-9c1e-4d2a-8f6b-1a2b3c4d5e6f");
+    e.type = "MessageReceived";
+    e.aggregate_id = "session:web:\"quoted\" \\ and ünïcødé \xF0\x9F\x98\x80";
+    e.version = AggregateVersion(42);
+    e.position = GlobalPosition(1234567890123);
+    e.timestamp = SysTime(std::chrono::milliseconds(1764547200123));
+    e.data = nlohmann::json::parse(R"({"z":1,"a":[1,2.5,"x\n\u0001"],"nested":{"k":null,"t":true},"big":1e300,"neg":-7})");
+    e.metadata = nlohmann::json::parse(R"({"source":"web","correlation_id":"c"})");
+    CHECK(e.to_json_text(e.data.dump(), e.metadata.dump()) == e.to_json().dump());
+    CHECK(e.json_text() == e.to_json().dump());
+    e.data = nlohmann::json::object();
+    e.metadata = nlohmann::json::object();
+    CHECK(e.to_json_text("{}", "{}") == e.to_json().dump());
+    e.text = std::make_shared<const std::string>("as given");
+    CHECK(e.json_text() == "as given");
+}

@@ -36,6 +36,13 @@ TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, th
     sc.subjects = {"clustered.>"};
     sc.replicas = 3;
     REQUIRE(testing::eventually([&] { return (*c)->ensure_stream(sc).ok(); }, 30s));
+    // Created by the meta leader; its own group elects a leader next (slower on a loaded machine).
+    REQUIRE(testing::eventually(
+        [&] {
+            auto i = (*c)->stream_info("CLUSTERED");
+            return i && !i->leader.empty();
+        },
+        60s));
     auto publish = [&](int from, int to) {
         for (int i = from; i < to; ++i) {
             // A publish during a leader election may time out or fail: retried with the same id,
@@ -46,8 +53,8 @@ TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, th
                     auto ack = (*c)->publish_sync("clustered.x", "m" + std::to_string(i), id);
                     return ack && ack->ok;
                 },
-                30s);
-            REQUIRE(stored);
+                60s);
+            if (!stored) FAIL("message " << i << " not stored within 60 s; the servers' logs:\n" << cluster.logs());
         }
     };
     publish(0, 20);

@@ -391,7 +391,7 @@ void Relay::run() {
             bodies.reserve(evs.size());
             const std::int64_t limit = d.nats.max_payload();
             for (const auto& ev : evs) {
-                auto body = ev.to_json().dump();
+                auto body = ev.json_text();
                 auto bytes = body.size() + kPublishHeaderBytes;
                 if (limit > 0 && static_cast<std::int64_t>(bytes) > limit) {
                     if (bodies.empty()) {

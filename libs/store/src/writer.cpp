@@ -290,17 +290,20 @@ bool decide(std::vector<AppendRequest*>& reqs, LogView& view, bool verified, std
 
 // The INSERT statements of the accepted events, in chunks; sent together they run as one
 // transaction (a multi-statement simple query is atomic).
-std::string insert_sql(pqxx::connection& c, const std::vector<events::Event>& evs) {
+std::string insert_sql(pqxx::connection& c, std::vector<events::Event>& evs) {
     std::string sql;
     for (std::size_t i = 0; i < evs.size(); i += kInsertChunk) {
         sql += "INSERT INTO events (position, id, type, aggregate_id, aggregate_version, ts, data, metadata) VALUES ";
         auto end = std::min(evs.size(), i + kInsertChunk);
         for (std::size_t k = i; k < end; ++k) {
-            const auto& ev = evs[k];
+            auto& ev = evs[k];
             if (k > i) sql += ',';
+            auto data = ev.data.dump(), metadata = ev.metadata.dump();
             sql += "(" + std::to_string(ev.position.value()) + ",'" + ev.id.str() + "'," + c.quote(ev.type) + "," +
                    c.quote(ev.aggregate_id) + "," + std::to_string(ev.version.value()) + ",'" + format_rfc3339(ev.timestamp) +
-                   "'," + c.quote(ev.data.dump()) + "," + c.quote(ev.metadata.dump()) + ")";
+                   "'," + c.quote(data) + "," + c.quote(metadata) + ")";
+            // Serialised once: the relay publishes and the SSE streams send this text.
+            ev.text = std::make_shared<const std::string>(ev.to_json_text(data, metadata));
         }
         sql += ";";
     }

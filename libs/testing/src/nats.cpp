@@ -189,6 +189,13 @@ std::string NatsCluster::url() const {
     return url;
 }
 
+std::string NatsCluster::logs() const {
+    std::string out;
+    for (int i = 0; i < 3; ++i)
+        out += "--- n" + std::to_string(i) + "\n" + tail_file(dir_ + "/n" + std::to_string(i) + ".log", 3000);
+    return out;
+}
+
 static std::size_t server_index(const std::string& name) {
     if (name.size() != 2 || name[0] != 'n' || name[1] < '0' || name[1] > '2')
         throw std::invalid_argument("no server named '" + name + "' in the cluster (n0, n1, n2)");

@@ -3,6 +3,7 @@
 // with the parsing rules of POST /events.
 #include <cstddef>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -57,9 +58,16 @@ struct Event {
     SysTime timestamp;
     nlohmann::json data = nlohmann::json::object();
     nlohmann::json metadata = nlohmann::json::object();
+    // to_json().dump(), when already made: the writer makes it from the data and metadata text it
+    // serialised for the INSERT, and the relay and the SSE streams send it as it is.
+    std::shared_ptr<const std::string> text;
 
     // {"id","type","aggregate_id","aggregate_version","position","timestamp","data","metadata"}
     nlohmann::json to_json() const;
+    // Byte for byte to_json().dump(), built from data and metadata already serialised.
+    std::string to_json_text(std::string_view data_text, std::string_view metadata_text) const;
+    // `text` when set, else to_json().dump().
+    std::string json_text() const;
     // The inverse of to_json(); every field is required and checked (error code "invalid_event").
     static Result<Event> from_json(const nlohmann::json& j);
 };

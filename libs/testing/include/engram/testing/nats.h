@@ -73,6 +73,7 @@ public:
     void kill(const std::string& server_name);
     void start(const std::string& server_name);
     const std::string& dir() const { return dir_; }
+    std::string logs() const;  // the tail of each server's log, for failure messages
 
 private:
     std::string dir_;
