@@ -128,21 +128,7 @@ double cpu_seconds(int pid, bool with_reaped_children = false) {
 // still running (a backend that exits between two readings moves from the second to the first).
 double pg_cpu_seconds(int postmaster) {
     double total = cpu_seconds(postmaster, true);
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-        auto name = e.path().filename().string();
-        if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
-        std::ifstream st(e.path() / "stat");
-        std::string line;
-        std::getline(st, line);
-        auto close = line.rfind(')');
-        if (close == std::string::npos) continue;
-        std::istringstream rest(line.substr(close + 2));
-        char state = 0;
-        int ppid = 0;
-        rest >> state >> ppid;
-        if (ppid == postmaster) total += cpu_seconds(std::stoi(name));
-    }
+    for (int child : testing::child_pids(postmaster)) total += cpu_seconds(child);
     return total;
 }
 

@@ -28,16 +28,6 @@ testing::PostgresOptions replicated() {
                                      "synchronous_commit=on", "wal_keep_size=256MB"}};
 }
 
-bool has_sync_standby(const testing::Postgres& primary) {
-    try {
-        pqxx::connection c(primary.url());
-        pqxx::nontransaction tx(c);
-        return tx.exec("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'").size() == 1;
-    } catch (const std::exception&) {
-        return false;
-    }
-}
-
 std::vector<std::string> stream_ids(nats::Connection& nc) {
     std::vector<std::string> out;
     auto info = nc.stream_info("EVENTS");
@@ -107,7 +97,7 @@ TEST_CASE("failover: the primary dies under load and the standby is promoted; no
           "[integration][failover]") {
     testing::Postgres a(replicated());
     auto b = testing::Postgres::standby_of(a, replicated());
-    REQUIRE(testing::eventually([&] { return has_sync_standby(a); }, std::chrono::seconds(30)));
+    REQUIRE(testing::eventually([&] { return a.has_sync_standby(); }, std::chrono::seconds(30)));
     {
         pqxx::connection c(a.url());
         pqxx::nontransaction tx(c);
@@ -174,7 +164,7 @@ TEST_CASE("failover: the primary dies under load and the standby is promoted; no
     INFO("store log: " << s.dir << "/store.log");
     a.rejoin_as_standby_of(*b);
     INFO(a.log());
-    REQUIRE(testing::eventually([&] { return has_sync_standby(*b); }, std::chrono::seconds(30)));
+    REQUIRE(testing::eventually([&] { return b->has_sync_standby(); }, std::chrono::seconds(30)));
     auto rejoined_at = Clock::now();
     // Served again: acknowledgements resume.
     REQUIRE(testing::eventually([&] { return Clock::time_point(Clock::duration(last_ack_ns.load())) > rejoined_at; },

@@ -539,6 +539,18 @@ struct Runtime::Impl {
         if (position) c.accepted_position = std::max(c.accepted_position, position);
     }
 
+    // Takes a finished item off the front of its aggregate's queue, and out of the loaded counts
+    // when its body was held. False when it is not at the front (the queue was reset meanwhile).
+    static bool pop_front_locked(AggQueue& q, const ItemPtr& item) {
+        if (q.items.empty() || q.items.front() != item) return false;
+        q.items.pop_front();
+        if (item->counted) {
+            --q.loaded;
+            --item->claim->loaded;
+        }
+        return true;
+    }
+
     void make_ready_locked(const std::string& agg, AggQueue& q) {
         if (q.active || q.in_ready || q.items.empty()) return;
         q.in_ready = true;
@@ -603,12 +615,7 @@ struct Runtime::Impl {
                     q.active = false;
                     if (outcome == Outcome::ok) {
                         for (const auto& b : batch) {
-                            if (q.items.empty() || q.items.front() != b) break;
-                            q.items.pop_front();
-                            if (b->counted) {
-                                --q.loaded;
-                                --b->claim->loaded;
-                            }
+                            if (!pop_front_locked(q, b)) break;
                             b->claim->unfinished.erase(b->seq);
                         }
                     } else if (outcome == Outcome::failed) {
@@ -632,13 +639,7 @@ struct Runtime::Impl {
                 if (it != queues.end()) {
                     auto& q = it->second;
                     q.active = false;
-                    if (!q.items.empty() && q.items.front() == item) {
-                        q.items.pop_front();
-                        if (item->counted) {
-                            --q.loaded;
-                            --item->claim->loaded;
-                        }
-                    }
+                    pop_front_locked(q, item);
                     if (item->parked && item->event) parked_in_queue.erase(item->event->id.str());
                     if (done && item->seq) item->claim->unfinished.erase(item->seq);
                     // Not done: the claim went away or the runtime stops; the sequence stays

@@ -184,17 +184,7 @@ testing::PostgresOptions pg_options(bool ha) {
 }
 
 std::string ha_database(testing::Postgres& primary, testing::Postgres& standby) {
-    REQUIRE(testing::eventually(
-        [&] {
-            try {
-                pqxx::connection c(primary.url());
-                pqxx::nontransaction tx(c);
-                return tx.exec("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'").size() == 1;
-            } catch (const std::exception&) {
-                return false;
-            }
-        },
-        30s));
+    REQUIRE(testing::eventually([&] { return primary.has_sync_standby(); }, 30s));
     pqxx::connection c(primary.url());
     pqxx::nontransaction(c).exec("CREATE DATABASE engram");
     return testing::Postgres::multi_host_url({&primary, &standby}, "engram");

@@ -178,21 +178,7 @@ void Postgres::kill() {
     // The children first are found by their parent pid; all get SIGKILL together so none of them
     // notices the postmaster's death and exits cleanly.
     std::vector<pid_t> victims{pm};
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator("/proc", ec)) {
-        std::string name = e.path().filename().string();
-        if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
-        std::ifstream st(e.path() / "stat");
-        std::string line;
-        std::getline(st, line);
-        auto close = line.rfind(')');
-        if (close == std::string::npos) continue;
-        std::istringstream rest(line.substr(close + 2));
-        char state = 0;
-        pid_t ppid = 0;
-        rest >> state >> ppid;
-        if (ppid == pm) victims.push_back(static_cast<pid_t>(std::stol(name)));
-    }
+    for (int child : child_pids(pm)) victims.push_back(static_cast<pid_t>(child));
     ::kill(pm, SIGSTOP);  // no new children between the scan and the kill
     for (pid_t v : victims) ::kill(v, SIGKILL);
     for (int i = 0; i < 500 && ::kill(pm, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -221,6 +207,16 @@ void Postgres::rejoin_as_standby_of(const Postgres& primary) {
         dir_ + "/rewind.log");
     if (rc != 0) throw std::runtime_error("pg_rewind failed: " + tail_file(dir_ + "/rewind.log"));
     start();
+}
+
+bool Postgres::has_sync_standby() const {
+    try {
+        pqxx::connection c(url());
+        pqxx::nontransaction tx(c);
+        return tx.exec("SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'").size() == 1;
+    } catch (const std::exception&) {
+        return false;
+    }
 }
 
 std::string Postgres::multi_host_url(const std::vector<const Postgres*>& clusters, const std::string& db) {

@@ -8,9 +8,11 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -94,6 +96,26 @@ std::string make_temp_dir(const std::string& prefix, const std::string& base) {
     std::string tmpl = (base.empty() ? temp_base() : base) + "/" + prefix + "-XXXXXX";
     if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp " + tmpl + ": " + std::strerror(errno));
     return tmpl;
+}
+
+std::vector<int> child_pids(int pid) {
+    std::vector<int> out;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+        std::string name = e.path().filename().string();
+        if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+        std::ifstream st(e.path() / "stat");
+        std::string line;
+        std::getline(st, line);
+        auto close = line.rfind(')');  // the command name may hold spaces and parentheses
+        if (close == std::string::npos || close + 2 > line.size()) continue;
+        std::istringstream rest(line.substr(close + 2));
+        char state = 0;
+        int ppid = 0;
+        rest >> state >> ppid;
+        if (ppid == pid) out.push_back(std::stoi(name));
+    }
+    return out;
 }
 
 }  // namespace engram::testing

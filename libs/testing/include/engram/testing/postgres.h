@@ -58,6 +58,8 @@ public:
     // A dead former primary comes back as a standby of the new one: pg_rewind (which runs crash
     // recovery first) from `primary`'s server, recovery configuration written (-R), started.
     void rejoin_as_standby_of(const Postgres& primary);
+    // A standby streams to this primary and counts as synchronous (false when unreachable).
+    bool has_sync_standby() const;
     // postgresql://postgres@127.0.0.1:<a>,127.0.0.1:<b>/<db>?target_session_attrs=read-write: libpq's own
     // failover between the given clusters.
     static std::string multi_host_url(const std::vector<const Postgres*>& clusters, const std::string& db = "postgres");

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace engram::testing {
 
@@ -33,5 +34,8 @@ std::string temp_base();
 
 // A fresh empty directory <base or temp_base()>/<prefix>-XXXXXX (mode 0700); throws on failure.
 std::string make_temp_dir(const std::string& prefix, const std::string& base = "");
+
+// The pids of the running processes whose parent is `pid` (read from /proc/<n>/stat).
+std::vector<int> child_pids(int pid);
 
 }  // namespace engram::testing
