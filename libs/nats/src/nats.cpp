@@ -932,6 +932,9 @@ Status Cursor::check() {
     if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr)
         return Error::make("cursor_gone",
                            "cursor " + name_ + " no longer exists on the server: reopen at " + std::to_string(next_seq_));
+    if (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS)
+        return Error::make("cursor_unreachable", "cursor " + name_ + " does not answer (its server may be gone): reopen at " +
+                                                     std::to_string(next_seq_));
     if (s != NATS_OK) return nats_error(s, "checking cursor " + name_, jerr);
     // Delivered by the server but never received: with no acks, a batch sent to a pull request
     // whose reply route died with a cluster node is lost, and no later delivery may come to show the
@@ -943,6 +946,17 @@ Status Cursor::check() {
                                              " messages, " + std::to_string(consumer_seq_) + " arrived: reopen at " +
                                              std::to_string(next_seq_));
     return ok();
+}
+
+Result<std::string> Cursor::server() {
+    jsConsumerInfo* ci = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    natsStatus s = js_GetConsumerInfo(&ci, static_cast<jsCtx*>(conn_->native_jetstream()), options_.stream.c_str(), name_.c_str(),
+                                      nullptr, &jerr);
+    if (s != NATS_OK) return nats_error(s, "asking cursor " + name_ + " for its server", jerr);
+    std::string leader = ci->Cluster && ci->Cluster->Leader ? ci->Cluster->Leader : "";
+    jsConsumerInfo_Destroy(ci);
+    return leader;
 }
 
 Result<std::vector<Message>> Cursor::fetch(int batch, std::chrono::milliseconds timeout) {

@@ -76,3 +76,73 @@ TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, th
         },
         30s));
 }
+
+TEST_CASE("a cursor placed on a server that dies says so when checked, and one reopened at its next sequence goes on",
+          "[integration][nats]") {
+    testing::NatsCluster cluster;
+    nats::ConnectOptions o;
+    o.url = cluster.url();
+    o.name = "cursor-host-test";
+    auto c = nats::Connection::connect(o);
+    REQUIRE(c);
+    nats::StreamConfig sc;
+    sc.name = "HOSTED";
+    sc.subjects = {"hosted.>"};
+    sc.replicas = 3;
+    REQUIRE(testing::eventually([&] { return (*c)->ensure_stream(sc).ok(); }, 30s));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto i = (*c)->stream_info("HOSTED");
+            return i && !i->leader.empty();
+        },
+        60s));
+    auto publish = [&](int from, int to) {
+        for (int i = from; i < to; ++i) {
+            auto id = Uuid::v4().str();
+            bool stored = testing::eventually(
+                [&] {
+                    auto ack = (*c)->publish_sync("hosted.x", "m" + std::to_string(i), id);
+                    return ack && ack->ok;
+                },
+                60s);
+            if (!stored) FAIL("message " << i << " not stored within 60 s; the servers' logs:\n" << cluster.logs());
+        }
+    };
+    publish(0, 5);
+    nats::CursorOptions co;
+    co.stream = "HOSTED";
+    co.filter = "hosted.x";
+    auto cur = nats::Cursor::open(**c, co);
+    REQUIRE(cur);
+    std::vector<std::string> got;
+    auto drain = [&](nats::Cursor& k, std::size_t want) {
+        return testing::eventually(
+            [&] {
+                auto r = k.fetch(10, 200ms);
+                if (r)
+                    for (auto& m : *r) got.push_back(m.data);
+                return got.size() >= want;
+            },
+            30s);
+    };
+    REQUIRE(drain(**cur, 5));
+    auto host = (*cur)->server();
+    REQUIRE(host);
+    REQUIRE_FALSE(host->empty());
+    // One replica, on `host`: killed with its server, the consumer is not moved anywhere.
+    cluster.kill(*host);
+    publish(5, 10);
+    auto fetched = (*cur)->fetch(10, 500ms);
+    CHECK((!fetched || fetched->empty()));
+    auto st = (*cur)->check();
+    REQUIRE_FALSE(st.ok());
+    CHECK(st.error().code == "cursor_unreachable");
+    co.start_seq = (*cur)->next_seq();
+    CHECK(co.start_seq == 6);
+    cur->reset();
+    auto again = nats::Cursor::open(**c, co);
+    REQUIRE(again);
+    REQUIRE(drain(**again, 10));
+    CHECK(got == std::vector<std::string>{"m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9"});
+    CHECK((*again)->check().ok());
+}

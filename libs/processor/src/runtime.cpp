@@ -464,12 +464,14 @@ struct Runtime::Impl {
                 continue;
             }
             if (r->empty()) {
-                // Nothing new for a while: make sure the consumer still exists (a NATS restart
-                // drops it silently, and a fetch from a consumer that is gone only times out).
+                // Nothing new for a while: make sure the consumer still exists and answers (a NATS
+                // restart drops it silently; a cluster node that died takes the consumers placed on
+                // it along; a fetch from either only times out). Any doubt: reopen, which places a
+                // new consumer on a live server at the next unseen sequence, so nothing is skipped.
                 if (Clock::now() - last_check > std::chrono::seconds(2)) {
                     last_check = Clock::now();
-                    if (auto st = cursor->check(); !st && (st.error().code == "cursor_gone" || st.error().code == "cursor_gap")) {
-                        log->info("partition {}: {}", claim->partition, st.error().detail);
+                    if (auto st = cursor->check(); !st) {
+                        log->info("partition {}: {}", claim->partition, error_text(st.error()));
                         cursor.reset();
                         cursor_reopens->inc();
                         continue;

@@ -899,7 +899,9 @@ TEST_CASE(
         note("(2) NATS stream leader " + info->leader + " killed: the 100 events appended next had their effects " +
              std::to_string(ms(*t)) + " ms after the kill (at 50 events/s, 2000 ms is no delay); new leader " +
              (info2.ok() ? info2->leader : "?"));
-        cl.nats_cluster().start(info->leader);
+        // Left dead until the end: a count of effects can grow on the other partitions while a
+        // partition whose consumer died with the server stays silent; only the final drain, with
+        // the server still gone, shows that every partition goes on.
     }
     load.stop();
     const auto appended = load.appended();

@@ -315,8 +315,11 @@ public:
     // passed) drops it silently, after which fetch() only ever times out. Error "cursor_gone"
     // then (reopen at next_seq()). Call it while idle: a consumer that delivered more than arrived
     // lost the rest on the way (a cluster node died with the pull's reply route) and no later
-    // delivery may come to show it: error "cursor_gap". Other errors as usual.
+    // delivery may come to show it: error "cursor_gap". A consumer whose server died (one replica,
+    // placed on it) only times out: error "cursor_unreachable". Any error means: reopen.
     Status check();
+    // The server holding the consumer (its leader), e.g. for diagnostics.
+    Result<std::string> server();
     std::uint64_t next_seq() const { return next_seq_; }  // first stream sequence not yet returned
     // Messages matching the filter after the last one returned (from the last fetch's metadata).
     std::uint64_t pending() const { return pending_; }
