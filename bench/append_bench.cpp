@@ -11,6 +11,8 @@
 #include "engram/nats/nats.h"
 #include "engram/testing/testing.h"
 
+#include "cpu.h"
+
 #include <pqxx/pqxx>
 
 #include <unistd.h>
@@ -26,6 +28,8 @@
 #include <thread>
 
 using namespace engram;
+using bench::cpu_seconds;
+using bench::pg_cpu_seconds;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -100,36 +104,6 @@ nlohmann::json event_json(const std::string& agg) {
             {"aggregate_id", agg},
             {"data", nlohmann::json::parse(kData)},
             {"metadata", nlohmann::json::parse(kMeta)}};
-}
-
-// CPU seconds a process has used (utime + stime of /proc/<pid>/stat; with children: also the
-// CPU of the children it has reaped, cutime + cstime).
-double cpu_seconds(int pid, bool with_reaped_children = false) {
-    std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    std::getline(st, line);
-    auto close = line.rfind(')');
-    if (close == std::string::npos) return 0;
-    std::istringstream rest(line.substr(close + 2));
-    std::string field;
-    unsigned long long utime = 0, stime = 0;
-    unsigned long long cutime = 0, cstime = 0;
-    for (int i = 3; i <= 17 && rest >> field; ++i) {  // fields 14 to 17
-        if (i == 14) utime = std::stoull(field);
-        if (i == 15) stime = std::stoull(field);
-        if (i == 16) cutime = std::stoull(field);
-        if (i == 17) cstime = std::stoull(field);
-    }
-    auto ticks = utime + stime + (with_reaped_children ? cutime + cstime : 0);
-    return static_cast<double>(ticks) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// CPU seconds of the PostgreSQL server: the postmaster, the backends it has reaped and the ones
-// still running (a backend that exits between two readings moves from the second to the first).
-double pg_cpu_seconds(int postmaster) {
-    double total = cpu_seconds(postmaster, true);
-    for (int child : testing::child_pids(postmaster)) total += cpu_seconds(child);
-    return total;
 }
 
 // What a figure cost in CPU: the store process and the PostgreSQL server, per event.
@@ -268,8 +242,7 @@ int main(int argc, char** argv) {
     std::printf("engram append benchmark: %.0f s per figure, %u cores, PostgreSQL fsync=on\n\n", seconds,
                 std::thread::hardware_concurrency());
 
-    int postmaster = 0;
-    std::ifstream(pg.dir() + "/data/postmaster.pid") >> postmaster;
+    int postmaster = bench::postmaster_pid(pg);
     Cpu raw_cpu{0, postmaster}, cpu{store.pid(), postmaster};
     auto pg_setup = [&](int) { return std::make_unique<pqxx::connection>(raw_db); };
     std::vector<long> versions(64, 0);

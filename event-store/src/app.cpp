@@ -10,6 +10,7 @@
 #include "engram/pg/pg.h"
 #include "engram/projections/projections.h"
 #include "engram/store/query.h"
+#include "engram/store/fold.h"
 #include "engram/store/reader.h"
 #include "engram/store/relay.h"
 #include "engram/store/writer.h"
@@ -221,28 +222,20 @@ struct App::Impl {
         if (!agg) return error_response(agg.error());
         nlohmann::json out = {{"name", name}, {"id", id}};
         if (auto as_of = req.param("as_of")) {
-            store::ReadQuery q;
+            store::FoldScope scope;
             if (auto pos = store::parse_count(*as_of))
-                q.until_position = GlobalPosition(*pos);
+                scope.until_position = GlobalPosition(*pos);
             else if (auto t = parse_rfc3339(*as_of))
-                q.until_time = *t;
+                scope.until_time = *t;
             else
                 return http::Response::error(
                     400, "invalid_parameter",
                     "query parameter 'as_of' must be a position or an RFC 3339 time (got '" + *as_of + "')");
-            q.aggregate_id = *agg;
-            q.limit = store::kMaxReadLimit;
-            std::vector<events::Event> evs;
-            for (;;) {
-                auto page = reader.read(q);
-                if (!page) return error_response(page.error());
-                evs.insert(evs.end(), page->begin(), page->end());
-                if (page->size() < static_cast<std::size_t>(q.limit)) break;
-                q.after = page->back().position;
-            }
+            auto folded = store::fold_as_of(pool, *p, id, scope);
+            if (!folded) return error_response(folded.error());
             out["as_of"] = *as_of;
-            out["state"] = projections::fold(*p, id, evs);
-            out["position"] = evs.empty() ? 0 : evs.back().position.value();
+            out["state"] = std::move(folded->state);
+            out["position"] = folded->position;
             return http::Response::json(200, out);
         }
         auto row = pool.run([&](pqxx::connection& c) -> std::optional<std::pair<std::string, std::int64_t>> {

@@ -368,6 +368,12 @@ TEST_CASE("the log refuses updates and deletes", "[integration][store]") {
     StoreFixture f;
     REQUIRE(f.post(custom("agg:ro")).status == 201);
     pqxx::connection c(f.db_url);
+    {  // and the persisted states are compressed with lz4 (Debian's PostgreSQL has it)
+        pqxx::nontransaction q(c);
+        CHECK(q.exec("SELECT attcompression::text FROM pg_attribute WHERE attrelid = 'projection_state'::regclass AND "
+                     "attname = 'state'")[0][0]
+                  .as<std::string>() == "l");
+    }
     pqxx::work tx(c);
     CHECK_THROWS(tx.exec("UPDATE events SET type = 'Changed'"));
 }
@@ -381,6 +387,7 @@ TEST_CASE("projections are folded from the log as of a position or a time", "[in
         ts.push_back(r.json()["events"][0]["timestamp"]);
     }
     REQUIRE(f.post(custom("session:web:other")).status == 201);
+    REQUIRE(f.post(custom("session:web:p")).status == 201);  // not folded: the position still counts it
     auto at2 = f.get("/projections/conversation/session:web:p?as_of=2");
     INFO(at2.body);
     REQUIRE(at2.status == 200);
@@ -392,6 +399,8 @@ TEST_CASE("projections are folded from the log as of a position or a time", "[in
     CHECK(j["state"]["messages"][1]["text"] == "m1");
     auto now = f.get("/projections/conversation/session:web:p?as_of=100").json();
     CHECK(now["state"]["messages"].size() == 3);
+    CHECK(now["state"]["position"] == 3);
+    CHECK(now["position"] == 5);
     auto by_time = f.get("/projections/conversation/session:web:p?as_of=" + http::url_encode(ts[0])).json();
     CHECK(by_time["state"]["messages"].size() >= 1);
     CHECK(f.get("/projections/conversation/session:web:p?as_of=2000-01-01T00:00:00Z").json()["position"] == 0);

@@ -3,6 +3,8 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include <array>
+#include <cstdint>
 #include <stdexcept>
 
 namespace engram {
@@ -31,12 +33,18 @@ Uuid Uuid::v5(const Uuid& ns, std::string_view name) {
     return u;
 }
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
+namespace {
+// Every event read from the log parses its id and folds print it again: both kept branch-light.
+constexpr std::array<std::int8_t, 256> kHex = [] {
+    std::array<std::int8_t, 256> t{};
+    for (auto& v : t) v = -1;
+    for (int c = '0'; c <= '9'; ++c) t[static_cast<std::size_t>(c)] = static_cast<std::int8_t>(c - '0');
+    for (int c = 'a'; c <= 'f'; ++c) t[static_cast<std::size_t>(c)] = static_cast<std::int8_t>(c - 'a' + 10);
+    for (int c = 'A'; c <= 'F'; ++c) t[static_cast<std::size_t>(c)] = static_cast<std::int8_t>(c - 'A' + 10);
+    return t;
+}();
+int hexval(char c) { return kHex[static_cast<unsigned char>(c)]; }
+}  // namespace
 
 std::optional<Uuid> Uuid::parse(std::string_view s) {
     if (s.size() != 36) return std::nullopt;
@@ -57,13 +65,13 @@ std::optional<Uuid> Uuid::parse(std::string_view s) {
 }
 
 std::string Uuid::str() const {
-    static const char* hex = "0123456789abcdef";
-    std::string out;
-    out.reserve(36);
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out(36, '-');
+    std::size_t o = 0;
     for (int i = 0; i < 16; ++i) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
-        out.push_back(hex[b_[i] >> 4]);
-        out.push_back(hex[b_[i] & 15]);
+        if (i == 4 || i == 6 || i == 8 || i == 10) ++o;
+        out[o++] = hex[b_[i] >> 4];
+        out[o++] = hex[b_[i] & 15];
     }
     return out;
 }

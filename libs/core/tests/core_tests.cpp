@@ -35,6 +35,9 @@ TEST_CASE("rfc3339 round-trips with milliseconds and Z", "[unit][core]") {
     CHECK(format_rfc3339(*t) == "2026-11-22T10:00:00.123Z");
     CHECK(format_rfc3339(*parse_rfc3339("2026-11-22T12:00:00+02:00")) == "2026-11-22T10:00:00.000Z");
     CHECK(format_rfc3339(*parse_rfc3339("2026-11-22T10:00:00.5Z")) == "2026-11-22T10:00:00.500Z");
+    CHECK(format_rfc3339(SysTime(std::chrono::milliseconds(-1))) == "1969-12-31T23:59:59.999Z");
+    CHECK(format_rfc3339(SysTime(std::chrono::milliseconds(0))) == "1970-01-01T00:00:00.000Z");
+    CHECK(format_rfc3339(*parse_rfc3339("9999-12-31T23:59:59.999Z")) == "9999-12-31T23:59:59.999Z");
     CHECK_FALSE(parse_rfc3339("2026-11-22"));
     CHECK_FALSE(parse_rfc3339("2026-13-22T10:00:00Z"));
     CHECK_FALSE(parse_rfc3339("2026-02-30T10:00:00Z"));

@@ -31,6 +31,8 @@ public:
     // Pure and deterministic. Returns `state` unchanged when the event is of another aggregate, of a
     // type not folded, or already reflected (e.position <= state.position: redelivery is harmless).
     // Otherwise folds it and sets "position" to e.position. Tolerates missing optional fields.
+    // Reads the event's envelope and `data`, never `metadata`: folds straight from the log's table
+    // (rebuilds, as_of) do not load it.
     virtual nlohmann::json apply(nlohmann::json state, const events::Event& e) const = 0;
 };
 
