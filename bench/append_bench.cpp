@@ -21,7 +21,10 @@
 #include <atomic>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -282,18 +285,68 @@ int main(int argc, char** argv) {
         auto r = c.request("POST", "/events", single_body[static_cast<std::size_t>(t)], json_type);
         return r.ok() && r->status == 201 ? 1 : 0;
     };
+    // ENGRAM_BENCH_PROFILE=<file>: the store is profiled (`perf record -g`) during the figure
+    // ENGRAM_BENCH_PROFILE_FIGURE names: single (default), batch.
+    std::unique_ptr<testing::Process> profiler;
+    const char* prof = std::getenv("ENGRAM_BENCH_PROFILE");
+    const std::string prof_figure =
+        std::getenv("ENGRAM_BENCH_PROFILE_FIGURE") ? std::getenv("ENGRAM_BENCH_PROFILE_FIGURE") : "single";
+    auto profile = [&](const char* figure) {
+        if (prof && *prof && prof_figure == figure)
+            profiler = std::make_unique<testing::Process>(
+                std::vector<std::string>{"perf", "record", "-g", "-p", std::to_string(store.pid()), "-o", prof},
+                std::map<std::string, std::string>{}, std::string(prof) + ".log");
+    };
+    auto end_profile = [&] {
+        if (profiler) profiler->terminate_and_wait();
+        profiler.reset();
+    };
+    profile("single");
     cpu.start();
     auto e16 = run(16, seconds, http_setup, single);
     cpu.stop(e16, seconds);
+    end_profile();
     cpu.start();
     auto e64 = run(64, seconds, http_setup, single);
     cpu.stop(e64, seconds);
+    profile("batch");
     cpu.start();
     auto batch = run(16, seconds, http_setup, [&](http::Client& c, int t, long) {
         auto r = c.request("POST", "/events", batch_body[static_cast<std::size_t>(t)], json_type);
         return r.ok() && r->status == 201 ? 100 : 0;
     });
     cpu.stop(batch, seconds);
+    end_profile();
+
+    // The same single-event figure with the relay standing by (its lease taken by a stranger, so
+    // nothing is published): what publishing to JetStream costs the store.
+    auto relay_active = [&] {
+        auto r = http::Client(url).get("/readyz");
+        if (!r.ok()) return false;
+        auto j = nlohmann::json::parse(r->body, nullptr, false);
+        return j.is_object() && j["relay"].value("active", false);
+    };
+    auto set_lease = [&](const char* sql) {
+        pqxx::connection pc(store_db);
+        pqxx::work tx(pc);
+        tx.exec(sql);
+        tx.commit();
+    };
+    set_lease(
+        "UPDATE relay_lease SET owner = 'bench-pause', epoch = epoch + 1, expires_at = now() + interval '1 hour' "
+        "WHERE stream = 'EVENTS'");
+    if (!testing::eventually([&] { return !relay_active(); }, std::chrono::seconds(30))) {
+        std::fprintf(stderr, "the relay did not stand by\n");
+        return 1;
+    }
+    cpu.start();
+    auto paused = run(16, seconds, http_setup, single);
+    cpu.stop(paused, seconds);
+    set_lease("UPDATE relay_lease SET expires_at = now() - interval '1 second' WHERE stream = 'EVENTS'");
+    if (!testing::eventually(relay_active, std::chrono::seconds(30))) {
+        std::fprintf(stderr, "the relay did not resume\n");
+        return 1;
+    }
 
     std::printf("limits (raw PostgreSQL, same schema shape):\n");
     print("raw INSERT, 1 row per commit, 16 clients", raw1, nullptr);
@@ -302,6 +355,7 @@ int main(int argc, char** argv) {
     print("single-event appends, 16 clients", e16, &raw1);
     print("single-event appends, 64 clients", e64, &raw1);
     print("100-event batch appends, 16 clients", batch, &raw100);
+    print("single-event, 16 clients, relay paused", paused, &raw1);
     // Append → JetStream consumer delivery, one event at a time, next to publishing straight to
     // JetStream (the limit: what NATS alone costs).
     nats::ConnectOptions no;

@@ -59,3 +59,10 @@ function(engram_fuzzer name)
     target_compile_definitions(${name}_fuzz_corpus PRIVATE ENGRAM_FUZZ_NAME="${name}" ENGRAM_FUZZ_CORPUS="${A_CORPUS}")
   endif()
 endfunction()
+
+# Links the allocator chosen at the top level (jemalloc) into a service executable.
+function(engram_use_allocator target)
+  if(ENGRAM_JEMALLOC)
+    target_link_libraries(${target} PRIVATE ${ENGRAM_JEMALLOC})
+  endif()
+endfunction()

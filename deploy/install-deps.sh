@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake ninja-build ccache pkg-config
-  libpqxx-dev libnats-dev nats-server
+  libpqxx-dev libnats-dev nats-server libjemalloc-dev
   libboost-all-dev nlohmann-json3-dev libspdlog-dev libfmt-dev catch2
   libcli11-dev libssl-dev libcurl4-openssl-dev
   postgresql postgresql-contrib

@@ -102,8 +102,8 @@ Result<AsOf> fold_as_of(pg::Pool& pool, const projections::Projection& p, const 
         AsOf out;
         auto it = fs.instances().find(id);
         out.state = it == fs.instances().end() ? p.initial(id) : std::move(it->second.state);
-        out.position =
-            tx.exec("SELECT coalesce(max(position), 0) FROM events WHERE true" + scope_condition(tx, scope))[0][0].as<std::int64_t>();
+        out.position = tx.exec("SELECT coalesce(max(position), 0) FROM events WHERE true" + scope_condition(tx, scope))[0][0]
+                           .as<std::int64_t>();
         return out;
     });
 }

@@ -73,6 +73,11 @@ struct Relay::Impl {
     std::uint64_t last_seq = 0;
     std::optional<Blocked> blocked;  // guarded by mu
     std::chrono::steady_clock::time_point blocked_logged{};
+    // The watermark last written to relay_state, and when: written at most once a second while
+    // busy and whenever the relay goes idle (a transaction per round cost PostgreSQL more than the
+    // INSERT of the events it published; the stream's last message is the truth anyway).
+    std::int64_t persisted = -1;
+    std::chrono::steady_clock::time_point persisted_at{};
 
     Impl(Options o, nats::Connection& n, metrics::Registry& m)
         : opts(std::move(o)),
@@ -247,6 +252,9 @@ void Relay::run() {
     auto claim = [&]() -> bool {
         auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
         pqxx::work tx(*d.conn);
+        // The connection commits asynchronously (the watermark); a claim must be durable and
+        // replicated before this relay publishes under its epoch.
+        tx.exec("SET LOCAL synchronous_commit = on");
         auto tl = tx.exec("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint")[0][0]
                       .as<std::int64_t>();
         auto r = tx.exec_params(
@@ -265,12 +273,25 @@ void Relay::run() {
     auto renew = [&]() -> bool {
         auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
         pqxx::work tx(*d.conn);
+        tx.exec("SET LOCAL synchronous_commit = on");
         auto r = tx.exec_params(
             "UPDATE relay_lease SET expires_at = now() + $4 * interval '1 ms' WHERE stream = $1 AND owner = $2 AND epoch = $3 "
             "RETURNING 1",
             d.opts.stream, d.owner, d.epoch, d.opts.lease_ttl.count());
         tx.commit();
         return !r.empty();
+    };
+    auto persist_watermark = [&](bool idle) {
+        auto w = published_.load();
+        if (w == d.persisted) return;
+        if (!idle && std::chrono::steady_clock::now() - d.persisted_at < std::chrono::seconds(1)) return;
+        auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
+        pqxx::work tx(*d.conn);
+        tx.exec("INSERT INTO relay_state (stream, published) VALUES (" + tx.quote(d.opts.stream) + "," + std::to_string(w) +
+                ") ON CONFLICT (stream) DO UPDATE SET published = excluded.published");
+        tx.commit();
+        d.persisted = w;
+        d.persisted_at = std::chrono::steady_clock::now();
     };
     auto release = [&] {
         if (!d.conn || !active_.load()) return;
@@ -382,6 +403,7 @@ void Relay::run() {
                                               std::to_string(d.opts.batch)));
             }
             if (evs.empty()) {
+                persist_watermark(true);
                 if (!wait(d.opts.poll)) break;
                 continue;
             }
@@ -448,12 +470,7 @@ void Relay::run() {
                 d.last_seq = expect;
                 unblock();
                 d.published_total.inc(sent);
-                auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
-                pqxx::work tx(*d.conn);
-                tx.exec("INSERT INTO relay_state (stream, published) VALUES (" + tx.quote(d.opts.stream) + "," +
-                        std::to_string(published_.load()) +
-                        ") ON CONFLICT (stream) DO UPDATE SET published = excluded.published");
-                tx.commit();
+                persist_watermark(false);
             } else {
                 d.failures.inc();
                 std::string why;
@@ -476,6 +493,11 @@ void Relay::run() {
             drop_connection();
             if (!pause(std::chrono::milliseconds(200))) break;
         }
+    }
+    if (d.conn && active_.load()) {
+        try {
+            persist_watermark(true);
+        } catch (const std::exception&) {}
     }
     release();
     drop_connection();

@@ -82,7 +82,7 @@ private:
     const projections::Projection& p_;
     Instances instances_;
     std::unordered_map<std::string, bool, StringHash, std::equal_to<>> member_;  // aggregate -> instance of p?
-    events::Event scratch_;                                                // reused per row
+    events::Event scratch_;                                                      // reused per row
     std::int64_t folded_ = 0, rows_ = 0;
 };
 
