@@ -275,3 +275,25 @@ TEST_CASE("e2e: kill -9 the AI instance in the middle of a run: the other instan
     CHECK(w.of_type(session, "AIProcessingCompleted").size() == 1);
     CHECK(w.of_type(session, "TelegramMessageSent").size() == 1);
 }
+
+TEST_CASE("e2e: POST /trigger?wait=30 answers with the run's reply, like a function call, driven with curl", "[e2e]") {
+    WholeStack w;
+    auto port = std::to_string(w.gw_port);
+    // curl, not our client: the gateway's long-held answer read by another stack's HTTP.
+    auto out = testing::run({"curl", "-sS", "-m", "60", "-XPOST", "http://127.0.0.1:" + port + "/trigger?wait=30", "-H",
+                             "Content-Type: application/json", "-w", "\n%{http_code}", "-d",
+                             R"({"source":"script","user_id":"e2e","message":"ping from a script"})"},
+                            {}, 90s);
+    INFO(out.output << "\n" << w.logs());
+    REQUIRE(out.exit_code == 0);
+    auto nl = out.output.rfind('\n');
+    REQUIRE(nl != std::string::npos);
+    CHECK(out.output.substr(nl + 1) == "200");
+    auto body = json::parse(out.output.substr(0, nl));
+    CHECK(body["run"]["state"] == "completed");
+    REQUIRE(body["messages"].size() == 1);
+    CHECK(body["messages"][0]["text"] == "Echo: ping from a script");
+    auto session = body["session_id"].get<std::string>();
+    CHECK(w.of_type(session, "MessageGenerated").size() == 1);
+    CHECK(w.of_type(session, "AIProcessingCompleted").size() == 1);
+}

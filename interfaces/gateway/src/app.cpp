@@ -10,6 +10,7 @@
 #include "ingress.h"
 #include "signature.h"
 #include "telegram.h"
+#include "trigger_wait.h"
 #include "webchat.h"
 
 #include <chrono>
@@ -33,6 +34,9 @@ config::Spec config_spec() {
                return "must be a list source=secret,source2=whsec_<base64> (" + p.error().detail + ")";
            },
            true});
+    s.add({"GATEWAY_TRIGGER_MAX_WAITS",
+           "POST /trigger?wait=N requests that may wait for their run at once (one more is refused 429; 0: no waiting)", "256",
+           false, config::int_range(0, 4096)});
     s.add({"WEBHOOK_MAX_SKEW_S", "how far a webhook's signed timestamp may be from now (older requests are refused as replays)",
            "300", false, config::int_range(1, 86400)});
     telegram::add_settings(s);
@@ -81,7 +85,8 @@ struct App::Impl {
     http::Guard guard;
     std::map<std::string, WebhookSecret> secrets;
     ReplayGuard replays;
-    std::unique_ptr<WebChat> webchat;  // declared before `server`: destroyed after it has stopped
+    std::unique_ptr<WebChat> webchat;     // declared before `server`: destroyed after it has stopped
+    std::unique_ptr<TriggerWaits> waits;  // the same
     std::unique_ptr<http::Server> server;
     std::unique_ptr<telegram::Ingress> telegram;
     metrics::Counter& accepted =
@@ -156,7 +161,7 @@ struct App::Impl {
         if (req.path == "/trigger") {
             if (req.method != "POST") return res->respond(http::Response::error(405, "method_not_allowed", "use POST"));
             if (auto refused = http::require_json(req)) return res->respond(reject(std::move(*refused)));
-            return res->respond(trigger(req));
+            return trigger(req, res);
         }
         if (req.path == "/metrics") {
             http::Response r;
@@ -176,7 +181,50 @@ struct App::Impl {
         res->respond(http::Response::error(404, "not_found", "no route for " + req.method + " " + req.path));
     }
 
-    http::Response trigger(http::Request& req) {
+    // POST /trigger[?wait=N]: with wait (1-60 s), the answer waits for the run (TriggerWaits).
+    void trigger(http::Request& req, const std::shared_ptr<http::Responder>& res) {
+        int wait_s = 0;
+        if (auto w = req.param("wait")) {
+            auto n = parse_wait(*w);
+            if (!n) return res->respond(reject(400, "invalid_parameter", n.error().detail));
+            wait_s = *n;
+        }
+        if (wait_s > 0 && !waits->reserve())
+            return res->respond(reject(429, "too_many_waits",
+                                       "too many POST /trigger?wait requests are waiting (GATEWAY_TRIGGER_MAX_WAITS); nothing "
+                                       "was written: retry later or without wait"));
+        std::optional<Accepted> acc;
+        auto r = trigger(req, acc);
+        if (!acc || wait_s == 0) {
+            if (wait_s > 0) waits->unreserve();
+            return res->respond(std::move(r));
+        }
+        waits->wait(res, std::move(acc->body), acc->session, acc->event_id, acc->position,
+                    std::chrono::steady_clock::now() + std::chrono::seconds(wait_s));
+    }
+
+    static Result<int> parse_wait(const std::string& v) {
+        auto bad = [&] {
+            return Error::make("invalid_parameter",
+                               "query parameter 'wait' must be a number of seconds from 0 to 60 (got '" + v.substr(0, 32) + "')");
+        };
+        if (v.empty() || v.size() > 2) return bad();
+        int n = 0;
+        for (char c : v) {
+            if (c < '0' || c > '9') return bad();
+            n = n * 10 + (c - '0');
+        }
+        if (n > 60) return bad();
+        return n;
+    }
+
+    struct Accepted {
+        nlohmann::json body;
+        std::string session, event_id;
+        std::int64_t position = 0;
+    };
+
+    http::Response trigger(http::Request& req, std::optional<Accepted>& accepted_out) {
         auto parsed = parse_json(req.body, "the body");
         if (!parsed) return reject(400, "invalid_json", parsed.error().detail);
         auto& body = *parsed;
@@ -218,10 +266,13 @@ struct App::Impl {
         auto r = append(ev);
         if (!r) return from_error(r.error());
         accepted.inc();
-        return http::Response::json(r->first, {{"session_id", session},
-                                               {"user_id", *user},
-                                               {"event_id", id.str()},
-                                               {"position", r->second["events"][0]["position"]}});
+        nlohmann::json out = {{"session_id", session},
+                              {"user_id", *user},
+                              {"event_id", id.str()},
+                              {"position", r->second["events"][0]["position"]}};
+        auto pos = out["position"].is_number_integer() ? out["position"].get<std::int64_t>() : 0;
+        accepted_out = Accepted{out, session, id.str(), pos};
+        return http::Response::json(r->first, std::move(out));
     }
 
     http::Response webhook(const std::string& source, http::Request& req) {
@@ -267,6 +318,11 @@ App::App(config::Values cfg, std::function<std::int64_t()> now_s) : impl_(std::m
     };
     impl_->guard = http::Guard(http::guard_options(impl_->cfg));
     if (impl_->cfg.has("WEBHOOK_SECRETS")) impl_->secrets = *parse_secrets(impl_->cfg.get("WEBHOOK_SECRETS"));
+    TriggerWaitOptions two;
+    two.store_url = impl_->cfg.get("EVENT_STORE_URL");
+    two.store_headers = impl_->store_headers();
+    two.max_waits = static_cast<std::size_t>(impl_->cfg.get_int("GATEWAY_TRIGGER_MAX_WAITS"));
+    impl_->waits = std::make_unique<TriggerWaits>(std::move(two), impl_->log, impl_->metrics);
     impl_->webchat = std::make_unique<WebChat>(
         impl_->cfg, impl_->metrics, [im = impl_.get()](const nlohmann::json& e) { return im->append(e); }, impl_->now_s);
 }
@@ -295,6 +351,7 @@ Status App::start() {
 }
 
 void App::stop() {
+    if (impl_ && impl_->waits) impl_->waits->stop();  // waiting requests hear 202 before the server closes
     if (impl_ && impl_->server) impl_->server->stop();
     if (impl_ && impl_->telegram) impl_->telegram->stop();
 }
