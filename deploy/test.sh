@@ -14,11 +14,13 @@ shift || true
 "$root/deploy/build.sh" "$preset"
 # The web chat's browser test (ctest label e2e) drives Chromium with playwright-core from npm.
 # `npm ci` only when the lock file changed since the last install.
-web="$root/tests/webchat"
-if ! cmp -s "$web/package-lock.json" "$web/node_modules/.package-lock.json.installed" 2>/dev/null; then
-  npm ci --prefix "$web" --no-audit --no-fund
-  cp "$web/package-lock.json" "$web/node_modules/.package-lock.json.installed"
-fi
+# The AI processor's MCP client is tested against real MCP servers from npm (tests/mcp).
+for web in "$root/tests/webchat" "$root/tests/mcp"; do
+  if ! cmp -s "$web/package-lock.json" "$web/node_modules/.package-lock.json.installed" 2>/dev/null; then
+    npm ci --prefix "$web" --no-audit --no-fund
+    cp "$web/package-lock.json" "$web/node_modules/.package-lock.json.installed"
+  fi
+done
 dir="$root/build"
 if [ "$preset" = "asan" ]; then
   dir="$root/build-asan"

@@ -508,7 +508,7 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
                 if (auto s = may_work("tool " + tc.name + " of iteration " + std::to_string(n)); !s) return s;
                 auto t0 = std::chrono::steady_clock::now();
                 ToolResult r;
-                if (const Tool* tool = find_tool(tc.name)) {
+                if (auto tool = find_tool(tc.name)) {
                     try {
                         r = tool->execute(tctx, tc.arguments);
                     } catch (const std::exception& ex) {

@@ -2,6 +2,7 @@
 #include <cstdlib>
 
 #include "agent.h"
+#include "mcp.h"
 #include "engram/log/log.h"
 #include "engram/nats/nats.h"
 
@@ -25,7 +26,19 @@ int main(int argc, char** argv) {
     extra.add({"AI_RECALL_TIMEOUT_MS", "timeout of the recall tool's memory.search request (ms)", "5000", false,
                config::int_range(100, 60000)});
 
+    extra.add({"MCP_SERVERS",
+               "MCP servers whose tools the agent may call, as JSON: {\"<name>\": {\"command\": \"node\", \"args\": "
+               "[\"server.js\", \"stdio\"], \"env\": {}}} (stdio); their tools are offered as <name>__<tool>",
+               "", false, [](const std::string& v) -> std::optional<std::string> {
+                   auto p = ai::parse_mcp_servers(v);
+                   if (p) return std::nullopt;
+                   return p.error().detail;
+               }});
+    extra.add({"MCP_TOOL_TIMEOUT_MS", "timeout of one MCP tool call (ms); past it the model sees a tool error", "30000", false,
+               config::int_range(100, 600000)});
+
     static std::unique_ptr<ai::Agent> agent;
+    static std::unique_ptr<ai::McpToolbox> mcp;
     return processor::run_main(argc, argv, defaults, extra, [](const config::Values& v) {
         auto log = log::get("ai-processor");
         ai::AgentOptions o;
@@ -74,6 +87,16 @@ int main(int argc, char** argv) {
         auto conn = nats::Connection::connect(nc);
         if (!conn) throw std::runtime_error("NATS (recall): " + conn.error().detail);
         o.nats = std::shared_ptr<nats::Connection>(std::move(*conn));
+        if (auto servers = ai::parse_mcp_servers(v.get("MCP_SERVERS")); servers && !servers->empty()) {
+            mcp = std::make_unique<ai::McpToolbox>(std::move(*servers),
+                                                   std::chrono::milliseconds(v.get_int("MCP_TOOL_TIMEOUT_MS")));
+            for (const auto& problem : mcp->start()) log->warn("{} (retried when the agent next lists its tools)", problem);
+            auto tools = mcp->tools();
+            std::string names;
+            for (const auto& t : tools) names += (names.empty() ? "" : ", ") + t.name;
+            log->info("MCP: {} tool(s) offered to the model: {}", tools.size(), names.empty() ? "(none yet)" : names);
+            ai::set_external_tools([] { return mcp->tools(); });
+        }
         agent = std::make_unique<ai::Agent>(std::move(o));
         return agent->handler();
     });

@@ -73,9 +73,12 @@ struct Tool {
     std::function<ToolResult(ToolContext&, const nlohmann::json& args)> execute;
 };
 
-// Every tool, in the order offered to the model.
-const std::vector<Tool>& all_tools();
-const Tool* find_tool(const std::string& name);
+// Every tool, in the order offered to the model: the built-in ones, then those of the external
+// source (MCP servers), if one is set.
+std::vector<Tool> all_tools();
+std::optional<Tool> find_tool(const std::string& name);
+// Where tools beyond the built-in ones come from (called for every listing; thread-safe).
+void set_external_tools(std::function<std::vector<Tool>()> source);
 
 // One line per tool file.
 Tool make_think_tool();

@@ -1,6 +1,7 @@
 // The fencing decisions of a run, without a store: what a version conflict means, and how far the
 // run's known version of its session moves after an append.
 #include "agent.h"
+#include "mcp.h"
 
 #include "engram/core/uuid.h"
 
@@ -56,4 +57,32 @@ TEST_CASE("the known version follows the run's own appends, never past events it
     CHECK(ai::advance_version(5, {5, 6}) == 6);
     CHECK(ai::advance_version(5, {9, 10}) == 5);  // replayed further on: 6..8 unseen
     CHECK(ai::advance_version(5, {}) == 5);
+}
+
+TEST_CASE("MCP_SERVERS is parsed strictly, one line naming the server and the field", "[unit][ai][mcp]") {
+    auto ok = ai::parse_mcp_servers(R"({"fs": {"command": "node", "args": ["a.js", "/tmp"], "env": {"K": "v"}}})");
+    REQUIRE(ok);
+    REQUIRE(ok->size() == 1);
+    CHECK((*ok)[0].command == std::vector<std::string>{"node", "a.js", "/tmp"});
+    CHECK((*ok)[0].env.at("K") == "v");
+    CHECK(ai::parse_mcp_servers("")->empty());
+    CHECK(ai::parse_mcp_servers("{}")->empty());
+    for (auto [text, part] :
+         std::vector<std::pair<std::string, std::string>>{{"[1]", "JSON object"},
+                                                          {"{nope", "MCP_SERVERS"},
+                                                          {R"({"a b": {"command": "x"}})", "server name"},
+                                                          {R"({"s": {"args": []}})", "MCP_SERVERS.s: \"command\""},
+                                                          {R"({"s": {"command": "x", "args": [1]}})", "\"args\""},
+                                                          {R"({"s": {"command": "x", "env": {"K": 1}}})", "\"env\""},
+                                                          {R"({"s": {"command": "x", "cwd": "/"}})", "unknown field \"cwd\""},
+                                                          {R"({"s": {"url": "http://127.0.0.1:1/mcp"}})", "only stdio"}}) {
+        INFO(text);
+        auto r = ai::parse_mcp_servers(text);
+        REQUIRE_FALSE(r);
+        CHECK(r.error().detail.find(part) != std::string::npos);
+        CHECK(r.error().detail.find('\n') == std::string::npos);
+    }
+    CHECK(ai::mcp_tool_name("fs", "read_file") == "fs__read_file");
+    CHECK(ai::mcp_tool_name("x", "a.b/c d") == "x__a_b_c_d");
+    CHECK(ai::mcp_tool_name("x", std::string(100, 't')).size() == 64);
 }

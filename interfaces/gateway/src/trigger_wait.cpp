@@ -84,9 +84,10 @@ struct TriggerWaits::Impl {
         : opts(std::move(o)),
           log(std::move(l)),
           waiting(m.gauge("engram_gateway_trigger_waiting", "POST /trigger?wait requests waiting for their run")),
-          answered(m.counter("engram_gateway_trigger_waits_total", "POST /trigger?wait requests answered", "outcome=\"finished\"")),
-          timed_out(m.counter("engram_gateway_trigger_waits_total", "POST /trigger?wait requests answered",
-                              "outcome=\"timed_out\"")) {}
+          answered(
+              m.counter("engram_gateway_trigger_waits_total", "POST /trigger?wait requests answered", "outcome=\"finished\"")),
+          timed_out(
+              m.counter("engram_gateway_trigger_waits_total", "POST /trigger?wait requests answered", "outcome=\"timed_out\"")) {}
 
     static void answer(Waiter& w, bool finished) {
         nlohmann::json body = std::move(w.accepted);
@@ -100,9 +101,9 @@ struct TriggerWaits::Impl {
     // New events of the waiter's session after what it has seen; false when the store did not answer.
     bool follow(http::Client& c, Waiter& w) {
         for (int page = 0; page < 10 && !w.run.finished(); ++page) {
-            auto r = c.get("/events?aggregate_id=" + http::url_encode(w.session) + "&after=" + std::to_string(w.after) +
-                               "&limit=1000",
-                           opts.store_headers);
+            auto r =
+                c.get("/events?aggregate_id=" + http::url_encode(w.session) + "&after=" + std::to_string(w.after) + "&limit=1000",
+                      opts.store_headers);
             if (!r || r->status != 200) return false;
             auto j = r->json();
             if (!j.is_object() || !j.contains("events") || !j["events"].is_array()) return false;
@@ -138,7 +139,8 @@ struct TriggerWaits::Impl {
                 auto& w = *it;
                 bool reached = store_answers && follow(c, w);
                 if (!reached && store_answers && std::chrono::steady_clock::now() - last_warn > std::chrono::seconds(10)) {
-                    log->warn("trigger waits: the event store did not answer; the waiting requests keep waiting until their deadline");
+                    log->warn(
+                        "trigger waits: the event store did not answer; the waiting requests keep waiting until their deadline");
                     last_warn = std::chrono::steady_clock::now();
                 }
                 store_answers = store_answers && reached;

@@ -34,7 +34,7 @@ struct TriggerWaitOptions {
 // What a finished run says, folded from the session's events after the trigger (pure: tested alone).
 struct RunOutcome {
     std::string run_id;
-    std::string state = "pending";  // pending (no run seen yet), running, completed, failed
+    std::string state = "pending";                      // pending (no run seen yet), running, completed, failed
     nlohmann::json messages = nlohmann::json::array();  // {"text", "event_id", "position"} of its MessageGenerated
     nlohmann::json detail = nlohmann::json::object();   // stop_reason / reason, detail
     bool finished() const { return state == "completed" || state == "failed"; }

@@ -58,8 +58,7 @@ std::string body_for(const std::string& session, const std::string& message) {
 
 }  // namespace
 
-TEST_CASE("POST /trigger?wait answers with the run's messages once it completes, driven from Python",
-          "[integration][gateway]") {
+TEST_CASE("POST /trigger?wait answers with the run's messages once it completes, driven from Python", "[integration][gateway]") {
     Fixture f;
     const std::string session = "session:api:wait-1";
     auto started = std::chrono::steady_clock::now();
@@ -104,8 +103,7 @@ TEST_CASE("POST /trigger?wait answers with the run's messages once it completes,
     CHECK(f.stack.count("TriggerReceived", s2) == 1);
 }
 
-TEST_CASE("POST /trigger?wait answers 202 with what is known when the run does not finish in time",
-          "[integration][gateway]") {
+TEST_CASE("POST /trigger?wait answers 202 with what is known when the run does not finish in time", "[integration][gateway]") {
     Fixture f;
     const std::string session = "session:api:slow";
     auto t0 = std::chrono::steady_clock::now();

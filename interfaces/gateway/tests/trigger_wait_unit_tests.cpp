@@ -24,7 +24,8 @@ TEST_CASE("trigger waits: a run is folded from its own events only", "[unit][gat
     gateway::fold_run_event(r, "t1", ev("MessageGenerated", "m2", {{"text", "other"}, {"run_id", "r0"}}, 8));
     gateway::fold_run_event(r, "t1", ev("AIProcessingCompleted", "c0", {{"run_id", "r0"}, {"trigger_event_id", "t0"}}));
     CHECK_FALSE(r.finished());
-    gateway::fold_run_event(r, "t1", ev("AIProcessingFailed", "f1", {{"run_id", "r1"}, {"reason", "model_error"}, {"detail", "x"}}));
+    gateway::fold_run_event(r, "t1",
+                            ev("AIProcessingFailed", "f1", {{"run_id", "r1"}, {"reason", "model_error"}, {"detail", "x"}}));
     CHECK(r.state == "failed");
     CHECK(r.detail == json{{"reason", "model_error"}, {"detail", "x"}});
     REQUIRE(r.messages.size() == 1);
@@ -35,4 +36,3 @@ TEST_CASE("trigger waits: a run is folded from its own events only", "[unit][gat
     gateway::fold_run_event(r, "t1", json{{"type", "AIProcessingStarted"}, {"data", 5}});
     CHECK(r.state == "failed");
 }
-

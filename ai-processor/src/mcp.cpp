@@ -1,0 +1,437 @@
+#include "mcp.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "engram/core/json.h"
+#include "engram/log/log.h"
+
+namespace engram::ai {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr std::size_t kMaxLine = 16u << 20;         // one JSON-RPC message from a server
+constexpr std::size_t kMaxResultText = 64u << 10;   // what a tool result may put in the log
+constexpr const char* kProtocolVersion = "2025-06-18";
+
+bool valid_server_name(const std::string& s) {
+    if (s.empty() || s.size() > 32) return false;
+    for (char c : s)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-')) return false;
+    return true;
+}
+
+}  // namespace
+
+Result<std::vector<McpServerConfig>> parse_mcp_servers(const std::string& text) {
+    std::vector<McpServerConfig> out;
+    if (text.find_first_not_of(" \t\r\n") == std::string::npos) return out;
+    auto j = parse_json(text, "MCP_SERVERS");
+    if (!j) return std::move(j).error();
+    if (!j->is_object()) return Error::make("invalid_config", "MCP_SERVERS must be a JSON object {\"<name>\": {\"command\": ...}}");
+    for (auto& [name, s] : j->items()) {
+        auto bad = [&](const std::string& why) { return Error::make("invalid_config", "MCP_SERVERS." + name + ": " + why); };
+        if (!valid_server_name(name)) return bad("a server name is 1-32 characters of A-Z a-z 0-9 _ -");
+        if (!s.is_object()) return bad("must be an object with \"command\"");
+        if (s.contains("url"))
+            return bad("only stdio servers are supported (\"command\", \"args\", \"env\"); run a Streamable HTTP server through a stdio bridge");
+        McpServerConfig c;
+        c.name = name;
+        if (!s.contains("command") || !s["command"].is_string() || s["command"].get<std::string>().empty())
+            return bad("\"command\" must be a non-empty string");
+        c.command.push_back(s["command"].get<std::string>());
+        if (s.contains("args")) {
+            if (!s["args"].is_array()) return bad("\"args\" must be an array of strings");
+            for (auto& a : s["args"]) {
+                if (!a.is_string()) return bad("\"args\" must be an array of strings");
+                c.command.push_back(a.get<std::string>());
+            }
+        }
+        if (s.contains("env")) {
+            if (!s["env"].is_object()) return bad("\"env\" must be an object of strings");
+            for (auto& [k, v] : s["env"].items()) {
+                if (!v.is_string() || k.empty() || k.find('=') != std::string::npos) return bad("\"env\" must be an object of strings");
+                c.env[k] = v.get<std::string>();
+            }
+        }
+        for (auto& [k, v] : s.items())
+            if (k != "command" && k != "args" && k != "env") return bad("unknown field \"" + k + "\"");
+        out.push_back(std::move(c));
+    }
+    return out;
+}
+
+std::string mcp_tool_name(const std::string& server, const std::string& tool) {
+    std::string n = server + "__" + tool;
+    for (auto& c : n)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-')) c = '_';
+    if (n.size() > 64) n.resize(64);
+    return n;
+}
+
+// One server process and its JSON-RPC session.
+class McpServer {
+public:
+    McpServer(McpServerConfig c, std::chrono::milliseconds timeout) : cfg_(std::move(c)), timeout_(timeout) {}
+    ~McpServer() { stop(); }
+
+    const std::string& name() const { return cfg_.name; }
+
+    // Running and initialized, starting it when needed.
+    Status ensure_started() {
+        std::lock_guard start_lk(start_mu_);
+        {
+            std::lock_guard lk(mu_);
+            if (alive_) return ok();
+        }
+        stop_process();
+        if (auto s = spawn(); !s) return s;
+        json params = {{"protocolVersion", kProtocolVersion},
+                       {"capabilities", json::object()},
+                       {"clientInfo", {{"name", "engram"}, {"version", "0.1.0"}}}};
+        auto r = request("initialize", params, std::min(timeout_, std::chrono::milliseconds(20000)));
+        if (!r) {
+            stop_process();
+            return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " did not initialize: " + r.error().detail);
+        }
+        notify("notifications/initialized", json::object());
+        stale_ = true;  // (re)started: list its tools again
+        log_->info("MCP server {} started (pid {}): {}", cfg_.name, pid_, r->value("serverInfo", json::object()).dump());
+        return ok();
+    }
+
+    Result<json> request(const std::string& method, json params, std::chrono::milliseconds timeout) {
+        std::int64_t id;
+        {
+            std::lock_guard lk(mu_);
+            if (!alive_) return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " is not running");
+            id = ++next_id_;
+            pending_[id] = std::nullopt;
+        }
+        json msg = {{"jsonrpc", "2.0"}, {"id", id}, {"method", method}, {"params", std::move(params)}};
+        if (!write_line(msg.dump())) {
+            std::lock_guard lk(mu_);
+            pending_.erase(id);
+            return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " closed its input");
+        }
+        std::unique_lock lk(mu_);
+        bool answered = cv_.wait_for(lk, timeout, [&] {
+            auto it = pending_.find(id);
+            return !alive_ || (it != pending_.end() && it->second.has_value());
+        });
+        auto it = pending_.find(id);
+        std::optional<json> answer = it != pending_.end() ? std::move(it->second) : std::nullopt;
+        pending_.erase(id);
+        lk.unlock();
+        if (!answer) {
+            if (!answered) {
+                notify("notifications/cancelled", {{"requestId", id}, {"reason", "timed out"}});
+                return Error::make("timeout", "MCP server " + cfg_.name + " did not answer " + method + " within " +
+                                                  std::to_string(timeout.count()) + " ms");
+            }
+            return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " exited before answering " + method);
+        }
+        if (answer->contains("error")) {
+            const auto& e = (*answer)["error"];
+            std::string m = e.is_object() && e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>()
+                                                                                             : e.dump();
+            return Error::make("mcp_error", "MCP server " + cfg_.name + " refused " + method + ": " + m);
+        }
+        return answer->contains("result") ? (*answer)["result"] : json::object();
+    }
+
+    void notify(const std::string& method, json params) {
+        write_line(json{{"jsonrpc", "2.0"}, {"method", method}, {"params", std::move(params)}}.dump());
+    }
+
+    // Lists the tools (every page) when stale; the cached list otherwise.
+    Result<std::vector<json>> tools() {
+        if (auto s = ensure_started(); !s) return s.error();
+        std::lock_guard lk(list_mu_);
+        if (!stale_.exchange(false)) return cached_;
+        std::vector<json> out;
+        std::string cursor;
+        for (int page = 0; page < 50; ++page) {
+            json params = json::object();
+            if (!cursor.empty()) params["cursor"] = cursor;
+            auto r = request("tools/list", params, timeout_);
+            if (!r) {
+                stale_ = true;
+                return r.error();
+            }
+            if (r->contains("tools") && (*r)["tools"].is_array())
+                for (auto& t : (*r)["tools"])
+                    if (t.is_object() && t.contains("name") && t["name"].is_string()) out.push_back(t);
+            if (!r->contains("nextCursor") || !(*r)["nextCursor"].is_string()) break;
+            cursor = (*r)["nextCursor"].get<std::string>();
+        }
+        cached_ = out;
+        return out;
+    }
+
+    ToolResult call(const std::string& tool, const json& args) {
+        if (auto s = ensure_started(); !s) return ToolResult::error(s.error().detail);
+        auto r = request("tools/call", {{"name", tool}, {"arguments", args.is_object() ? args : json::object()}}, timeout_);
+        if (!r) return ToolResult::error(r.error().detail);
+        std::string text;
+        json other = json::array();
+        if (r->contains("content") && (*r)["content"].is_array()) {
+            for (auto& c : (*r)["content"]) {
+                if (c.is_object() && c.value("type", "") == "text" && c.contains("text") && c["text"].is_string()) {
+                    text += (text.empty() ? "" : "\n") + c["text"].get<std::string>();
+                } else if (c.is_object()) {
+                    // Images, audio and resources: what they are, not their bytes.
+                    json brief = {{"type", c.value("type", "unknown")}};
+                    for (const char* k : {"mimeType", "uri", "name"})
+                        if (c.contains(k) && c[k].is_string()) brief[k] = c[k];
+                    if (c.contains("resource") && c["resource"].is_object() && c["resource"].contains("uri"))
+                        brief["uri"] = c["resource"]["uri"];
+                    other.push_back(brief);
+                }
+            }
+        }
+        json result;
+        if (!other.empty()) {
+            result = {{"text", text}, {"content", other}};
+        } else if (text.empty() && r->contains("structuredContent")) {
+            result = (*r)["structuredContent"];
+        } else {
+            result = text;
+        }
+        if (result.is_string() && result.get<std::string>().size() > kMaxResultText) {
+            auto s = result.get<std::string>();
+            s.resize(kMaxResultText);
+            result = s + "\n(truncated: the tool returned more than 64 KiB)";
+        } else if (!result.is_string() && result.dump().size() > kMaxResultText) {
+            result = "(the tool's structured result is over 64 KiB and was dropped)";
+        }
+        ToolResult t = ToolResult::ok(std::move(result));
+        t.is_error = r->value("isError", false);
+        return t;
+    }
+
+    void stop() {
+        std::lock_guard start_lk(start_mu_);
+        stop_process();
+    }
+
+private:
+    Status spawn() {
+        int in[2], out[2];
+        if (pipe2(in, O_CLOEXEC) != 0) return Error::make("mcp_unavailable", std::string("pipe: ") + std::strerror(errno));
+        if (pipe2(out, O_CLOEXEC) != 0) {
+            ::close(in[0]);
+            ::close(in[1]);
+            return Error::make("mcp_unavailable", std::string("pipe: ") + std::strerror(errno));
+        }
+        std::vector<std::string> envs;
+        for (char** e = environ; *e; ++e) {
+            std::string kv = *e;
+            auto k = kv.substr(0, kv.find('='));
+            if (!cfg_.env.count(k)) envs.push_back(kv);
+        }
+        for (auto& [k, v] : cfg_.env) envs.push_back(k + "=" + v);
+        std::vector<char*> argv, envp;
+        for (auto& a : cfg_.command) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        for (auto& e : envs) envp.push_back(e.data());
+        envp.push_back(nullptr);
+        pid_t pid = fork();
+        if (pid < 0) {
+            for (int fd : {in[0], in[1], out[0], out[1]}) ::close(fd);
+            return Error::make("mcp_unavailable", std::string("fork: ") + std::strerror(errno));
+        }
+        if (pid == 0) {
+            dup2(in[0], 0);
+            dup2(out[1], 1);
+            int devnull = ::open("/dev/null", O_WRONLY);
+            if (devnull >= 0) dup2(devnull, 2);  // a server's own log is not ours to interleave
+            setpgid(0, 0);
+            execvpe(argv[0], argv.data(), envp.data());
+            _exit(127);
+        }
+        ::close(in[0]);
+        ::close(out[1]);
+        {
+            std::lock_guard lk(mu_);
+            pid_ = pid;
+            in_fd_ = in[1];
+            out_fd_ = out[0];
+            alive_ = true;
+        }
+        reader_ = std::thread([this, fd = out[0]] { read_loop(fd); });
+        return ok();
+    }
+
+    void stop_process() {
+        int in_fd, pid;
+        {
+            std::lock_guard lk(mu_);
+            in_fd = in_fd_;
+            pid = pid_;
+            in_fd_ = -1;
+            pid_ = 0;
+        }
+        if (in_fd >= 0) ::close(in_fd);  // a stdio server exits when its input ends
+        if (pid > 0) {
+            bool gone = false;
+            for (int i = 0; i < 20 && !gone; ++i) {
+                gone = waitpid(pid, nullptr, WNOHANG) == pid;
+                if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            }
+            if (!gone) {
+                ::kill(-pid, SIGKILL);
+                ::kill(pid, SIGKILL);
+                waitpid(pid, nullptr, 0);
+            }
+        }
+        if (reader_.joinable()) reader_.join();
+        std::lock_guard lk(mu_);
+        if (out_fd_ >= 0) ::close(out_fd_);
+        out_fd_ = -1;
+        alive_ = false;
+        pending_.clear();
+    }
+
+    bool write_line(const std::string& line) {
+        std::lock_guard lk(write_mu_);
+        int fd;
+        {
+            std::lock_guard g(mu_);
+            fd = in_fd_;
+        }
+        if (fd < 0) return false;
+        std::string data = line + "\n";
+        std::size_t off = 0;
+        while (off < data.size()) {
+            auto n = ::write(fd, data.data() + off, data.size() - off);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return false;
+            off += static_cast<std::size_t>(n);
+        }
+        return true;
+    }
+
+    void handle(const std::string& line) {
+        auto j = parse_json(line, "an MCP message");
+        if (!j || !j->is_object()) return;  // not JSON-RPC: ignored
+        auto& m = *j;
+        bool has_method = m.contains("method") && m["method"].is_string();
+        if (m.contains("id") && !has_method) {
+            if (!m["id"].is_number_integer()) return;
+            std::lock_guard lk(mu_);
+            auto it = pending_.find(m["id"].get<std::int64_t>());
+            if (it != pending_.end()) it->second = std::move(m);
+            cv_.notify_all();
+            return;
+        }
+        if (!has_method) return;
+        auto method = m["method"].get<std::string>();
+        if (m.contains("id")) {  // a request from the server: we offer no client features but ping
+            json reply = {{"jsonrpc", "2.0"}, {"id", m["id"]}};
+            if (method == "ping")
+                reply["result"] = json::object();
+            else
+                reply["error"] = {{"code", -32601}, {"message", "engram does not offer " + method}};
+            write_line(reply.dump());
+            return;
+        }
+        if (method == "notifications/tools/list_changed") stale_ = true;
+    }
+
+    void read_loop(int fd) {
+        std::string buf;
+        char chunk[65536];
+        for (;;) {
+            auto n = ::read(fd, chunk, sizeof chunk);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            buf.append(chunk, static_cast<std::size_t>(n));
+            std::size_t start = 0;
+            for (auto nl = buf.find('\n', start); nl != std::string::npos; nl = buf.find('\n', start)) {
+                handle(buf.substr(start, nl - start));
+                start = nl + 1;
+            }
+            buf.erase(0, start);
+            if (buf.size() > kMaxLine) {
+                log_->warn("MCP server {} sent a message over {} bytes: stopped", cfg_.name, kMaxLine);
+                std::lock_guard lk(mu_);
+                if (pid_ > 0) ::kill(pid_, SIGKILL);
+                break;
+            }
+        }
+        std::lock_guard lk(mu_);
+        if (alive_) log_->warn("MCP server {} exited; it is started again on its next call", cfg_.name);
+        alive_ = false;
+        cv_.notify_all();
+    }
+
+    McpServerConfig cfg_;
+    std::chrono::milliseconds timeout_;
+    std::shared_ptr<spdlog::logger> log_ = log::get("mcp");
+    std::mutex start_mu_, list_mu_, write_mu_, mu_;
+    std::condition_variable cv_;
+    std::map<std::int64_t, std::optional<json>> pending_;  // guarded by mu_
+    std::int64_t next_id_ = 0;
+    bool alive_ = false;
+    int pid_ = 0, in_fd_ = -1, out_fd_ = -1;
+    std::thread reader_;
+    std::atomic<bool> stale_{true};
+    std::vector<json> cached_;  // guarded by list_mu_
+};
+
+McpToolbox::McpToolbox(std::vector<McpServerConfig> servers, std::chrono::milliseconds call_timeout) : timeout_(call_timeout) {
+    ::signal(SIGPIPE, SIG_IGN);  // a server that died must not take the processor with it
+    for (auto& s : servers) servers_.push_back(std::make_shared<McpServer>(std::move(s), call_timeout));
+}
+
+McpToolbox::~McpToolbox() = default;
+
+std::vector<std::string> McpToolbox::start() {
+    std::vector<std::string> problems;
+    for (auto& s : servers_) {
+        auto t = s->tools();
+        if (!t) problems.push_back(t.error().detail);
+    }
+    return problems;
+}
+
+std::vector<Tool> McpToolbox::tools() {
+    std::vector<Tool> out;
+    for (auto& s : servers_) {
+        auto listed = s->tools();
+        if (!listed) continue;  // unavailable now: its tools come back when it does
+        for (const auto& t : *listed) {
+            Tool tool;
+            auto mcp_name = t["name"].get<std::string>();
+            tool.name = mcp_tool_name(s->name(), mcp_name);
+            tool.description = "[MCP " + s->name() + "] " + t.value("description", mcp_name);
+            json schema = t.contains("inputSchema") && t["inputSchema"].is_object() ? t["inputSchema"] : json::object();
+            schema.erase("$schema");
+            if (!schema.contains("type")) schema["type"] = "object";
+            tool.parameters = std::move(schema);
+            std::weak_ptr<McpServer> weak = s;
+            tool.execute = [weak, mcp_name](ToolContext&, const json& args) {
+                auto srv = weak.lock();
+                if (!srv) return ToolResult::error("the MCP server is no longer configured");
+                return srv->call(mcp_name, args);
+            };
+            out.push_back(std::move(tool));
+        }
+    }
+    return out;
+}
+
+}  // namespace engram::ai
