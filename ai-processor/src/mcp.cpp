@@ -22,8 +22,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::size_t kMaxLine = 16u << 20;         // one JSON-RPC message from a server
-constexpr std::size_t kMaxResultText = 64u << 10;   // what a tool result may put in the log
+constexpr std::size_t kMaxLine = 16u << 20;        // one JSON-RPC message from a server
+constexpr std::size_t kMaxResultText = 64u << 10;  // what a tool result may put in the log
 constexpr const char* kProtocolVersion = "2025-06-18";
 
 bool valid_server_name(const std::string& s) {
@@ -40,13 +40,16 @@ Result<std::vector<McpServerConfig>> parse_mcp_servers(const std::string& text) 
     if (text.find_first_not_of(" \t\r\n") == std::string::npos) return out;
     auto j = parse_json(text, "MCP_SERVERS");
     if (!j) return std::move(j).error();
-    if (!j->is_object()) return Error::make("invalid_config", "MCP_SERVERS must be a JSON object {\"<name>\": {\"command\": ...}}");
+    if (!j->is_object())
+        return Error::make("invalid_config", "MCP_SERVERS must be a JSON object {\"<name>\": {\"command\": ...}}");
     for (auto& [name, s] : j->items()) {
         auto bad = [&](const std::string& why) { return Error::make("invalid_config", "MCP_SERVERS." + name + ": " + why); };
         if (!valid_server_name(name)) return bad("a server name is 1-32 characters of A-Z a-z 0-9 _ -");
         if (!s.is_object()) return bad("must be an object with \"command\"");
         if (s.contains("url"))
-            return bad("only stdio servers are supported (\"command\", \"args\", \"env\"); run a Streamable HTTP server through a stdio bridge");
+            return bad(
+                "only stdio servers are supported (\"command\", \"args\", \"env\"); run a Streamable HTTP server through a stdio "
+                "bridge");
         McpServerConfig c;
         c.name = name;
         if (!s.contains("command") || !s["command"].is_string() || s["command"].get<std::string>().empty())
@@ -62,7 +65,8 @@ Result<std::vector<McpServerConfig>> parse_mcp_servers(const std::string& text) 
         if (s.contains("env")) {
             if (!s["env"].is_object()) return bad("\"env\" must be an object of strings");
             for (auto& [k, v] : s["env"].items()) {
-                if (!v.is_string() || k.empty() || k.find('=') != std::string::npos) return bad("\"env\" must be an object of strings");
+                if (!v.is_string() || k.empty() || k.find('=') != std::string::npos)
+                    return bad("\"env\" must be an object of strings");
                 c.env[k] = v.get<std::string>();
             }
         }
@@ -145,8 +149,8 @@ public:
         }
         if (answer->contains("error")) {
             const auto& e = (*answer)["error"];
-            std::string m = e.is_object() && e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>()
-                                                                                             : e.dump();
+            std::string m =
+                e.is_object() && e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>() : e.dump();
             return Error::make("mcp_error", "MCP server " + cfg_.name + " refused " + method + ": " + m);
         }
         return answer->contains("result") ? (*answer)["result"] : json::object();

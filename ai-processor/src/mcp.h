@@ -23,9 +23,9 @@
 namespace engram::ai {
 
 struct McpServerConfig {
-    std::string name;                          // [A-Za-z0-9_-], 1-32 characters: the tools' prefix
-    std::vector<std::string> command;          // argv: "command" then "args"
-    std::map<std::string, std::string> env;    // added to the processor's environment
+    std::string name;                        // [A-Za-z0-9_-], 1-32 characters: the tools' prefix
+    std::vector<std::string> command;        // argv: "command" then "args"
+    std::map<std::string, std::string> env;  // added to the processor's environment
 };
 
 // MCP_SERVERS: {"<name>": {"command": "node", "args": ["server.js", "stdio"], "env": {"K": "v"}}, ...}
@@ -40,8 +40,7 @@ class McpServer;
 
 class McpToolbox {
 public:
-    explicit McpToolbox(std::vector<McpServerConfig> servers,
-                        std::chrono::milliseconds call_timeout = std::chrono::seconds(30));
+    explicit McpToolbox(std::vector<McpServerConfig> servers, std::chrono::milliseconds call_timeout = std::chrono::seconds(30));
     ~McpToolbox();
     McpToolbox(const McpToolbox&) = delete;
     McpToolbox& operator=(const McpToolbox&) = delete;

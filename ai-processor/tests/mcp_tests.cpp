@@ -157,10 +157,11 @@ TEST_CASE("MCP through the processor: the model calls an MCP tool, recorded like
     const std::string session = "session:api:mcp";
     auto tid = Uuid::v4().str();
     http::Client c(s.url());
-    auto r = c.post_json("/events", {{"id", tid},
-                                     {"type", "TriggerReceived"},
-                                     {"aggregate_id", session},
-                                     {"data", {{"source", "api"}, {"user_id", "api:u"}, {"session_id", session}, {"message", "echo it"}}}});
+    auto r = c.post_json("/events",
+                         {{"id", tid},
+                          {"type", "TriggerReceived"},
+                          {"aggregate_id", session},
+                          {"data", {{"source", "api"}, {"user_id", "api:u"}, {"session_id", session}, {"message", "echo it"}}}});
     REQUIRE(r.ok());
     REQUIRE(r->status == 201);
     auto of = [&](const std::string& type) {
@@ -188,7 +189,8 @@ TEST_CASE("MCP through the processor: the model calls an MCP tool, recorded like
     REQUIRE_FALSE(reqs.empty());
     bool offered = false, builtin = false;
     for (auto& t : reqs[0]["tools"]) {
-        offered = offered || (t["function"]["name"] == "everything__echo" && t["function"]["parameters"]["properties"].contains("message"));
+        offered = offered ||
+                  (t["function"]["name"] == "everything__echo" && t["function"]["parameters"]["properties"].contains("message"));
         builtin = builtin || t["function"]["name"] == "send_message";
     }
     CHECK(offered);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 #include <optional>
+#include <mutex>
 #include <regex>
 #include <thread>
 
@@ -531,6 +532,10 @@ public:
 
     Status operator()(processor::Context& ctx) {
         const auto& e = ctx.event();
+        if (e.type == "AIProcessingStarted" || e.type == "ToolCompleted") {
+            typing(e);
+            return ok();
+        }
         if (e.type != "MessageGenerated") return ok();
         std::string channel = channel_of(e);
         std::string text = e.data.value("text", std::string());
@@ -564,6 +569,34 @@ private:
         pr.detail = detail;
         lg()->warn("{} {}: {} ({})", channel, ctx.event().id.str(), reason, detail);
         return failed(ctx, channel, pr);
+    }
+
+    // "typing…" in a Telegram chat while its run works: at its start and after each tool call, for
+    // a live run only (an old event met in a catch-up or a replay types nothing), at most every 4 s
+    // per chat. Ephemeral and best effort: nothing is recorded, a failure is not retried.
+    void typing(const events::Event& e) {
+        if (s_.telegram_token.empty() || session_part(session_of(e), 1) != "telegram") return;
+        if (std::chrono::system_clock::now() - e.timestamp > std::chrono::seconds(30)) return;
+        std::string chat = session_part(session_of(e), 2);
+        if (chat.empty() || !s_.telegram_allowed.allows(canonical_chat(chat))) return;
+        {
+            std::lock_guard lk(typing_mu_);
+            auto now = std::chrono::steady_clock::now();
+            if (typing_at_.size() > 10000) typing_at_.clear();  // a bound, not a cache that matters
+            auto [it, fresh] = typing_at_.emplace(chat, now);
+            if (!fresh && now - it->second < std::chrono::seconds(4)) return;
+            it->second = now;
+        }
+        json chat_json = chat;
+        try {
+            if (std::regex_match(chat, std::regex("-?[0-9]{1,19}"))) chat_json = std::stoll(chat);
+        } catch (...) {}
+        http::ClientOptions co;
+        co.timeout = std::min<std::chrono::milliseconds>(s_.http_timeout, std::chrono::milliseconds(2000));
+        co.redact = {s_.telegram_token};
+        http::Client client(s_.telegram_api_base, co);
+        auto r = client.post_json("/bot" + s_.telegram_token + "/sendChatAction", {{"chat_id", chat_json}, {"action", "typing"}});
+        if (!r || r->status != 200) lg()->debug("sendChatAction to {} failed (ignored)", chat.substr(0, 40));
     }
 
     Status telegram(processor::Context& ctx, const std::string& text) {
@@ -688,11 +721,13 @@ private:
 
     Settings s_;
     std::shared_ptr<RateLimiter> limiter_;
+    std::mutex typing_mu_;
+    std::map<std::string, std::chrono::steady_clock::time_point> typing_at_;  // chat -> last "typing", guarded
 };
 
 }  // namespace
 
-std::vector<std::string> handled_types() { return {"MessageGenerated"}; }
+std::vector<std::string> handled_types() { return {"MessageGenerated", "AIProcessingStarted", "ToolCompleted"}; }
 
 std::string channel_of(const events::Event& e) {
     if (e.data.contains("channel") && e.data["channel"].is_string()) return e.data["channel"].get<std::string>();

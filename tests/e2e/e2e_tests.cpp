@@ -168,6 +168,13 @@ TEST_CASE("e2e: a Telegram message (long polling) gets exactly one reply, a stra
     CHECK(w.of_type(session, "MessageReceived").size() == 1);
     CHECK(w.of_type(session, "MessageGenerated").size() == 1);
     CHECK(w.of_type(session, "AIProcessingCompleted").size() == 1);
+    // "typing…" was shown in the chat while the run worked (never to the stranger).
+    auto actions = w.tg.chat_actions();
+    REQUIRE_FALSE(actions.empty());
+    for (auto& [chat, action] : actions) {
+        CHECK(chat == kChat);
+        CHECK(action == "typing");
+    }
     // The stranger: one refusal, and the model never heard of them.
     REQUIRE(w.replies_to("999").size() == 1);
     CHECK(w.s.count("AccessDenied") == 1);

@@ -33,6 +33,7 @@ struct FakeTelegram::Impl {
     std::vector<json> get_updates_calls;
     std::vector<json> webhook_calls;
     std::vector<std::string> methods;
+    std::vector<std::pair<std::string, std::string>> chat_actions;  // (chat_id, action) of sendChatAction
     std::unique_ptr<http::Server> server;
 
     static json params(const http::Request& req) {
@@ -95,6 +96,17 @@ struct FakeTelegram::Impl {
                 http::Response::json(200, {{"ok", true},
                                            {"result", true},
                                            {"description", method == "setWebhook" ? "Webhook was set" : "Webhook was deleted"}}));
+            return;
+        }
+        if (method == "sendChatAction") {
+            {
+                std::lock_guard lk(mu);
+                chat_actions.push_back({p.contains("chat_id")
+                                            ? (p["chat_id"].is_string() ? p["chat_id"].get<std::string>() : p["chat_id"].dump())
+                                            : "",
+                                        p.value("action", "")});
+            }
+            res->respond(http::Response::json(200, {{"ok", true}, {"result", true}}));
             return;
         }
         if (method == "getWebhookInfo") {
@@ -228,6 +240,10 @@ std::vector<FakeTelegram::Message> FakeTelegram::messages() const {
 std::size_t FakeTelegram::message_count() const {
     std::lock_guard lk(impl_->mu);
     return impl_->messages.size();
+}
+std::vector<std::pair<std::string, std::string>> FakeTelegram::chat_actions() const {
+    std::lock_guard lk(impl_->mu);
+    return impl_->chat_actions;
 }
 std::size_t FakeTelegram::send_calls() const {
     std::lock_guard lk(impl_->mu);

@@ -18,6 +18,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace engram::fakes {
@@ -42,6 +43,8 @@ public:
     std::vector<Message> messages() const;  // accepted sendMessage calls, in order of arrival
     std::size_t message_count() const;
     std::size_t send_calls() const;  // every sendMessage call, errors included
+    // Every sendChatAction call: (chat_id as a string, action), in order.
+    std::vector<std::pair<std::string, std::string>> chat_actions() const;
 
     // Script for the next sendMessage calls (in order; each entry answers one call).
     void push_429(int retry_after = 1, int count = 1);
