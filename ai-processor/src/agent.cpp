@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "engram/core/json.h"
 #include "engram/core/uuid.h"
@@ -296,6 +297,58 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
         return ok();
     }
 
+    // Double-texting. A message an earlier run answered together with its own starts no run.
+    const auto* recorded_start = find("started");
+    if (!recorded_start && t.type == "MessageReceived") {
+        for (const auto& e : *evs) {
+            if (e.type != "AIProcessingStarted" || !e.data.contains("merged_event_ids") || !e.data["merged_event_ids"].is_array())
+                continue;
+            for (const auto& m : e.data["merged_event_ids"])
+                if (m == tid) {
+                    log->info("message {} was answered together with run {}: no run of its own", tid,
+                              str_field(e.data, "run_id"));
+                    return ok();
+                }
+        }
+    }
+    // Which later messages this run answers too: recorded at its start; for a new run, those of the
+    // session with no run of their own yet, after a short wait for the rest of a burst.
+    std::vector<events::Event> merged;
+    if (recorded_start) {
+        if (recorded_start->data.contains("merged_event_ids") && recorded_start->data["merged_event_ids"].is_array())
+            for (const auto& m : recorded_start->data["merged_event_ids"])
+                for (const auto& e : *evs)
+                    if (m.is_string() && e.id.str() == m.get<std::string>()) merged.push_back(e);
+    } else if (t.type == "MessageReceived" && o_.double_texting == "merge") {
+        auto age = std::chrono::system_clock::now() - t.timestamp;
+        if (age >= std::chrono::milliseconds(0) && age < o_.debounce) {
+            auto until = std::chrono::steady_clock::now() + (o_.debounce - age);
+            while (std::chrono::steady_clock::now() < until) {
+                if (auto s = may_work("run " + run_id); !s) return s;
+                std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+                    until - std::chrono::steady_clock::now(), std::chrono::milliseconds(100)));
+            }
+            auto more = store.session_events(session, evs->empty() ? from : evs->back().version.value() + 1);
+            if (!more) return more.error();
+            evs->insert(evs->end(), more->begin(), more->end());
+            store.guard(session, tid, evs->empty() ? 0 : evs->back().version.value(), control.owns);
+        }
+        std::set<std::string> claimed;  // messages with a run of their own, or merged into one
+        for (const auto& e : *evs) {
+            if (e.type != "AIProcessingStarted") continue;
+            claimed.insert(str_field(e.data, "trigger_event_id"));
+            if (e.data.contains("merged_event_ids") && e.data["merged_event_ids"].is_array())
+                for (const auto& m : e.data["merged_event_ids"])
+                    if (m.is_string()) claimed.insert(m.get<std::string>());
+        }
+        for (const auto& e : *evs) {
+            if (merged.size() >= 20) break;
+            if (e.position.value() <= t.position.value() || e.type != "MessageReceived" || e.data.value("edited", false) == true)
+                continue;
+            if (!claimed.count(e.id.str())) merged.push_back(e);
+        }
+    }
+
     auto stamp = [&](events::NewEvent e, const std::string& step) {
         e.id = step_id(step);
         e.metadata = {{"causation_id", tid}, {"correlation_id", correlation}, {"source", o_.source}, {"session_id", session}};
@@ -320,11 +373,14 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
         if (d.contains("context") && d["context"].is_object() && !d["context"].empty())
             user_text += "\n\nContext: " + d["context"].dump();
     } else {
-        user_text = str_field(d, "text");
-        if (user_text.empty()) {
-            auto n = d.contains("attachments") && d["attachments"].is_array() ? d["attachments"].size() : 0;
-            user_text = n ? "(the user sent " + std::to_string(n) + " attachment(s) without text)" : "(empty message)";
-        }
+        auto text_of = [](const json& md) {
+            auto text = str_field(md, "text");
+            if (!text.empty()) return text;
+            auto n = md.contains("attachments") && md["attachments"].is_array() ? md["attachments"].size() : 0;
+            return n ? "(the user sent " + std::to_string(n) + " attachment(s) without text)" : std::string("(empty message)");
+        };
+        user_text = text_of(d);
+        for (const auto& m : merged) user_text += "\n" + text_of(m.data);  // one burst, read as one message
     }
 
     std::vector<llm::Message> messages;
@@ -344,6 +400,11 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
                      {"model", model},       {"provider", o_.provider_kind}, {"max_iterations", o_.max_iterations},
                      {"session_id", session}};
         if (!user_id.empty()) data["user_id"] = user_id;
+        if (!merged.empty()) {
+            data["merged_event_ids"] = json::array();
+            for (const auto& m : merged) data["merged_event_ids"].push_back(m.id.str());
+            log->info("run {}: answers {} later message(s) of the session with its trigger", run_id, merged.size());
+        }
         if (auto s = store.append(
                 {stamp({.id = {}, .type = "AIProcessingStarted", .aggregate_id = session, .data = data}, "started")});
             !s)

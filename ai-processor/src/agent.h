@@ -59,6 +59,11 @@ struct AgentOptions {
     std::shared_ptr<nats::Connection> nats;  // recall (may be null)
     std::chrono::milliseconds recall_timeout{5000};
     std::size_t history_messages = 20;  // conversation messages given to the model
+    // Double-texting: "merge" answers later MessageReceived of the session that have no run yet
+    // (sent within `debounce` of the trigger, or while an earlier run was in flight) in the same
+    // run, recorded in AIProcessingStarted.merged_event_ids; "queue" answers each on its own.
+    std::string double_texting = "merge";
+    std::chrono::milliseconds debounce{1500};
 };
 
 // What a run needs from the runtime's Context, as callbacks (tests drive runs without a runtime).

@@ -26,6 +26,15 @@ int main(int argc, char** argv) {
     extra.add({"AI_RECALL_TIMEOUT_MS", "timeout of the recall tool's memory.search request (ms)", "5000", false,
                config::int_range(100, 60000)});
 
+    extra.add({"AI_DOUBLE_TEXTING",
+               "messages sent in a burst: merge = one run answers them together (recorded in AIProcessingStarted), "
+               "queue = a run each",
+               "merge", false, [](const std::string& v) -> std::optional<std::string> {
+                   if (v == "merge" || v == "queue") return std::nullopt;
+                   return "must be merge or queue";
+               }});
+    extra.add({"AI_DOUBLE_TEXTING_DEBOUNCE_MS", "with merge: how long a new message waits for the rest of its burst (ms)", "1500",
+               false, config::int_range(0, 30000)});
     extra.add({"MCP_SERVERS",
                "MCP servers whose tools the agent may call, as JSON: {\"<name>\": {\"command\": \"node\", \"args\": "
                "[\"server.js\", \"stdio\"], \"env\": {}}} (stdio); their tools are offered as <name>__<tool>",
@@ -46,6 +55,8 @@ int main(int argc, char** argv) {
         o.api_token = v.get("ENGRAM_API_TOKEN");
         o.max_iterations = static_cast<int>(v.get_int("AI_MAX_ITERATIONS"));
         o.recall_timeout = std::chrono::milliseconds(v.get_int("AI_RECALL_TIMEOUT_MS"));
+        o.double_texting = v.get("AI_DOUBLE_TEXTING");
+        o.debounce = std::chrono::milliseconds(v.get_int("AI_DOUBLE_TEXTING_DEBOUNCE_MS"));
         if (v.has("LLM_BASE_URL")) {
             llm::OpenAIOptions base;
             base.base_url = v.get("LLM_BASE_URL");

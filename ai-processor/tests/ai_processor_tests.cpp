@@ -471,7 +471,8 @@ TEST_CASE("a long session: the prompt holds its latest messages, read from a win
         REQUIRE(r.ok());
         REQUIRE(r->status == 201);
     }
-    auto ai = s.start_ai(fake.base_url());
+    // queue: each earlier message its own run (merging them would make far fewer events).
+    auto ai = s.start_ai(fake.base_url(), {{"AI_DOUBLE_TEXTING", "queue"}});
     auto tid = s.trigger(session, "web:u", "what did I ask last?");
     wait_finished(s, session, tid, *ai, std::chrono::seconds(90));
     CHECK(s.aggregate(session).size() > 600);
@@ -483,4 +484,104 @@ TEST_CASE("a long session: the prompt holds its latest messages, read from a win
     CHECK(prompt.find("question 149") != std::string::npos);
     CHECK(prompt.find("answer 149") != std::string::npos);
     CHECK(prompt.find("question 0\\n") == std::string::npos);
+}
+
+namespace {
+std::string post_message(Stack& s, const std::string& session, const std::string& text) {
+    auto id = Uuid::v4().str();
+    auto r = s.client.post_json("/events",
+                                {{"id", id},
+                                 {"type", "MessageReceived"},
+                                 {"aggregate_id", session},
+                                 {"data", {{"channel", "web"}, {"text", text}, {"user_id", "web:u"}, {"session_id", session}}}});
+    REQUIRE(r.ok());
+    REQUIRE(r->status == 201);
+    return id;
+}
+std::vector<json> of_type(Stack& s, const std::string& session, const std::string& type) {
+    std::vector<json> out;
+    for (auto& e : s.aggregate(session))
+        if (e["type"] == type) out.push_back(e);
+    return out;
+}
+// The model answers each run once (echoing what it was told) and ends it.
+void echo_model(fakes::FakeOpenAI& fake, std::chrono::milliseconds delay = {}) {
+    fake.on([](const json& req) { return req["messages"].back()["role"] == "tool"; },
+            [](const json&) {
+                return fakes::FakeOpenAI::tool_calls_body({{"c2", "task_complete", {{"summary", "ok"}}}});
+            });
+    fake.on([](const json&) { return true; },
+            [](const json& req) {
+                return fakes::FakeOpenAI::tool_calls_body(
+                    {{"c1", "send_message", {{"text", "Heard: " + fakes::FakeOpenAI::last_user_message(req)}}}});
+            },
+            delay);
+}
+}  // namespace
+
+TEST_CASE("double-texting: three messages in a burst get one run that reads them all, recorded in the log", "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    echo_model(fake);
+    auto ai = s.start_ai(fake.base_url(), {{"AI_DOUBLE_TEXTING_DEBOUNCE_MS", "2000"}});
+    const std::string session = "session:web:burst";
+    // A first exchange makes sure the processor is up before the burst.
+    auto warm = post_message(s, session, "hi");
+    wait_finished(s, session, warm, *ai, std::chrono::seconds(60));
+    auto m1 = post_message(s, session, "so");
+    auto m2 = post_message(s, session, "I was thinking");
+    auto m3 = post_message(s, session, "about cats");
+    wait_finished(s, session, m1, *ai);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // room for a wrong second run to show up
+    auto started = of_type(s, session, "AIProcessingStarted");
+    INFO(testing::tail_file(ai->log_path()));
+    REQUIRE(started.size() == 2);  // the warm-up and the burst
+    CHECK(started[1]["data"]["trigger_event_id"] == m1);
+    CHECK(started[1]["data"]["merged_event_ids"] == json{m2, m3});
+    auto answers = of_type(s, session, "MessageGenerated");
+    REQUIRE(answers.size() == 2);
+    CHECK(answers[1]["data"]["text"] == "Heard: so\nI was thinking\nabout cats");
+    // Processing the merged messages again (a redelivery, a restart) starts nothing either.
+    ai->terminate_and_wait();
+    auto again = s.start_ai(fake.base_url());
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    CHECK(of_type(s, session, "AIProcessingStarted").size() == 2);
+}
+
+TEST_CASE("double-texting: messages sent while a run works are answered together by the next run; queue answers each",
+          "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    echo_model(fake, std::chrono::milliseconds(1500));
+    auto ai = s.start_ai(fake.base_url(), {{"AI_DOUBLE_TEXTING_DEBOUNCE_MS", "200"}});
+    const std::string session = "session:web:during";
+    auto m1 = post_message(s, session, "first");
+    REQUIRE(testing::eventually([&] { return !of_type(s, session, "AIProcessingStarted").empty(); }, std::chrono::seconds(30)));
+    auto m2 = post_message(s, session, "second");  // while run 1 waits for the model
+    auto m3 = post_message(s, session, "third");
+    REQUIRE(testing::eventually([&] { return s.finished(session, m2); }, std::chrono::seconds(30)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    auto started = of_type(s, session, "AIProcessingStarted");
+    INFO(testing::tail_file(ai->log_path()));
+    REQUIRE(started.size() == 2);
+    CHECK(started[0]["data"]["trigger_event_id"] == m1);
+    CHECK_FALSE(started[0]["data"].contains("merged_event_ids"));
+    CHECK(started[1]["data"]["trigger_event_id"] == m2);
+    CHECK(started[1]["data"]["merged_event_ids"] == json{m3});
+    auto answers = of_type(s, session, "MessageGenerated");
+    REQUIRE(answers.size() == 2);
+    CHECK(answers[0]["data"]["text"] == "Heard: first");
+    CHECK(answers[1]["data"]["text"] == "Heard: second\nthird");
+    ai->terminate_and_wait();
+
+    // queue: a run per message, in order.
+    auto q = s.start_ai(fake.base_url(), {{"AI_DOUBLE_TEXTING", "queue"}});
+    const std::string qs = "session:web:queued";
+    auto a = post_message(s, qs, "one");
+    auto b = post_message(s, qs, "two");
+    REQUIRE(testing::eventually([&] { return s.finished(qs, a) && s.finished(qs, b); }, std::chrono::seconds(30)));
+    auto qa = of_type(s, qs, "MessageGenerated");
+    REQUIRE(qa.size() == 2);
+    CHECK(qa[0]["data"]["text"] == "Heard: one");
+    CHECK(qa[1]["data"]["text"] == "Heard: two");
 }
