@@ -1,6 +1,7 @@
 #include "mcp.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -100,19 +101,28 @@ public:
             std::lock_guard lk(mu_);
             if (alive_) return ok();
         }
+        // A server that cannot start is not tried again at once by every caller.
+        if (std::chrono::steady_clock::now() - failed_at_ < std::chrono::seconds(5))
+            return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " could not start: " + failure_);
         stop_process();
-        if (auto s = spawn(); !s) return s;
+        auto fail = [&](Error e) {
+            failed_at_ = std::chrono::steady_clock::now();
+            failure_ = e.detail;
+            return e;
+        };
+        if (auto s = spawn(); !s) return fail(s.error());
         json params = {{"protocolVersion", kProtocolVersion},
                        {"capabilities", json::object()},
                        {"clientInfo", {{"name", "engram"}, {"version", "0.1.0"}}}};
         auto r = request("initialize", params, std::min(timeout_, std::chrono::milliseconds(20000)));
         if (!r) {
             stop_process();
-            return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " did not initialize: " + r.error().detail);
+            return fail(Error::make("mcp_unavailable", "MCP server " + cfg_.name + " did not initialize: " + r.error().detail));
         }
         notify("notifications/initialized", json::object());
         stale_ = true;  // (re)started: list its tools again
-        log_->info("MCP server {} started (pid {}): {}", cfg_.name, pid_, r->value("serverInfo", json::object()).dump());
+        log_->info("MCP server {} started (pid {}): {}", cfg_.name, pid_,
+                   r->is_object() && r->contains("serverInfo") ? (*r)["serverInfo"].dump() : std::string("{}"));
         return ok();
     }
 
@@ -193,11 +203,12 @@ public:
         json other = json::array();
         if (r->contains("content") && (*r)["content"].is_array()) {
             for (auto& c : (*r)["content"]) {
-                if (c.is_object() && c.value("type", "") == "text" && c.contains("text") && c["text"].is_string()) {
+                const bool typed = c.is_object() && c.contains("type") && c["type"].is_string();
+                if (typed && c["type"] == "text" && c.contains("text") && c["text"].is_string()) {
                     text += (text.empty() ? "" : "\n") + c["text"].get<std::string>();
                 } else if (c.is_object()) {
                     // Images, audio and resources: what they are, not their bytes.
-                    json brief = {{"type", c.value("type", "unknown")}};
+                    json brief = {{"type", typed ? c["type"].get<std::string>() : std::string("unknown")}};
                     for (const char* k : {"mimeType", "uri", "name"})
                         if (c.contains(k) && c[k].is_string()) brief[k] = c[k];
                     if (c.contains("resource") && c["resource"].is_object() && c["resource"].contains("uri"))
@@ -222,7 +233,7 @@ public:
             result = "(the tool's structured result is over 64 KiB and was dropped)";
         }
         ToolResult t = ToolResult::ok(std::move(result));
-        t.is_error = r->value("isError", false);
+        t.is_error = r->is_object() && r->contains("isError") && (*r)["isError"] == true;
         return t;
     }
 
@@ -262,12 +273,20 @@ private:
             dup2(out[1], 1);
             int devnull = ::open("/dev/null", O_WRONLY);
             if (devnull >= 0) dup2(devnull, 2);  // a server's own log is not ours to interleave
+            // Nothing of ours leaks into it: not our sockets (Asio's are not close-on-exec), not our
+            // blocked signals (the runtime blocks SIGTERM for its signal thread), not SIGPIPE ignored.
+            ::close_range(3, ~0U, 0);
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, nullptr);
+            ::signal(SIGPIPE, SIG_DFL);
             setpgid(0, 0);
             execvpe(argv[0], argv.data(), envp.data());
             _exit(127);
         }
         ::close(in[0]);
         ::close(out[1]);
+        ::fcntl(in[1], F_SETFL, ::fcntl(in[1], F_GETFL) | O_NONBLOCK);  // writes are bounded (write_line)
         {
             std::lock_guard lk(mu_);
             pid_ = pid;
@@ -280,26 +299,27 @@ private:
     }
 
     void stop_process() {
-        int in_fd, pid;
+        int pid;
         {
+            std::lock_guard w(write_mu_);  // no write is in flight on the fd being closed
             std::lock_guard lk(mu_);
-            in_fd = in_fd_;
-            pid = pid_;
+            if (in_fd_ >= 0) ::close(in_fd_);  // a stdio server exits when its input ends
             in_fd_ = -1;
+            pid = pid_;
             pid_ = 0;
         }
-        if (in_fd >= 0) ::close(in_fd);  // a stdio server exits when its input ends
         if (pid > 0) {
-            bool gone = false;
-            for (int i = 0; i < 20 && !gone; ++i) {
-                gone = waitpid(pid, nullptr, WNOHANG) == pid;
-                if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            // Up to 1 s to exit by itself; not reaped yet (WNOWAIT), so the pid and its process
+            // group stay ours while its own children (npx, shells), which may hold its stdout, are
+            // killed with it.
+            for (int i = 0; i < 20; ++i) {
+                siginfo_t info{};
+                if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == pid) break;
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
             }
-            if (!gone) {
-                ::kill(-pid, SIGKILL);
-                ::kill(pid, SIGKILL);
-                waitpid(pid, nullptr, 0);
-            }
+            ::kill(-pid, SIGKILL);
+            ::kill(pid, SIGKILL);
+            waitpid(pid, nullptr, 0);
         }
         if (reader_.joinable()) reader_.join();
         std::lock_guard lk(mu_);
@@ -307,8 +327,11 @@ private:
         out_fd_ = -1;
         alive_ = false;
         pending_.clear();
+        cv_.notify_all();
     }
 
+    // Bounded: a server that stops reading its input is killed (its next call starts it again)
+    // instead of blocking every caller behind a full pipe.
     bool write_line(const std::string& line) {
         std::lock_guard lk(write_mu_);
         int fd;
@@ -319,11 +342,23 @@ private:
         if (fd < 0) return false;
         std::string data = line + "\n";
         std::size_t off = 0;
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
         while (off < data.size()) {
             auto n = ::write(fd, data.data() + off, data.size() - off);
+            if (n > 0) {
+                off += static_cast<std::size_t>(n);
+                continue;
+            }
             if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return false;
-            off += static_cast<std::size_t>(n);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+                pollfd p{fd, POLLOUT, 0};
+                if (left.count() > 0 && ::poll(&p, 1, static_cast<int>(left.count())) > 0) continue;
+                log_->warn("MCP server {} stopped reading its input: killed, started again on its next call", cfg_.name);
+            }
+            std::lock_guard g(mu_);
+            if (pid_ > 0) ::kill(-pid_, SIGKILL);
+            return false;
         }
         return true;
     }
@@ -393,6 +428,8 @@ private:
     int pid_ = 0, in_fd_ = -1, out_fd_ = -1;
     std::thread reader_;
     std::atomic<bool> stale_{true};
+    std::chrono::steady_clock::time_point failed_at_{};  // last failed start (guarded by start_mu_)
+    std::string failure_;
     std::vector<json> cached_;  // guarded by list_mu_
 };
 
@@ -401,7 +438,14 @@ McpToolbox::McpToolbox(std::vector<McpServerConfig> servers, std::chrono::millis
     for (auto& s : servers) servers_.push_back(std::make_shared<McpServer>(std::move(s), call_timeout));
 }
 
-McpToolbox::~McpToolbox() = default;
+McpToolbox::~McpToolbox() {
+    {
+        std::lock_guard lk(mu_);
+        stopping_ = true;
+    }
+    cv_.notify_all();
+    if (refresher_.joinable()) refresher_.join();
+}
 
 std::vector<std::string> McpToolbox::start() {
     std::vector<std::string> problems;
@@ -409,30 +453,55 @@ std::vector<std::string> McpToolbox::start() {
         auto t = s->tools();
         if (!t) problems.push_back(t.error().detail);
     }
+    {
+        std::lock_guard lk(mu_);
+        cached_ = list_all();
+    }
+    if (!refresher_.joinable())
+        refresher_ = std::thread([this] {
+            std::unique_lock lk(mu_);
+            while (!cv_.wait_for(lk, std::chrono::seconds(1), [&] { return stopping_; })) {
+                lk.unlock();
+                auto fresh = list_all();  // may wait for a slow server: here, not in a run
+                lk.lock();
+                cached_ = std::move(fresh);
+            }
+        });
     return problems;
 }
 
 std::vector<Tool> McpToolbox::tools() {
+    std::lock_guard lk(mu_);
+    return cached_;
+}
+
+std::vector<Tool> McpToolbox::list_all() {
     std::vector<Tool> out;
     for (auto& s : servers_) {
-        auto listed = s->tools();
-        if (!listed) continue;  // unavailable now: its tools come back when it does
-        for (const auto& t : *listed) {
-            Tool tool;
-            auto mcp_name = t["name"].get<std::string>();
-            tool.name = mcp_tool_name(s->name(), mcp_name);
-            tool.description = "[MCP " + s->name() + "] " + t.value("description", mcp_name);
-            json schema = t.contains("inputSchema") && t["inputSchema"].is_object() ? t["inputSchema"] : json::object();
-            schema.erase("$schema");
-            if (!schema.contains("type")) schema["type"] = "object";
-            tool.parameters = std::move(schema);
-            std::weak_ptr<McpServer> weak = s;
-            tool.execute = [weak, mcp_name](ToolContext&, const json& args) {
-                auto srv = weak.lock();
-                if (!srv) return ToolResult::error("the MCP server is no longer configured");
-                return srv->call(mcp_name, args);
-            };
-            out.push_back(std::move(tool));
+        try {
+            auto listed = s->tools();
+            if (!listed) continue;  // unavailable now: its tools come back when it does
+            for (const auto& t : *listed) {
+                Tool tool;
+                auto mcp_name = t["name"].get<std::string>();
+                tool.name = mcp_tool_name(s->name(), mcp_name);
+                auto desc =
+                    t.contains("description") && t["description"].is_string() ? t["description"].get<std::string>() : mcp_name;
+                tool.description = "[MCP " + s->name() + "] " + desc.substr(0, 4096);
+                json schema = t.contains("inputSchema") && t["inputSchema"].is_object() ? t["inputSchema"] : json::object();
+                schema.erase("$schema");
+                if (!schema.contains("type")) schema["type"] = "object";
+                tool.parameters = std::move(schema);
+                std::weak_ptr<McpServer> weak = s;
+                tool.execute = [weak, mcp_name](ToolContext&, const json& args) {
+                    auto srv = weak.lock();
+                    if (!srv) return ToolResult::error("the MCP server is no longer configured");
+                    return srv->call(mcp_name, args);
+                };
+                out.push_back(std::move(tool));
+            }
+        } catch (const std::exception& e) {  // a listing of unexpected shape: that server offers nothing
+            log::get("mcp")->warn("MCP server {}: unusable tool list ({})", s->name(), e.what());
         }
     }
     return out;

@@ -3,16 +3,21 @@
 // named in MCP_SERVERS, over stdio (newline-delimited JSON-RPC 2.0 on the server's stdin/stdout).
 // Their tools are offered to the model beside the built-in ones as `<server>__<tool>`, with their
 // input schemas passed through; a call is recorded like any other tool call (ToolCalled before,
-// ToolCompleted after), so a resumed run never calls it again.
+// ToolCompleted after), so a resumed run never calls it again once its ToolCompleted is in the log
+// (a crash between the two calls it again, as for every tool; a timed-out call may still finish on
+// the server: MCP's cancellation is advisory).
 //
 // Threading: one reader thread per server process reads its answers and notifications; requests
 // come from any agent worker and wait for their answer (bounded by a timeout). A server that died
 // is started again on the next call; a timeout, a dead server or a JSON-RPC error is a tool error
 // the model sees, never a failed run.
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -46,15 +51,22 @@ public:
     McpToolbox& operator=(const McpToolbox&) = delete;
 
     // Starts every server and lists its tools; a server that cannot start is reported in the
-    // result (one line each) and retried on the next tools() call, the others are usable.
+    // result (one line each) and retried in the background, the others are usable. Then a
+    // background thread lists again the tools of a server that announced
+    // notifications/tools/list_changed, was restarted or could not start.
     std::vector<std::string> start();
-    // The tools of every server, listed again for a server that announced
-    // notifications/tools/list_changed or was restarted.
+    // The tools as last listed: never waits for a server (every run asks).
     std::vector<Tool> tools();
 
 private:
+    std::vector<Tool> list_all();
     std::vector<std::shared_ptr<McpServer>> servers_;
     std::chrono::milliseconds timeout_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::vector<Tool> cached_;  // guarded by mu_
+    bool stopping_ = false;
+    std::thread refresher_;
 };
 
 }  // namespace engram::ai

@@ -533,7 +533,9 @@ public:
     Status operator()(processor::Context& ctx) {
         const auto& e = ctx.event();
         if (e.type == "AIProcessingStarted" || e.type == "ToolCompleted") {
-            typing(e);
+            // Not after the tools that answer or end the run: "typing…" would outlive the reply.
+            auto tool = e.data.contains("tool") && e.data["tool"].is_string() ? e.data["tool"].get<std::string>() : "";
+            if (tool != "send_message" && tool != "task_complete") typing(e);
             return ok();
         }
         if (e.type != "MessageGenerated") return ok();

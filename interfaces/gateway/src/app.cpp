@@ -194,7 +194,13 @@ struct App::Impl {
                                        "too many POST /trigger?wait requests are waiting (GATEWAY_TRIGGER_MAX_WAITS); nothing "
                                        "was written: retry later or without wait"));
         std::optional<Accepted> acc;
-        auto r = trigger(req, acc);
+        http::Response r;
+        try {
+            r = trigger(req, acc);
+        } catch (...) {
+            if (wait_s > 0) waits->unreserve();  // the slot is never lost
+            throw;
+        }
         if (!acc || wait_s == 0) {
             if (wait_s > 0) waits->unreserve();
             return res->respond(std::move(r));

@@ -287,8 +287,11 @@ void Relay::run() {
         if (!idle && std::chrono::steady_clock::now() - d.persisted_at < std::chrono::seconds(1)) return;
         auto guard = d.watchdog.arm(*d.conn, d.opts.lease_ttl);
         pqxx::work tx(*d.conn);
-        tx.exec("INSERT INTO relay_state (stream, published) VALUES (" + tx.quote(d.opts.stream) + "," + std::to_string(w) +
-                ") ON CONFLICT (stream) DO UPDATE SET published = excluded.published");
+        // Only while this relay holds the lease: a relay that lost it must not move the watermark back.
+        tx.exec_params(
+            "INSERT INTO relay_state (stream, published) SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM relay_lease WHERE "
+            "stream = $1 AND owner = $3 AND epoch = $4) ON CONFLICT (stream) DO UPDATE SET published = excluded.published",
+            d.opts.stream, w, d.owner, d.epoch);
         tx.commit();
         d.persisted = w;
         d.persisted_at = std::chrono::steady_clock::now();
