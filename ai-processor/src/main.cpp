@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
                false, config::int_range(0, 30000)});
     extra.add({"MCP_SERVERS",
                "MCP servers whose tools the agent may call, as JSON: {\"<name>\": {\"command\": \"node\", \"args\": "
-               "[\"server.js\", \"stdio\"], \"env\": {}}} (stdio); their tools are offered as <name>__<tool>",
+               "[\"server.js\", \"stdio\"], \"env\": {}}} (stdio) or {\"<name>\": {\"url\": \"https://host/mcp\", "
+               "\"headers\": {}}} (Streamable HTTP); their tools are offered as <name>__<tool>",
                "", false, [](const std::string& v) -> std::optional<std::string> {
                    auto p = ai::parse_mcp_servers(v);
                    if (p) return std::nullopt;

@@ -10,11 +10,13 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
 
 #include "engram/core/json.h"
+#include "engram/http/client.h"
 #include "engram/log/log.h"
 
 namespace engram::ai {
@@ -47,14 +49,29 @@ Result<std::vector<McpServerConfig>> parse_mcp_servers(const std::string& text) 
         auto bad = [&](const std::string& why) { return Error::make("invalid_config", "MCP_SERVERS." + name + ": " + why); };
         if (!valid_server_name(name)) return bad("a server name is 1-32 characters of A-Z a-z 0-9 _ -");
         if (!s.is_object()) return bad("must be an object with \"command\"");
-        if (s.contains("url"))
-            return bad(
-                "only stdio servers are supported (\"command\", \"args\", \"env\"); run a Streamable HTTP server through a stdio "
-                "bridge");
         McpServerConfig c;
         c.name = name;
+        if (s.contains("url")) {
+            if (!s["url"].is_string()) return bad("\"url\" must be a string");
+            c.url = s["url"].get<std::string>();
+            if (c.url.rfind("http://", 0) != 0 && c.url.rfind("https://", 0) != 0)
+                return bad("\"url\" must start with http:// or https://");
+            if (s.contains("headers")) {
+                if (!s["headers"].is_object()) return bad("\"headers\" must be an object of strings");
+                for (auto& [k, v] : s["headers"].items()) {
+                    if (!v.is_string() || k.empty() || k.find_first_of("\r\n:") != std::string::npos ||
+                        v.get<std::string>().find_first_of("\r\n") != std::string::npos)
+                        return bad("\"headers\" must be an object of strings (no line breaks)");
+                    c.headers[k] = v.get<std::string>();
+                }
+            }
+            for (auto& [k, v] : s.items())
+                if (k != "url" && k != "headers") return bad("unknown field \"" + k + "\" (a url server takes url and headers)");
+            out.push_back(std::move(c));
+            continue;
+        }
         if (!s.contains("command") || !s["command"].is_string() || s["command"].get<std::string>().empty())
-            return bad("\"command\" must be a non-empty string");
+            return bad("\"command\" (stdio) or \"url\" (Streamable HTTP) must be a non-empty string");
         c.command.push_back(s["command"].get<std::string>());
         if (s.contains("args")) {
             if (!s["args"].is_array()) return bad("\"args\" must be an array of strings");
@@ -86,13 +103,124 @@ std::string mcp_tool_name(const std::string& server, const std::string& tool) {
     return n;
 }
 
-// One server process and its JSON-RPC session.
-class McpServer {
-public:
-    McpServer(McpServerConfig c, std::chrono::milliseconds timeout) : cfg_(std::move(c)), timeout_(timeout) {}
-    ~McpServer() { stop(); }
+namespace {
+// A tools/call result as the model and the log see it: text joined, images and resources described
+// (not their bytes), structured content when there is no text, at most 64 KiB.
+ToolResult tool_result(const json& r) {
+    std::string text;
+    json other = json::array();
+    if (r.is_object() && r.contains("content") && r["content"].is_array()) {
+        for (auto& c : r["content"]) {
+            const bool typed = c.is_object() && c.contains("type") && c["type"].is_string();
+            if (typed && c["type"] == "text" && c.contains("text") && c["text"].is_string()) {
+                text += (text.empty() ? "" : "\n") + c["text"].get<std::string>();
+            } else if (c.is_object()) {
+                json brief = {{"type", typed ? c["type"].get<std::string>() : std::string("unknown")}};
+                for (const char* k : {"mimeType", "uri", "name"})
+                    if (c.contains(k) && c[k].is_string()) brief[k] = c[k];
+                if (c.contains("resource") && c["resource"].is_object() && c["resource"].contains("uri"))
+                    brief["uri"] = c["resource"]["uri"];
+                other.push_back(brief);
+            }
+        }
+    }
+    json result;
+    if (!other.empty()) {
+        result = {{"text", text}, {"content", other}};
+    } else if (text.empty() && r.is_object() && r.contains("structuredContent")) {
+        result = r["structuredContent"];
+    } else {
+        result = text;
+    }
+    if (result.is_string() && result.get<std::string>().size() > kMaxResultText) {
+        auto t = result.get<std::string>();
+        t.resize(kMaxResultText);
+        result = t + "\n(truncated: the tool returned more than 64 KiB)";
+    } else if (!result.is_string() && result.dump().size() > kMaxResultText) {
+        result = "(the tool's structured result is over 64 KiB and was dropped)";
+    }
+    ToolResult t = ToolResult::ok(std::move(result));
+    t.is_error = r.is_object() && r.contains("isError") && r["isError"] == true;
+    return t;
+}
+// A JSON-RPC answer's result, or its error as an Error naming the server and the method.
+Result<json> rpc_result(const std::string& server, const std::string& method, const json& answer) {
+    if (answer.contains("error")) {
+        const auto& e = answer["error"];
+        std::string m =
+            e.is_object() && e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>() : e.dump();
+        return Error::make("mcp_error", "MCP server " + server + " refused " + method + ": " + m);
+    }
+    return answer.contains("result") ? answer["result"] : json::object();
+}
 
-    const std::string& name() const { return cfg_.name; }
+// Every page of tools/list (at most 50), the entries that have a name.
+Result<std::vector<json>> list_tool_pages(const std::function<Result<json>(const json&)>& list) {
+    std::vector<json> out;
+    std::string cursor;
+    for (int page = 0; page < 50; ++page) {
+        json params = json::object();
+        if (!cursor.empty()) params["cursor"] = cursor;
+        auto r = list(params);
+        if (!r) return r.error();
+        if (r->contains("tools") && (*r)["tools"].is_array())
+            for (auto& t : (*r)["tools"])
+                if (t.is_object() && t.contains("name") && t["name"].is_string()) out.push_back(t);
+        if (!r->contains("nextCursor") || !(*r)["nextCursor"].is_string()) break;
+        cursor = (*r)["nextCursor"].get<std::string>();
+    }
+    return out;
+}
+}  // namespace
+
+// What the toolbox needs of a server, whatever the transport.
+class McpConnection {
+public:
+    explicit McpConnection(std::chrono::milliseconds timeout) : timeout_(timeout) {}
+    virtual ~McpConnection() = default;
+    virtual const std::string& name() const = 0;
+
+    // Lists the tools (every page) when stale; the cached list otherwise.
+    Result<std::vector<json>> tools();
+    ToolResult call(const std::string& tool, const json& args) {
+        if (auto s = connect(); !s) return ToolResult::error(s.error().detail);
+        auto r = send("tools/call", {{"name", tool}, {"arguments", args.is_object() ? args : json::object()}}, timeout_);
+        if (!r) return ToolResult::error(r.error().detail);
+        return tool_result(*r);
+    }
+
+protected:
+    virtual Status connect() = 0;  // connected and initialized, (re)connecting when needed
+    virtual Result<json> send(const std::string& method, json params, std::chrono::milliseconds timeout) = 0;
+    void mark_stale() { stale_ = true; }  // (re)connected, or the server announced a new list
+    std::chrono::milliseconds timeout_;
+
+private:
+    std::mutex list_mu_;
+    std::atomic<bool> stale_{true};
+    std::vector<json> cached_;  // guarded by list_mu_
+};
+
+Result<std::vector<json>> McpConnection::tools() {
+    if (auto s = connect(); !s) return s.error();
+    std::lock_guard lk(list_mu_);
+    if (!stale_.exchange(false)) return cached_;
+    auto out = list_tool_pages([&](const json& params) { return send("tools/list", params, timeout_); });
+    if (!out) {
+        stale_ = true;
+        return out.error();
+    }
+    cached_ = *out;
+    return out;
+}
+
+// One server process and its JSON-RPC session.
+class McpServer : public McpConnection {
+public:
+    McpServer(McpServerConfig c, std::chrono::milliseconds timeout) : McpConnection(timeout), cfg_(std::move(c)) {}
+    ~McpServer() override { stop(); }
+
+    const std::string& name() const override { return cfg_.name; }
 
     // Running and initialized, starting it when needed.
     Status ensure_started() {
@@ -120,7 +248,7 @@ public:
             return fail(Error::make("mcp_unavailable", "MCP server " + cfg_.name + " did not initialize: " + r.error().detail));
         }
         notify("notifications/initialized", json::object());
-        stale_ = true;  // (re)started: list its tools again
+        mark_stale();  // (re)started: list its tools again
         log_->info("MCP server {} started (pid {}): {}", cfg_.name, pid_,
                    r->is_object() && r->contains("serverInfo") ? (*r)["serverInfo"].dump() : std::string("{}"));
         return ok();
@@ -157,86 +285,20 @@ public:
             }
             return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " exited before answering " + method);
         }
-        if (answer->contains("error")) {
-            const auto& e = (*answer)["error"];
-            std::string m =
-                e.is_object() && e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>() : e.dump();
-            return Error::make("mcp_error", "MCP server " + cfg_.name + " refused " + method + ": " + m);
-        }
-        return answer->contains("result") ? (*answer)["result"] : json::object();
+        return rpc_result(cfg_.name, method, *answer);
     }
 
     void notify(const std::string& method, json params) {
         write_line(json{{"jsonrpc", "2.0"}, {"method", method}, {"params", std::move(params)}}.dump());
     }
 
-    // Lists the tools (every page) when stale; the cached list otherwise.
-    Result<std::vector<json>> tools() {
-        if (auto s = ensure_started(); !s) return s.error();
-        std::lock_guard lk(list_mu_);
-        if (!stale_.exchange(false)) return cached_;
-        std::vector<json> out;
-        std::string cursor;
-        for (int page = 0; page < 50; ++page) {
-            json params = json::object();
-            if (!cursor.empty()) params["cursor"] = cursor;
-            auto r = request("tools/list", params, timeout_);
-            if (!r) {
-                stale_ = true;
-                return r.error();
-            }
-            if (r->contains("tools") && (*r)["tools"].is_array())
-                for (auto& t : (*r)["tools"])
-                    if (t.is_object() && t.contains("name") && t["name"].is_string()) out.push_back(t);
-            if (!r->contains("nextCursor") || !(*r)["nextCursor"].is_string()) break;
-            cursor = (*r)["nextCursor"].get<std::string>();
-        }
-        cached_ = out;
-        return out;
+protected:
+    Status connect() override { return ensure_started(); }
+    Result<json> send(const std::string& method, json params, std::chrono::milliseconds timeout) override {
+        return request(method, std::move(params), timeout);
     }
 
-    ToolResult call(const std::string& tool, const json& args) {
-        if (auto s = ensure_started(); !s) return ToolResult::error(s.error().detail);
-        auto r = request("tools/call", {{"name", tool}, {"arguments", args.is_object() ? args : json::object()}}, timeout_);
-        if (!r) return ToolResult::error(r.error().detail);
-        std::string text;
-        json other = json::array();
-        if (r->contains("content") && (*r)["content"].is_array()) {
-            for (auto& c : (*r)["content"]) {
-                const bool typed = c.is_object() && c.contains("type") && c["type"].is_string();
-                if (typed && c["type"] == "text" && c.contains("text") && c["text"].is_string()) {
-                    text += (text.empty() ? "" : "\n") + c["text"].get<std::string>();
-                } else if (c.is_object()) {
-                    // Images, audio and resources: what they are, not their bytes.
-                    json brief = {{"type", typed ? c["type"].get<std::string>() : std::string("unknown")}};
-                    for (const char* k : {"mimeType", "uri", "name"})
-                        if (c.contains(k) && c[k].is_string()) brief[k] = c[k];
-                    if (c.contains("resource") && c["resource"].is_object() && c["resource"].contains("uri"))
-                        brief["uri"] = c["resource"]["uri"];
-                    other.push_back(brief);
-                }
-            }
-        }
-        json result;
-        if (!other.empty()) {
-            result = {{"text", text}, {"content", other}};
-        } else if (text.empty() && r->contains("structuredContent")) {
-            result = (*r)["structuredContent"];
-        } else {
-            result = text;
-        }
-        if (result.is_string() && result.get<std::string>().size() > kMaxResultText) {
-            auto s = result.get<std::string>();
-            s.resize(kMaxResultText);
-            result = s + "\n(truncated: the tool returned more than 64 KiB)";
-        } else if (!result.is_string() && result.dump().size() > kMaxResultText) {
-            result = "(the tool's structured result is over 64 KiB and was dropped)";
-        }
-        ToolResult t = ToolResult::ok(std::move(result));
-        t.is_error = r->is_object() && r->contains("isError") && (*r)["isError"] == true;
-        return t;
-    }
-
+public:
     void stop() {
         std::lock_guard start_lk(start_mu_);
         stop_process();
@@ -387,7 +449,7 @@ private:
             write_line(reply.dump());
             return;
         }
-        if (method == "notifications/tools/list_changed") stale_ = true;
+        if (method == "notifications/tools/list_changed") mark_stale();
     }
 
     void read_loop(int fd) {
@@ -418,24 +480,149 @@ private:
     }
 
     McpServerConfig cfg_;
-    std::chrono::milliseconds timeout_;
     std::shared_ptr<spdlog::logger> log_ = log::get("mcp");
-    std::mutex start_mu_, list_mu_, write_mu_, mu_;
+    std::mutex start_mu_, write_mu_, mu_;
     std::condition_variable cv_;
     std::map<std::int64_t, std::optional<json>> pending_;  // guarded by mu_
     std::int64_t next_id_ = 0;
     bool alive_ = false;
     int pid_ = 0, in_fd_ = -1, out_fd_ = -1;
     std::thread reader_;
-    std::atomic<bool> stale_{true};
     std::chrono::steady_clock::time_point failed_at_{};  // last failed start (guarded by start_mu_)
     std::string failure_;
-    std::vector<json> cached_;  // guarded by list_mu_
+};
+
+// Streamable HTTP: each JSON-RPC message is POSTed to the server's URL, the answer comes back as
+// JSON or as a server-sent event stream carrying it; the session id the server hands out at
+// initialize goes back with every request (a 404 means it expired: the next call starts a new one).
+// A client per request, so runs calling the same server do not wait for each other.
+class McpHttp : public McpConnection {
+public:
+    McpHttp(McpServerConfig c, std::chrono::milliseconds timeout) : McpConnection(timeout), cfg_(std::move(c)) {
+        auto scheme = cfg_.url.find("://");
+        auto slash = cfg_.url.find('/', scheme + 3);
+        base_ = slash == std::string::npos ? cfg_.url : cfg_.url.substr(0, slash);
+        path_ = slash == std::string::npos ? "/" : cfg_.url.substr(slash);
+    }
+    const std::string& name() const override { return cfg_.name; }
+
+protected:
+    Status connect() override { return ensure_session(); }
+    Result<json> send(const std::string& method, json params, std::chrono::milliseconds timeout) override {
+        return rpc(method, std::move(params), timeout);
+    }
+
+private:
+    Status ensure_session() {
+        std::lock_guard lk(session_mu_);
+        if (ready_) return ok();
+        {
+            std::lock_guard g(state_mu_);
+            session_.clear();
+        }
+        json params = {{"protocolVersion", kProtocolVersion},
+                       {"capabilities", json::object()},
+                       {"clientInfo", {{"name", "engram"}, {"version", "0.1.0"}}}};
+        std::string sid;
+        auto r = rpc("initialize", params, std::min(timeout_, std::chrono::milliseconds(20000)), &sid);
+        if (!r) return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " did not initialize: " + r.error().detail);
+        {
+            std::lock_guard g(state_mu_);
+            session_ = sid;
+        }
+        ready_ = true;
+        mark_stale();
+        (void)rpc("notifications/initialized", json::object(), std::chrono::milliseconds(5000), nullptr, true);
+        log::get("mcp")->info("MCP server {} connected at {}", cfg_.name, cfg_.url);
+        return ok();
+    }
+
+    Result<json> rpc(const std::string& method, json params, std::chrono::milliseconds timeout,
+                     std::string* session_out = nullptr, bool notification = false) {
+        std::int64_t id = ++next_id_;
+        json msg = {{"jsonrpc", "2.0"}, {"method", method}, {"params", std::move(params)}};
+        if (!notification) msg["id"] = id;
+        http::Headers h = {{"Content-Type", "application/json"}, {"Accept", "application/json, text/event-stream"}};
+        std::string sid;
+        {
+            std::lock_guard lk(state_mu_);
+            sid = session_;
+        }
+        if (!sid.empty()) {
+            h.emplace_back("Mcp-Session-Id", sid);
+            h.emplace_back("MCP-Protocol-Version", kProtocolVersion);
+        }
+        for (const auto& [k, v] : cfg_.headers) h.emplace_back(k, v);
+        http::ClientOptions co(timeout);
+        co.response_limit = kMaxLine;
+        http::Client c(base_, co);
+        auto r = c.request("POST", path_, msg.dump(), h);
+        if (!r) {
+            if (r.error().code == "timeout")
+                return Error::make("timeout", "MCP server " + cfg_.name + " did not answer " + method + " within " +
+                                                  std::to_string(timeout.count()) + " ms");
+            return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " unreachable: " + r.error().detail);
+        }
+        if (notification) return json::object();
+        if (r->status == 404 && !sid.empty()) {
+            std::lock_guard lk(session_mu_);
+            ready_ = false;  // the session expired: the next call starts a new one
+            return Error::make("mcp_unavailable", "MCP server " + cfg_.name + " ended the session; retry");
+        }
+        if (r->status != 200)
+            return Error::make("mcp_error",
+                               "MCP server " + cfg_.name + " answered HTTP " + std::to_string(r->status) + " to " + method);
+        if (session_out) *session_out = r->header("mcp-session-id");
+        // The answer: the body itself, or the event of the stream that carries it.
+        std::optional<json> answer;
+        auto consider = [&](std::string_view text) {
+            auto j = parse_json(text, "an MCP message");
+            if (j && j->is_object() && j->contains("id") && (*j)["id"] == id && !j->contains("method")) answer = std::move(*j);
+        };
+        if (r->header("content-type").find("text/event-stream") != std::string::npos) {
+            std::string data;
+            std::size_t start = 0;
+            const std::string& b = r->body;
+            while (start <= b.size() && !answer) {
+                auto nl = b.find('\n', start);
+                std::string_view line(b.data() + start, (nl == std::string::npos ? b.size() : nl) - start);
+                if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+                if (line.empty()) {
+                    if (!data.empty()) consider(data);
+                    data.clear();
+                } else if (line.rfind("data:", 0) == 0) {
+                    auto v = line.substr(5);
+                    if (!v.empty() && v.front() == ' ') v.remove_prefix(1);
+                    if (!data.empty()) data += '\n';
+                    data.append(v);
+                }
+                if (nl == std::string::npos) break;
+                start = nl + 1;
+            }
+            if (!answer && !data.empty()) consider(data);
+        } else {
+            consider(r->body);
+        }
+        if (!answer) return Error::make("mcp_error", "MCP server " + cfg_.name + " sent no answer to " + method);
+        return rpc_result(cfg_.name, method, *answer);
+    }
+
+    McpServerConfig cfg_;
+    std::string base_, path_;
+    std::mutex session_mu_, state_mu_;
+    bool ready_ = false;   // guarded by session_mu_
+    std::string session_;  // guarded by state_mu_
+    std::atomic<std::int64_t> next_id_{0};
 };
 
 McpToolbox::McpToolbox(std::vector<McpServerConfig> servers, std::chrono::milliseconds call_timeout) : timeout_(call_timeout) {
     ::signal(SIGPIPE, SIG_IGN);  // a server that died must not take the processor with it
-    for (auto& s : servers) servers_.push_back(std::make_shared<McpServer>(std::move(s), call_timeout));
+    for (auto& s : servers) {
+        if (!s.url.empty())
+            servers_.push_back(std::make_shared<McpHttp>(std::move(s), call_timeout));
+        else
+            servers_.push_back(std::make_shared<McpServer>(std::move(s), call_timeout));
+    }
 }
 
 McpToolbox::~McpToolbox() {
@@ -492,7 +679,7 @@ std::vector<Tool> McpToolbox::list_all() {
                 schema.erase("$schema");
                 if (!schema.contains("type")) schema["type"] = "object";
                 tool.parameters = std::move(schema);
-                std::weak_ptr<McpServer> weak = s;
+                std::weak_ptr<McpConnection> weak = s;
                 tool.execute = [weak, mcp_name](ToolContext&, const json& args) {
                     auto srv = weak.lock();
                     if (!srv) return ToolResult::error("the MCP server is no longer configured");

@@ -1,6 +1,7 @@
 #pragma once
 // MCP (Model Context Protocol) tools for the agent: the AI processor is an MCP client of the servers
-// named in MCP_SERVERS, over stdio (newline-delimited JSON-RPC 2.0 on the server's stdin/stdout).
+// named in MCP_SERVERS, over stdio (newline-delimited JSON-RPC 2.0 on the server's stdin/stdout) or
+// Streamable HTTP (JSON-RPC POSTed to one URL, answered as JSON or as a server-sent event stream).
 // Their tools are offered to the model beside the built-in ones as `<server>__<tool>`, with their
 // input schemas passed through; a call is recorded like any other tool call (ToolCalled before,
 // ToolCompleted after), so a resumed run never calls it again once its ToolCompleted is in the log
@@ -28,20 +29,23 @@
 namespace engram::ai {
 
 struct McpServerConfig {
-    std::string name;                        // [A-Za-z0-9_-], 1-32 characters: the tools' prefix
-    std::vector<std::string> command;        // argv: "command" then "args"
-    std::map<std::string, std::string> env;  // added to the processor's environment
+    std::string name;                            // [A-Za-z0-9_-], 1-32 characters: the tools' prefix
+    std::vector<std::string> command;            // stdio: argv, "command" then "args"
+    std::map<std::string, std::string> env;      // stdio: added to the processor's environment
+    std::string url;                             // Streamable HTTP: the endpoint (http:// or https://)
+    std::map<std::string, std::string> headers;  // Streamable HTTP: sent with every request
 };
 
-// MCP_SERVERS: {"<name>": {"command": "node", "args": ["server.js", "stdio"], "env": {"K": "v"}}, ...}
-// (the shape MCP hosts use). Empty or "{}" = none. Errors name the server and the field.
+// MCP_SERVERS: {"<name>": {"command": "node", "args": ["server.js", "stdio"], "env": {"K": "v"}},
+// "<other>": {"url": "https://host/mcp", "headers": {"Authorization": "Bearer ..."}}} (the shape MCP
+// hosts use). Empty or "{}" = none. Errors name the server and the field.
 Result<std::vector<McpServerConfig>> parse_mcp_servers(const std::string& json_text);
 
 // The name offered to the model: <server>__<tool>, characters outside [A-Za-z0-9_-] as '_', at most
 // 64 characters (the OpenAI function-name rule).
 std::string mcp_tool_name(const std::string& server, const std::string& tool);
 
-class McpServer;
+class McpConnection;
 
 class McpToolbox {
 public:
@@ -60,7 +64,7 @@ public:
 
 private:
     std::vector<Tool> list_all();
-    std::vector<std::shared_ptr<McpServer>> servers_;
+    std::vector<std::shared_ptr<McpConnection>> servers_;
     std::chrono::milliseconds timeout_;
     std::mutex mu_;
     std::condition_variable cv_;

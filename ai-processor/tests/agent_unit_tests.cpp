@@ -65,17 +65,24 @@ TEST_CASE("MCP_SERVERS is parsed strictly, one line naming the server and the fi
     REQUIRE(ok->size() == 1);
     CHECK((*ok)[0].command == std::vector<std::string>{"node", "a.js", "/tmp"});
     CHECK((*ok)[0].env.at("K") == "v");
+    auto http = ai::parse_mcp_servers(R"({"web": {"url": "https://mcp.example/mcp", "headers": {"Authorization": "Bearer t"}}})");
+    REQUIRE(http);
+    CHECK((*http)[0].url == "https://mcp.example/mcp");
+    CHECK((*http)[0].headers.at("Authorization") == "Bearer t");
+    CHECK((*http)[0].command.empty());
     CHECK(ai::parse_mcp_servers("")->empty());
     CHECK(ai::parse_mcp_servers("{}")->empty());
-    for (auto [text, part] :
-         std::vector<std::pair<std::string, std::string>>{{"[1]", "JSON object"},
-                                                          {"{nope", "MCP_SERVERS"},
-                                                          {R"({"a b": {"command": "x"}})", "server name"},
-                                                          {R"({"s": {"args": []}})", "MCP_SERVERS.s: \"command\""},
-                                                          {R"({"s": {"command": "x", "args": [1]}})", "\"args\""},
-                                                          {R"({"s": {"command": "x", "env": {"K": 1}}})", "\"env\""},
-                                                          {R"({"s": {"command": "x", "cwd": "/"}})", "unknown field \"cwd\""},
-                                                          {R"({"s": {"url": "http://127.0.0.1:1/mcp"}})", "only stdio"}}) {
+    for (auto [text, part] : std::vector<std::pair<std::string, std::string>>{
+             {"[1]", "JSON object"},
+             {"{nope", "MCP_SERVERS"},
+             {R"({"a b": {"command": "x"}})", "server name"},
+             {R"({"s": {"args": []}})", "MCP_SERVERS.s: \"command\""},
+             {R"({"s": {"command": "x", "args": [1]}})", "\"args\""},
+             {R"({"s": {"command": "x", "env": {"K": 1}}})", "\"env\""},
+             {R"({"s": {"command": "x", "cwd": "/"}})", "unknown field \"cwd\""},
+             {R"({"s": {"url": "ftp://h/mcp"}})", "http:// or https://"},
+             {R"({"s": {"url": "http://h/mcp", "command": "x"}})", "unknown field \"command\""},
+             {R"({"s": {"url": "http://h/mcp", "headers": {"X": "a\nb"}}})", "no line breaks"}}) {
         INFO(text);
         auto r = ai::parse_mcp_servers(text);
         REQUIRE_FALSE(r);

@@ -27,7 +27,7 @@ std::string server_js(const std::string& package) {
     return p;
 }
 
-ai::McpServerConfig everything() { return {"everything", {"node", server_js("server-everything"), "stdio"}, {}}; }
+ai::McpServerConfig everything() { return {"everything", {"node", server_js("server-everything"), "stdio"}, {}, {}, {}}; }
 
 std::optional<ai::Tool> tool_named(const std::vector<ai::Tool>& tools, const std::string& name) {
     for (auto& t : tools)
@@ -81,7 +81,7 @@ TEST_CASE("MCP: server-everything's tools are offered with their schemas and cal
 
 TEST_CASE("MCP: a call past its timeout, a server killed and one that cannot start are tool errors; it comes back",
           "[integration][ai][mcp]") {
-    ai::McpToolbox box({everything(), {"broken", {"/nonexistent/mcp-server"}, {}}}, 1500ms);
+    ai::McpToolbox box({everything(), {"broken", {"/nonexistent/mcp-server"}, {}, {}, {}}}, 1500ms);
     auto problems = box.start();
     REQUIRE(problems.size() == 1);
     CHECK(problems[0].find("broken") != std::string::npos);
@@ -117,7 +117,7 @@ TEST_CASE("MCP: a call past its timeout, a server killed and one that cannot sta
 TEST_CASE("MCP: server-filesystem reads a file of its folder and refuses one outside it", "[integration][ai][mcp]") {
     auto dir = testing::make_temp_dir("mcp-fs");
     { std::ofstream(dir + "/notes.txt") << "the cat is called Tom\n"; }
-    ai::McpToolbox box({{"fs", {"node", server_js("server-filesystem"), dir}, {}}}, 10000ms);
+    ai::McpToolbox box({{"fs", {"node", server_js("server-filesystem"), dir}, {}, {}, {}}}, 10000ms);
     REQUIRE(box.start().empty());
     auto tools = box.tools();
     auto read = tool_named(tools, "fs__read_text_file");
@@ -195,4 +195,34 @@ TEST_CASE("MCP through the processor: the model calls an MCP tool, recorded like
     }
     CHECK(offered);
     CHECK(builtin);
+}
+
+TEST_CASE("MCP over Streamable HTTP: server-everything's tools listed and called, a timeout is a tool error",
+          "[integration][ai][mcp]") {
+    const int port = testing::free_port();
+    testing::Process server({"node", server_js("server-everything"), "streamableHttp"}, {{"PORT", std::to_string(port)}},
+                            testing::make_temp_dir("mcp-http") + "/server.log");
+    ai::McpServerConfig cfg;
+    cfg.name = "remote";
+    cfg.url = "http://127.0.0.1:" + std::to_string(port) + "/mcp";
+    cfg.headers = {{"X-Engram-Test", "1"}};
+    ai::McpToolbox box({cfg}, 1500ms);
+    REQUIRE(testing::eventually([&] { return box.start().empty(); }, 30s));
+    auto tools = box.tools();
+    auto echo = tool_named(tools, "remote__echo");
+    REQUIRE(echo);
+    CHECK(echo->parameters["properties"].contains("message"));
+    auto r = call(*echo, {{"message", "over http"}});
+    INFO(r.result.dump());
+    CHECK_FALSE(r.is_error);
+    CHECK(r.result == "Echo: over http");
+    auto sum = tool_named(tools, "remote__get-sum");
+    REQUIRE(sum);
+    CHECK(call(*sum, {{"a", 20}, {"b", 22}}).result.dump().find("42") != std::string::npos);
+    auto slow = tool_named(tools, "remote__trigger-long-running-operation");
+    REQUIRE(slow);
+    auto t = call(*slow, {{"duration", 10}, {"steps", 2}});
+    CHECK(t.is_error);
+    CHECK(t.result.get<std::string>().find("did not answer") != std::string::npos);
+    CHECK(call(*echo, {{"message", "again"}}).result == "Echo: again");
 }
