@@ -129,7 +129,6 @@ struct TriggerWaits::Impl {
             // iterators valid), and only this thread removes.
             auto it = waiters.begin();
             lk.unlock();
-            std::size_t done = 0;
             bool store_answers = true;  // after one failure this round, the others only watch their deadline
             while (true) {
                 {
@@ -151,7 +150,6 @@ struct TriggerWaits::Impl {
                     std::lock_guard g(mu);
                     it = waiters.erase(it);
                     --reserved;
-                    ++done;
                 } else {
                     std::lock_guard g(mu);
                     ++it;
@@ -159,7 +157,6 @@ struct TriggerWaits::Impl {
             }
             lk.lock();
             waiting.set(static_cast<double>(waiters.size()));
-            (void)done;
         }
         // Stopping: whoever still waits hears what is known now.
         for (auto& w : waiters) {

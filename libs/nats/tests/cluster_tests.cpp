@@ -11,6 +11,41 @@
 using namespace engram;
 using namespace std::chrono_literals;
 
+namespace {
+
+// A replicated stream on the cluster, once the meta leader and then the stream's own group have
+// elected their leaders (both slower on a loaded machine).
+void make_replicated_stream(nats::Connection& c, const std::string& name, const std::string& subjects) {
+    nats::StreamConfig sc;
+    sc.name = name;
+    sc.subjects = {subjects};
+    sc.replicas = 3;
+    REQUIRE(testing::eventually([&] { return c.ensure_stream(sc).ok(); }, 30s));
+    REQUIRE(testing::eventually(
+        [&] {
+            auto i = c.stream_info(name);
+            return i && !i->leader.empty();
+        },
+        60s));
+}
+
+// Publishes "m<from>".."m<to - 1>" on `subject`. A publish during a leader election may time out or
+// fail: retried with the same id, which the stream stores once.
+void publish_all(nats::Connection& c, const testing::NatsCluster& cluster, const std::string& subject, int from, int to) {
+    for (int i = from; i < to; ++i) {
+        auto id = Uuid::v4().str();
+        bool stored = testing::eventually(
+            [&] {
+                auto ack = c.publish_sync(subject, "m" + std::to_string(i), id);
+                return ack && ack->ok;
+            },
+            60s);
+        if (!stored) FAIL("message " << i << " not stored within 60 s; the servers' logs:\n" << cluster.logs());
+    }
+}
+
+}  // namespace
+
 TEST_CASE("server_urls splits a NATS_URL list and shares its credentials", "[unit][nats]") {
     CHECK(nats::server_urls("nats://a:4222") == std::vector<std::string>{"nats://a:4222"});
     CHECK(nats::server_urls("nats://a:1, nats://b:2 ,,nats://c:3") ==
@@ -31,32 +66,8 @@ TEST_CASE("a comma-separated NATS_URL reaches a three-node JetStream cluster, th
     REQUIRE(c);
     REQUIRE(testing::eventually([&] { return (*c)->connected(); }, 15s));
     // The cluster elects its JetStream meta leader after the routes are up: the stream appears then.
-    nats::StreamConfig sc;
-    sc.name = "CLUSTERED";
-    sc.subjects = {"clustered.>"};
-    sc.replicas = 3;
-    REQUIRE(testing::eventually([&] { return (*c)->ensure_stream(sc).ok(); }, 30s));
-    // Created by the meta leader; its own group elects a leader next (slower on a loaded machine).
-    REQUIRE(testing::eventually(
-        [&] {
-            auto i = (*c)->stream_info("CLUSTERED");
-            return i && !i->leader.empty();
-        },
-        60s));
-    auto publish = [&](int from, int to) {
-        for (int i = from; i < to; ++i) {
-            // A publish during a leader election may time out or fail: retried with the same id,
-            // which the stream stores once.
-            auto id = Uuid::v4().str();
-            bool stored = testing::eventually(
-                [&] {
-                    auto ack = (*c)->publish_sync("clustered.x", "m" + std::to_string(i), id);
-                    return ack && ack->ok;
-                },
-                60s);
-            if (!stored) FAIL("message " << i << " not stored within 60 s; the servers' logs:\n" << cluster.logs());
-        }
-    };
+    make_replicated_stream(**c, "CLUSTERED", "clustered.>");
+    auto publish = [&](int from, int to) { publish_all(**c, cluster, "clustered.x", from, to); };
     publish(0, 20);
     auto info = (*c)->stream_info("CLUSTERED");
     REQUIRE(info);
@@ -85,29 +96,8 @@ TEST_CASE("a cursor placed on a server that dies says so when checked, and one r
     o.name = "cursor-host-test";
     auto c = nats::Connection::connect(o);
     REQUIRE(c);
-    nats::StreamConfig sc;
-    sc.name = "HOSTED";
-    sc.subjects = {"hosted.>"};
-    sc.replicas = 3;
-    REQUIRE(testing::eventually([&] { return (*c)->ensure_stream(sc).ok(); }, 30s));
-    REQUIRE(testing::eventually(
-        [&] {
-            auto i = (*c)->stream_info("HOSTED");
-            return i && !i->leader.empty();
-        },
-        60s));
-    auto publish = [&](int from, int to) {
-        for (int i = from; i < to; ++i) {
-            auto id = Uuid::v4().str();
-            bool stored = testing::eventually(
-                [&] {
-                    auto ack = (*c)->publish_sync("hosted.x", "m" + std::to_string(i), id);
-                    return ack && ack->ok;
-                },
-                60s);
-            if (!stored) FAIL("message " << i << " not stored within 60 s; the servers' logs:\n" << cluster.logs());
-        }
-    };
+    make_replicated_stream(**c, "HOSTED", "hosted.>");
+    auto publish = [&](int from, int to) { publish_all(**c, cluster, "hosted.x", from, to); };
     publish(0, 5);
     nats::CursorOptions co;
     co.stream = "HOSTED";
