@@ -9,7 +9,7 @@ PKGS=(
   libboost-all-dev nlohmann-json3-dev libspdlog-dev libfmt-dev catch2
   libcli11-dev libssl-dev libcurl4-openssl-dev
   postgresql postgresql-contrib
-  curl python3 python3-aiosmtpd nginx docker-compose clang-format
+  curl python3 python3-aiosmtpd nginx docker-compose clang-format tzdata
   clang libclang-rt-14-dev
   chromium nodejs
 )

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "engram/core/json.h"
+#include "engram/core/time.h"
 #include "engram/core/uuid.h"
 #include "engram/http/client.h"
 #include "engram/log/log.h"
@@ -70,6 +71,17 @@ public:
             if (body["events"].size() < 1000) return out;
             from = out.back().version.value() + 1;
         }
+    }
+
+    // GET of a store path: the JSON body on 200, null on 404.
+    Result<json> get_json(const std::string& path) {
+        auto r = client_.get(path);
+        if (!r) return r.error();
+        if (r->status == 404) return json();
+        if (r->status != 200) return store_error("reading " + path, r->status, r->body);
+        auto body = r->json(events::kMaxStoreAnswerDepth);
+        if (body.is_discarded()) return Error::make("event_store", "reading " + path + ": unexpected answer");
+        return body;
     }
 
     // "" when the user has no fast memory (404) or it cannot be read (logged: the run goes on).
@@ -216,7 +228,11 @@ std::string system_prompt(const std::string& fast_memory_summary, const json& hi
         "You are engram, a personal AI assistant. You act only through tools: use send_message to say "
         "anything to the user (plain text you write without a tool is also delivered as your final "
         "answer), remember to store lasting facts about the user, recall to search what you stored "
-        "earlier, think to reason privately, and call task_complete when the request is handled.";
+        "earlier, think to reason privately, schedule to be reminded of something later (list_reminders "
+        "and cancel_reminder manage them; a reminder that falls due comes back to you as a message "
+        "starting with \"Reminder:\", to pass on to the user), and call task_complete when the request is "
+        "handled. Store the user's time zone as a profile memory with the key \"timezone\" (an IANA name "
+        "such as Europe/Berlin) when you learn it.";
     s += "\n\n## What you know about the user\n";
     s += fast_memory_summary.empty() ? std::string("(nothing yet)") : fast_memory_summary;
     s += "\n\n## The conversation so far (oldest first)\n";
@@ -384,7 +400,12 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
     }
 
     std::vector<llm::Message> messages;
-    messages.push_back({"system", system_prompt(store.fast_memory(user_id), last), {}, {}});
+    // The trigger's commit time, not the clock: "tomorrow at 9" reads the same on every attempt.
+    messages.push_back(
+        {"system",
+         system_prompt(store.fast_memory(user_id), last) + "\n\nThe time now (UTC): " + format_rfc3339(t.timestamp),
+         {},
+         {}});
     messages.push_back({"user", user_text, {}, {}});
 
     llm::Request req;
@@ -558,6 +579,9 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
                 tctx.recall_timeout = o_.recall_timeout;
                 const std::string effect_step = it + ":effect:" + ks;
                 if (const auto* eff = find(effect_step)) tctx.recorded_effect = *eff;
+                tctx.effect_id = step_id(effect_step).str();
+                tctx.now = now_ms();
+                tctx.store_get = [&](const std::string& path) { return store.get_json(path); };
                 tctx.record_effect = [&](events::NewEvent e) -> Status {
                     auto stamped = stamp(std::move(e), effect_step);
                     bool is_message = stamped.type == "MessageGenerated";

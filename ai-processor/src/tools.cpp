@@ -8,7 +8,8 @@ namespace {
 const std::vector<Tool>& builtin_tools() {
     // The one place the built-in tools are registered.
     static const std::vector<Tool> tools = {
-        make_think_tool(), make_send_message_tool(), make_remember_tool(), make_recall_tool(), make_task_complete_tool(),
+        make_think_tool(),         make_send_message_tool(), make_remember_tool(),        make_recall_tool(),
+        make_task_complete_tool(), make_schedule_tool(),     make_cancel_reminder_tool(), make_list_reminders_tool(),
     };
     return tools;
 }

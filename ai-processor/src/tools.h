@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engram/core/result.h"
+#include "engram/core/time.h"
 #include "engram/events/event.h"
 
 namespace engram::nats {
@@ -38,6 +39,10 @@ struct ToolContext {
     std::optional<events::Event> recorded_effect;  // the effect event already in the log, if any
     // Appends the tool's effect event with the deterministic id of this call (metadata filled).
     std::function<Status(events::NewEvent)> record_effect;
+    std::string effect_id;  // the id record_effect gives the effect (a reminder's id is its event's)
+    SysTime now{};          // when the tool runs (a recorded effect keeps what was decided then)
+    // GET of an event store path: the JSON body on 200, null on 404, an Error otherwise.
+    std::function<Result<nlohmann::json>(const std::string& path)> store_get;
 };
 
 struct ToolResult {
@@ -86,6 +91,9 @@ Tool make_send_message_tool();
 Tool make_remember_tool();
 Tool make_recall_tool();
 Tool make_task_complete_tool();
+Tool make_schedule_tool();
+Tool make_cancel_reminder_tool();
+Tool make_list_reminders_tool();
 
 // Helper for tools: a required non-empty string argument, or an error message.
 std::optional<std::string> string_arg(const nlohmann::json& args, const char* name);

@@ -3,6 +3,8 @@
 #include "agent.h"
 #include "fake_openai.h"
 
+#include "engram/core/time.h"
+#include "engram/core/timezone.h"
 #include "engram/core/uuid.h"
 #include "engram/http/client.h"
 #include "engram/testing/testing.h"
@@ -140,7 +142,8 @@ TEST_CASE("a scripted multi-step run: events written and requests sent", "[integ
     REQUIRE(reqs.size() == 3);
     std::set<std::string> tools;
     for (auto& t : reqs[0]["tools"]) tools.insert(t["function"]["name"].get<std::string>());
-    CHECK(tools == std::set<std::string>{"think", "send_message", "remember", "recall", "task_complete"});
+    CHECK(tools == std::set<std::string>{"think", "send_message", "remember", "recall", "task_complete", "schedule",
+                                         "cancel_reminder", "list_reminders"});
     CHECK(reqs[0]["messages"].size() == 2);
     CHECK(reqs[0]["messages"][0]["role"] == "system");
     CHECK(reqs[0]["messages"][1] == json{{"role", "user"}, {"content", "hi"}});
@@ -584,4 +587,116 @@ TEST_CASE("double-texting: messages sent while a run works are answered together
     REQUIRE(qa.size() == 2);
     CHECK(qa[0]["data"]["text"] == "Heard: one");
     CHECK(qa[1]["data"]["text"] == "Heard: two");
+}
+
+TEST_CASE("reminders: scheduled in the user's time zone, listed, cancelled, and a due one answered once",
+          "[integration][ai][reminders]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    auto ai = s.start_ai(fake.base_url());
+    testing::Process memory({testing::build_dir() + "/memory-processor/engram-memory-processor"},
+                            {{"DATABASE_URL", s.db()},
+                             {"NATS_URL", s.nats().url()},
+                             {"EVENT_STORE_URL", s.url()},
+                             {"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:0"},
+                             {"SCHEDULER_POLL_MS", "200"},
+                             {"LOG_LEVEL", "info"}},
+                            s.dir() + "/memory.log");
+    const std::string session = "session:telegram:7", user = "telegram:7";
+    // The user's time zone, as the remember tool stores it: a profile memory.
+    auto r = s.client.post_json("/events", {{"type", "MemoryStored"},
+                                            {"aggregate_id", "user:" + user},
+                                            {"data",
+                                             {{"user_id", user},
+                                              {"text", "The user's time zone is Europe/Berlin"},
+                                              {"kind", "profile"},
+                                              {"key", "timezone"},
+                                              {"value", "Europe/Berlin"}}}});
+    REQUIRE(r->status == 201);
+    REQUIRE(testing::eventually(
+        [&] {
+            auto fm = s.client.get("/projections/fast_memory/" + http::url_encode("user:" + user));
+            return fm.ok() && fm->status == 200 && fm->body.find("Europe/Berlin") != std::string::npos;
+        },
+        std::chrono::seconds(20)));
+
+    auto berlin = *TimeZone::load("Europe/Berlin");
+    auto tomorrow =
+        berlin.to_local(std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()) + std::chrono::hours(24));
+    LocalTime nine{tomorrow.year, tomorrow.month, tomorrow.day, 9, 0, 0};
+    const std::string at_nine = nine.str().substr(0, 16);  // "YYYY-MM-DDT09:00"
+    const std::string expected_due = LocalTime::from_utc_seconds(berlin.to_utc(nine).time_since_epoch().count()).str() + "Z";
+
+    fake.push_tool_calls({{"c1", "schedule", {{"text", "Call Anna"}, {"at", at_nine}}},
+                          {"c2", "schedule", {{"text", "too late"}, {"at", "2020-01-01T09:00"}}},
+                          {"c3", "schedule", {{"text", "where?"}, {"at", at_nine}, {"timezone", "Mars/Olympus_Mons"}}},
+                          {"c4", "schedule", {{"text", "both"}, {"at", at_nine}, {"in_minutes", 5}}}});
+    fake.push_tool_calls({{"c5", "list_reminders", json::object()}});
+    fake.push_tool_calls({{"c6", "task_complete", {{"summary", "scheduled"}}}});
+    auto t1 = s.trigger(session, user, "remind me tomorrow at 9 to call Anna");
+    wait_finished(s, session, t1, *ai);
+    const std::string anna = Uuid::v5(*Uuid::parse(t1), "iter:1:effect:0").str();
+
+    auto scheduled = s.last_of(session, t1, "ReminderScheduled");
+    REQUIRE(scheduled.is_object());
+    CHECK(scheduled["id"] == anna);
+    CHECK(scheduled["data"]["reminder_id"] == anna);
+    CHECK(scheduled["data"]["due_at"] == expected_due);
+    CHECK(scheduled["data"]["timezone"] == "Europe/Berlin");  // from the profile
+    CHECK(scheduled["data"]["local_time"].get<std::string>().substr(0, 19) == nine.str());
+    CHECK(scheduled["data"]["channel"] == "telegram");
+    std::map<std::string, json> results;
+    for (auto& e : s.run_events(session, t1))
+        if (e["type"] == "ToolCompleted") results[e["data"]["tool_call_id"].get<std::string>()] = e["data"];
+    CHECK(results["c1"]["is_error"] == false);
+    CHECK(results["c2"]["is_error"] == true);
+    CHECK(results["c2"]["result"].get<std::string>().find("is in the past") != std::string::npos);
+    CHECK(results["c3"]["result"].get<std::string>().find("unknown time zone 'Mars/Olympus_Mons'") != std::string::npos);
+    CHECK(results["c4"]["result"] == "schedule needs exactly one of 'at' and 'in_minutes'");
+    REQUIRE(results["c5"]["result"].is_array());
+    REQUIRE(results["c5"]["result"].size() == 1);  // the failed ones scheduled nothing
+    CHECK(results["c5"]["result"][0]["reminder_id"] == anna);
+    CHECK(results["c5"]["result"][0]["text"] == "Call Anna");
+    // The model is told the time (the trigger's), so that it can say "tomorrow".
+    CHECK(fake.requests()[0]["messages"][0]["content"].get<std::string>().find("The time now (UTC): ") != std::string::npos);
+
+    // Cancel it (and something unknown), and ask for a reminder three seconds from now.
+    fake.push_tool_calls({{"d1", "cancel_reminder", {{"reminder_id", anna}, {"reason", "called already"}}},
+                          {"d2", "cancel_reminder", {{"reminder_id", "nope"}}},
+                          {"d3", "schedule", {{"text", "stretch"}, {"in_minutes", 0.05}}}});
+    fake.push_tool_calls({{"d4", "task_complete", {{"summary", "ok"}}}});
+    std::atomic<int> reminder_calls{0};
+    fake.on([](const json& req) { return fakes::FakeOpenAI::last_user_message(req).rfind("Reminder: stretch", 0) == 0; },
+            [&](const json&) {
+                ++reminder_calls;
+                return fakes::FakeOpenAI::text_body("Time to stretch!");
+            });
+    auto t2 = s.trigger(session, user, "never mind Anna; remind me to stretch in a few seconds");
+    wait_finished(s, session, t2, *ai);
+    auto cancel = s.last_of(session, t2, "ReminderCancelled");
+    REQUIRE(cancel.is_object());
+    CHECK(cancel["data"]["reminder_id"] == anna);
+    CHECK(cancel["data"]["reason"] == "called already");
+    const std::string stretch = Uuid::v5(*Uuid::parse(t2), "iter:1:effect:2").str();
+
+    auto answered = [&] {
+        int n = 0;
+        for (auto& e : s.aggregate(session))
+            if (e["type"] == "MessageGenerated" && e["data"]["text"] == "Time to stretch!") ++n;
+        return n;
+    };
+    REQUIRE(testing::eventually([&] { return answered() == 1; }, std::chrono::seconds(30)));
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // ten more polls: nothing fires again
+    CHECK(answered() == 1);
+    CHECK(reminder_calls == 1);
+    int triggers = 0;
+    for (auto& e : s.aggregate(session))
+        if (e["type"] == "TriggerReceived" && e["data"].value("reminder_id", "") != "") {
+            ++triggers;
+            CHECK(e["data"]["reminder_id"] == stretch);
+        }
+    CHECK(triggers == 1);
+    auto state = s.client.get("/projections/reminders/" + http::url_encode(session) + "?as_of=999999999999999999")->json();
+    CHECK(state["state"]["pending"].empty());
+    CHECK(state["state"]["finished"].size() == 2);
 }

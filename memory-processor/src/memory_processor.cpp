@@ -10,6 +10,7 @@
 #include "engram/projections/projections.h"
 #include "engram/store/schema.h"
 
+#include <algorithm>
 #include <set>
 
 namespace engram::memory_processor {
@@ -71,6 +72,16 @@ Result<std::vector<events::Event>> fetch_versions(const StoreAccess& store, cons
 // never skips an event. The shared advisory lock lets `engram projections rebuild` (exclusive)
 // replace the projection atomically. Fenced: an instance that lost the partition commits nothing,
 // so a state folded from its stale view never overwrites the new owner's.
+// An instance starts with its first event of a type the projection folds: a session that never
+// schedules a reminder has no `reminders` row to rewrite on every message. (Its earlier events are
+// then read back and folded like any gap, and change nothing.)
+bool folds_any(const projections::Projection& p, const std::vector<processor::Context*>& cs) {
+    auto types = p.event_types();
+    return std::any_of(cs.begin(), cs.end(), [&](const processor::Context* c) {
+        return std::find(types.begin(), types.end(), c->event().type) != types.end();
+    });
+}
+
 Status apply_projection(const std::vector<processor::Context*>& cs, const projections::Projection& p, const StoreAccess& store) {
     auto& first = *cs.front();
     auto name = std::string(p.name());
@@ -91,6 +102,7 @@ Status apply_projection(const std::vector<processor::Context*>& cs, const projec
             position = row[0][1].as<std::int64_t>();
             version = row[0][2].as<std::int64_t>();
         }
+        if (row.empty() && !folds_any(p, cs)) return ok();
         std::vector<processor::Context*> todo;
         for (auto* ctx : cs)
             if (ctx->event().position.value() > position && ctx->event().version.value() > version) todo.push_back(ctx);

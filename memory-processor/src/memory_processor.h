@@ -1,7 +1,7 @@
 #pragma once
-// engram-memory-processor: keeps the `conversation` and `fast_memory` projections and the memory
-// search index up to date, appends FastMemoryUpdated when a user's fast memory changes, and answers
-// `memory.search` over NATS request/reply.
+// engram-memory-processor: keeps the `conversation`, `fast_memory` and `reminders` projections and
+// the memory search index up to date, appends FastMemoryUpdated when a user's fast memory changes,
+// fires due reminders (scheduler.h), and answers `memory.search` over NATS request/reply.
 #include "engram/memory/memory.h"
 #include "engram/processor/processor.h"
 

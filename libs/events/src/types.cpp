@@ -9,7 +9,8 @@ std::vector<std::string_view> all() {
         AIProcessingStarted, ToolCalled,
         ToolCompleted,       ThinkingGenerated,  // AI
         MessageGenerated,    AIProcessingCompleted,
-        AIProcessingFailed,  // AI
+        AIProcessingFailed,  ReminderScheduled,
+        ReminderCancelled,  // AI
         TelegramMessageSent, EmailSent,
         SlackMessageSent,    NotificationFailed,
         ArtifactCreated,  // outputs

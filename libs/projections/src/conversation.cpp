@@ -219,13 +219,7 @@ class Conversation final : public Projection {
 public:
     std::string_view name() const override { return "conversation"; }
 
-    Result<std::string> aggregate_of(std::string_view id) const override {
-        if (id.size() <= kPrefix.size() || id.substr(0, kPrefix.size()) != kPrefix || !events::valid_aggregate_id(id))
-            return Error::make(
-                "invalid_parameter",
-                "conversation id must be a session aggregate id 'session:<channel>:<id>', got '" + std::string(id) + "'");
-        return std::string(id);
-    }
+    Result<std::string> aggregate_of(std::string_view id) const override { return detail::session_instance("conversation", id); }
 
     std::vector<std::string_view> event_types() const override {
         return {T::TriggerReceived,       T::MessageReceived,     T::MessageGenerated, T::AIProcessingStarted,

@@ -2,10 +2,11 @@
 
 #include "engram/projections/conversation.h"
 #include "engram/projections/fast_memory.h"
+#include "engram/projections/reminders.h"
 
 namespace engram::projections {
 
-std::vector<const Projection*> all() { return {&conversation(), &fast_memory()}; }
+std::vector<const Projection*> all() { return {&conversation(), &fast_memory(), &reminders()}; }
 
 const Projection* find(std::string_view name) {
     for (const Projection* p : all())

@@ -4,6 +4,7 @@
 #include <string>
 #include <string_view>
 
+#include "engram/core/result.h"
 #include "engram/events/event.h"
 
 namespace engram::projections::detail {
@@ -24,6 +25,16 @@ inline std::int64_t position_of(const nlohmann::json& state) {
     auto it = state.find("position");
     if (it != state.end() && it->is_number_integer()) return it->get<std::int64_t>();
     return 0;
+}
+
+// aggregate_of() of a projection per session: `id` is itself a session aggregate id.
+inline Result<std::string> session_instance(std::string_view projection, std::string_view id) {
+    constexpr std::string_view prefix = "session:";
+    if (id.size() <= prefix.size() || id.substr(0, prefix.size()) != prefix || !events::valid_aggregate_id(id))
+        return Error::make("invalid_parameter", std::string(projection) +
+                                                    " id must be a session aggregate id 'session:<channel>:<id>', got '" +
+                                                    std::string(id) + "'");
+    return std::string(id);
 }
 
 // The common guard of apply(): the event belongs to `aggregate`, and is newer than the state.

@@ -11,8 +11,9 @@ using namespace engram;
 using namespace engram::projections;
 using nlohmann::json;
 
-TEST_CASE("find and all list the two projections", "[unit][projections]") {
-    REQUIRE(all().size() == 2);
+TEST_CASE("find and all list the three projections", "[unit][projections]") {
+    REQUIRE(all().size() == 3);
+    REQUIRE(find("reminders") == &reminders());
     REQUIRE(find("conversation") == &conversation());
     REQUIRE(find("fast_memory") == &fast_memory());
     REQUIRE(find("nope") == nullptr);

@@ -73,6 +73,13 @@ const std::vector<std::string>& migrations() {
         EXCEPTION WHEN feature_not_supported THEN NULL;
         END $$;
         )SQL",
+        // 6: the scheduler asks for the sessions whose earliest pending reminder is due; byte order
+        // (COLLATE "C") of the normalised UTC text is time order.
+        R"SQL(
+        CREATE INDEX IF NOT EXISTS projection_state_reminders_due
+            ON projection_state (((state->>'next_due_at') COLLATE "C"))
+            WHERE name = 'reminders' AND state->>'next_due_at' IS NOT NULL;
+        )SQL",
     };
     return m;
 }

@@ -19,6 +19,9 @@ inline constexpr std::string_view ThinkingGenerated = "ThinkingGenerated";
 inline constexpr std::string_view MessageGenerated = "MessageGenerated";
 inline constexpr std::string_view AIProcessingCompleted = "AIProcessingCompleted";
 inline constexpr std::string_view AIProcessingFailed = "AIProcessingFailed";
+// reminders (the schedule tools; fired by the memory processor's scheduler): our extension
+inline constexpr std::string_view ReminderScheduled = "ReminderScheduled";
+inline constexpr std::string_view ReminderCancelled = "ReminderCancelled";
 // outputs
 inline constexpr std::string_view TelegramMessageSent = "TelegramMessageSent";
 inline constexpr std::string_view EmailSent = "EmailSent";

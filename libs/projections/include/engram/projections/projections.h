@@ -3,3 +3,4 @@
 #include "engram/projections/conversation.h"
 #include "engram/projections/fast_memory.h"
 #include "engram/projections/projection.h"
+#include "engram/projections/reminders.h"
