@@ -27,6 +27,9 @@ namespace {
 
 constexpr std::size_t kMaxLine = 16u << 20;        // one JSON-RPC message from a server
 constexpr std::size_t kMaxResultText = 64u << 10;  // what a tool result may put in the log
+// What one server may add to every model request: a few tools of reasonable size.
+constexpr std::size_t kMaxToolsPerServer = 128;
+constexpr std::size_t kMaxToolSchema = 32u << 10;
 constexpr const char* kProtocolVersion = "2025-06-18";
 
 bool valid_server_name(const std::string& s) {
@@ -668,7 +671,26 @@ std::vector<Tool> McpToolbox::list_all() {
         try {
             auto listed = s->tools();
             if (!listed) continue;  // unavailable now: its tools come back when it does
+            auto first_time = [&](const std::string& what) {
+                std::lock_guard lk(warn_mu_);
+                return warned_.size() < 1000 && warned_.insert(s->name() + "/" + what).second;
+            };
+            std::size_t kept = 0;
             for (const auto& t : *listed) {
+                if (kept >= kMaxToolsPerServer) {
+                    if (first_time("too many"))
+                        log::get("mcp")->warn("MCP server {} lists {} tools: the first {} usable ones are offered", s->name(),
+                                              listed->size(), kMaxToolsPerServer);
+                    break;
+                }
+                if (t.contains("inputSchema") && t["inputSchema"].dump().size() > kMaxToolSchema) {
+                    auto name = t["name"].get<std::string>().substr(0, 64);
+                    if (first_time("schema " + name))
+                        log::get("mcp")->warn("MCP server {}: tool {} has an input schema over {} bytes: not offered", s->name(),
+                                              name, kMaxToolSchema);
+                    continue;
+                }
+                ++kept;
                 Tool tool;
                 auto mcp_name = t["name"].get<std::string>();
                 tool.name = mcp_tool_name(s->name(), mcp_name);

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -69,6 +70,8 @@ private:
     std::mutex mu_;
     std::condition_variable cv_;
     std::vector<Tool> cached_;  // guarded by mu_
+    std::mutex warn_mu_;
+    std::set<std::string> warned_;  // "<server>/<problem>" said once (list_all runs every second)
     bool stopping_ = false;
     std::thread refresher_;
 };

@@ -226,3 +226,48 @@ TEST_CASE("MCP over Streamable HTTP: server-everything's tools listed and called
     CHECK(t.result.get<std::string>().find("did not answer") != std::string::npos);
     CHECK(call(*echo, {{"message", "again"}}).result == "Echo: again");
 }
+
+TEST_CASE("MCP: a hostile server's floods, deep or huge answers, junk and silence are tool errors or capped; it stays usable",
+          "[integration][ai][mcp]") {
+    ai::McpServerConfig hostile{"hostile", {"python3", testing::source_dir() + "/tests/mcp/hostile_server.py"}, {}, {}, {}};
+    ai::McpToolbox box({hostile}, 1500ms);
+    REQUIRE(box.start().empty());
+    auto tools = box.tools();
+    CHECK(tools.size() == 128);  // 507 listed: the first 128 usable ones
+    CHECK_FALSE(tool_named(tools, "hostile__huge_schema"));
+    CHECK(tool_named(tools, "hostile__many120"));
+    CHECK_FALSE(tool_named(tools, "hostile__many121"));
+    auto run = [&](const std::string& name) {
+        auto t = tool_named(tools, "hostile__" + name);
+        REQUIRE(t);
+        return call(*t, json::object());
+    };
+    auto ok = run("ok");
+    CHECK_FALSE(ok.is_error);
+    CHECK(ok.result == "fine");
+
+    auto garbage = run("garbage");  // junk lines are skipped, the answer after them is used
+    CHECK_FALSE(garbage.is_error);
+    CHECK(garbage.result == "fine after garbage");
+
+    auto big = run("big");
+    CHECK_FALSE(big.is_error);
+    REQUIRE(big.result.is_string());
+    CHECK(big.result.get<std::string>().size() < (65u << 10));
+    CHECK(big.result.get<std::string>().find("(truncated: the tool returned more than 64 KiB)") != std::string::npos);
+
+    for (const char* name : {"deep", "silent", "wrong_id"}) {
+        INFO(name);
+        auto r = run(name);
+        CHECK(r.is_error);
+        CHECK(r.result.get<std::string>().find("did not answer tools/call within 1500 ms") != std::string::npos);
+    }
+    CHECK(run("ok").result == "fine");  // still the same process, still answering
+
+    auto flood = run("flood");  // past 16 MiB without a line end: the server is stopped
+    CHECK(flood.is_error);
+    CHECK(flood.result.get<std::string>().find("hostile") != std::string::npos);
+    auto again = run("ok");  // started again on the next call
+    CHECK_FALSE(again.is_error);
+    CHECK(again.result == "fine");
+}
