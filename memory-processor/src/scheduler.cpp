@@ -24,7 +24,9 @@ constexpr auto kRecentFor = std::chrono::seconds(30);
 
 const char* kChannels[] = {"telegram", "web", "webhook", "api", "email", "slack"};
 
-std::string str(const json& j, const char* k) { return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : ""; }
+std::string str(const json& j, const char* k) {
+    return j.is_object() && j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : "";
+}
 
 // The trigger of a due reminder: everything from the reminder itself, so every attempt builds the same event.
 events::NewEvent trigger_of(const std::string& session, const json& r) {
@@ -37,12 +39,9 @@ events::NewEvent trigger_of(const std::string& session, const json& r) {
                      {"timezone", str(r, "timezone")},
                      {"scheduled_at", str(r, "scheduled_at")}};
     if (!str(r, "local_time").empty()) reminder["local_time"] = str(r, "local_time");
-    json data = {{"source", "scheduler"},
-                 {"user_id", user},
-                 {"session_id", session},
-                 {"message", "Reminder: " + str(r, "text")},
-                 {"reminder_id", rid},
-                 {"context", {{"reminder", reminder}}}};
+    json data = {{"source", "scheduler"}, {"user_id", user},
+                 {"session_id", session}, {"message", "Reminder: " + str(r, "text")},
+                 {"reminder_id", rid},    {"context", {{"reminder", reminder}}}};
     for (const char* c : kChannels)
         if (str(r, "channel") == c) data["channel"] = c;
     events::NewEvent e;
@@ -113,7 +112,8 @@ Result<Scheduler::Round> Scheduler::tick() {
             std::to_string(o_.max_sessions_per_poll));
         std::vector<Due> out;
         for (const auto& row : r)
-            out.push_back({row[0].c_str(), row[1].as<std::int64_t>(), json::parse(row[2].c_str(), nullptr, false), row[3].c_str()});
+            out.push_back(
+                {row[0].c_str(), row[1].as<std::int64_t>(), json::parse(row[2].c_str(), nullptr, false), row[3].c_str()});
         return out;
     });
     if (!rows) return rows.error();
