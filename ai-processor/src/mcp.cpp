@@ -13,6 +13,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "engram/core/json.h"
@@ -30,6 +31,7 @@ constexpr std::size_t kMaxResultText = 64u << 10;  // what a tool result may put
 // What one server may add to every model request: a few tools of reasonable size.
 constexpr std::size_t kMaxToolsPerServer = 128;
 constexpr std::size_t kMaxToolSchema = 32u << 10;
+constexpr std::size_t kMaxToolBytesPerServer = 256u << 10;  // descriptions + schemas of one server's tools
 constexpr const char* kProtocolVersion = "2025-06-18";
 
 bool valid_server_name(const std::string& s) {
@@ -667,7 +669,10 @@ std::vector<Tool> McpToolbox::tools() {
 
 std::vector<Tool> McpToolbox::list_all() {
     std::vector<Tool> out;
+    std::set<std::string> names;  // after sanitising and cutting: a model API refuses a name twice
     for (auto& s : servers_) {
+        std::vector<Tool> mine;
+        std::set<std::string> mine_names;
         try {
             auto listed = s->tools();
             if (!listed) continue;  // unavailable now: its tools come back when it does
@@ -675,28 +680,40 @@ std::vector<Tool> McpToolbox::list_all() {
                 std::lock_guard lk(warn_mu_);
                 return warned_.size() < 1000 && warned_.insert(s->name() + "/" + what).second;
             };
-            std::size_t kept = 0;
+            auto warn = [&](const std::string& what, const std::string& message) {
+                if (first_time(what)) log::get("mcp")->warn("MCP server {}: {}", s->name(), message);
+            };
+            std::size_t budget = kMaxToolBytesPerServer;
             for (const auto& t : *listed) {
-                if (kept >= kMaxToolsPerServer) {
-                    if (first_time("too many"))
-                        log::get("mcp")->warn("MCP server {} lists {} tools: the first {} usable ones are offered", s->name(),
-                                              listed->size(), kMaxToolsPerServer);
+                if (mine.size() >= kMaxToolsPerServer) {
+                    warn("too many", "lists " + std::to_string(listed->size()) + " tools: the first " +
+                                         std::to_string(kMaxToolsPerServer) + " usable ones are offered");
                     break;
                 }
-                if (t.contains("inputSchema") && t["inputSchema"].dump().size() > kMaxToolSchema) {
-                    auto name = t["name"].get<std::string>().substr(0, 64);
-                    if (first_time("schema " + name))
-                        log::get("mcp")->warn("MCP server {}: tool {} has an input schema over {} bytes: not offered", s->name(),
-                                              name, kMaxToolSchema);
+                auto mcp_name = t["name"].get<std::string>();
+                const std::size_t schema_bytes = t.contains("inputSchema") ? t["inputSchema"].dump().size() : 0;
+                if (schema_bytes > kMaxToolSchema) {
+                    warn("schema " + mcp_name.substr(0, 64), "tool " + mcp_name.substr(0, 64) + " has an input schema over " +
+                                                                 std::to_string(kMaxToolSchema) + " bytes: not offered");
                     continue;
                 }
-                ++kept;
                 Tool tool;
-                auto mcp_name = t["name"].get<std::string>();
                 tool.name = mcp_tool_name(s->name(), mcp_name);
+                if (names.count(tool.name) || mine_names.count(tool.name)) {
+                    warn("name " + tool.name, "two tools are named " + tool.name + " once made safe: only the first is offered");
+                    continue;
+                }
                 auto desc =
                     t.contains("description") && t["description"].is_string() ? t["description"].get<std::string>() : mcp_name;
                 tool.description = "[MCP " + s->name() + "] " + desc.substr(0, 4096);
+                // Every tool goes into every model request: what one server adds in all is bounded too.
+                const std::size_t cost = schema_bytes + tool.description.size();
+                if (cost > budget) {
+                    warn("budget", "its tools' descriptions and schemas pass " + std::to_string(kMaxToolBytesPerServer) +
+                                       " bytes: the rest are not offered");
+                    break;
+                }
+                budget -= cost;
                 json schema = t.contains("inputSchema") && t["inputSchema"].is_object() ? t["inputSchema"] : json::object();
                 schema.erase("$schema");
                 if (!schema.contains("type")) schema["type"] = "object";
@@ -707,11 +724,15 @@ std::vector<Tool> McpToolbox::list_all() {
                     if (!srv) return ToolResult::error("the MCP server is no longer configured");
                     return srv->call(mcp_name, args);
                 };
-                out.push_back(std::move(tool));
+                mine_names.insert(tool.name);
+                mine.push_back(std::move(tool));
             }
         } catch (const std::exception& e) {  // a listing of unexpected shape: that server offers nothing
             log::get("mcp")->warn("MCP server {}: unusable tool list ({})", s->name(), e.what());
+            continue;
         }
+        names.insert(mine_names.begin(), mine_names.end());
+        for (auto& t : mine) out.push_back(std::move(t));
     }
     return out;
 }

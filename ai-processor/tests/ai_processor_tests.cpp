@@ -603,23 +603,6 @@ TEST_CASE("reminders: scheduled in the user's time zone, listed, cancelled, and 
                              {"LOG_LEVEL", "info"}},
                             s.dir() + "/memory.log");
     const std::string session = "session:telegram:7", user = "telegram:7";
-    // The user's time zone, as the remember tool stores it: a profile memory.
-    auto r = s.client.post_json("/events", {{"type", "MemoryStored"},
-                                            {"aggregate_id", "user:" + user},
-                                            {"data",
-                                             {{"user_id", user},
-                                              {"text", "The user's time zone is Europe/Berlin"},
-                                              {"kind", "profile"},
-                                              {"key", "timezone"},
-                                              {"value", "Europe/Berlin"}}}});
-    REQUIRE(r->status == 201);
-    REQUIRE(testing::eventually(
-        [&] {
-            auto fm = s.client.get("/projections/fast_memory/" + http::url_encode("user:" + user));
-            return fm.ok() && fm->status == 200 && fm->body.find("Europe/Berlin") != std::string::npos;
-        },
-        std::chrono::seconds(20)));
-
     auto berlin = *TimeZone::load("Europe/Berlin");
     auto tomorrow =
         berlin.to_local(std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()) + std::chrono::hours(24));
@@ -627,22 +610,28 @@ TEST_CASE("reminders: scheduled in the user's time zone, listed, cancelled, and 
     const std::string at_nine = nine.str().substr(0, 16);  // "YYYY-MM-DDT09:00"
     const std::string expected_due = LocalTime::from_utc_seconds(berlin.to_utc(nine).time_since_epoch().count()).str() + "Z";
 
+    // The user tells their time zone and asks for the reminder at once: the zone stored in this run
+    // counts (read from the log, not the memory processor's persisted state).
+    fake.push_tool_calls(
+        {{"c0",
+          "remember",
+          {{"text", "The user's time zone is Europe/Berlin"}, {"key", "timezone"}, {"value", "Europe/Berlin"}}}});
     fake.push_tool_calls({{"c1", "schedule", {{"text", "Call Anna"}, {"at", at_nine}}},
                           {"c2", "schedule", {{"text", "too late"}, {"at", "2020-01-01T09:00"}}},
                           {"c3", "schedule", {{"text", "where?"}, {"at", at_nine}, {"timezone", "Mars/Olympus_Mons"}}},
                           {"c4", "schedule", {{"text", "both"}, {"at", at_nine}, {"in_minutes", 5}}}});
     fake.push_tool_calls({{"c5", "list_reminders", json::object()}});
     fake.push_tool_calls({{"c6", "task_complete", {{"summary", "scheduled"}}}});
-    auto t1 = s.trigger(session, user, "remind me tomorrow at 9 to call Anna");
+    auto t1 = s.trigger(session, user, "I live in Berlin; remind me tomorrow at 9 to call Anna");
     wait_finished(s, session, t1, *ai);
-    const std::string anna = Uuid::v5(*Uuid::parse(t1), "iter:1:effect:0").str();
+    const std::string anna = Uuid::v5(*Uuid::parse(t1), "iter:2:effect:0").str();
 
     auto scheduled = s.last_of(session, t1, "ReminderScheduled");
     REQUIRE(scheduled.is_object());
     CHECK(scheduled["id"] == anna);
     CHECK(scheduled["data"]["reminder_id"] == anna);
     CHECK(scheduled["data"]["due_at"] == expected_due);
-    CHECK(scheduled["data"]["timezone"] == "Europe/Berlin");  // from the profile
+    CHECK(scheduled["data"]["timezone"] == "Europe/Berlin");  // from the profile, stored a moment before
     CHECK(scheduled["data"]["local_time"].get<std::string>().substr(0, 19) == nine.str());
     CHECK(scheduled["data"]["channel"] == "telegram");
     std::map<std::string, json> results;
@@ -653,6 +642,7 @@ TEST_CASE("reminders: scheduled in the user's time zone, listed, cancelled, and 
     CHECK(results["c2"]["result"].get<std::string>().find("is in the past") != std::string::npos);
     CHECK(results["c3"]["result"].get<std::string>().find("unknown time zone 'Mars/Olympus_Mons'") != std::string::npos);
     CHECK(results["c4"]["result"] == "schedule needs exactly one of 'at' and 'in_minutes'");
+    CHECK(results["c1"]["result"].get<std::string>().find("(Europe/Berlin)") != std::string::npos);
     REQUIRE(results["c5"]["result"].is_array());
     REQUIRE(results["c5"]["result"].size() == 1);  // the failed ones scheduled nothing
     CHECK(results["c5"]["result"][0]["reminder_id"] == anna);

@@ -233,10 +233,11 @@ TEST_CASE("MCP: a hostile server's floods, deep or huge answers, junk and silenc
     ai::McpToolbox box({hostile}, 1500ms);
     REQUIRE(box.start().empty());
     auto tools = box.tools();
-    CHECK(tools.size() == 128);  // 507 listed: the first 128 usable ones
+    CHECK(tools.size() == 128);  // 510 listed: the first 128 usable ones
     CHECK_FALSE(tool_named(tools, "hostile__huge_schema"));
-    CHECK(tool_named(tools, "hostile__many120"));
-    CHECK_FALSE(tool_named(tools, "hostile__many121"));
+    CHECK(tool_named(tools, "hostile__dup_name")->description == "[MCP hostile] hostile dup.name");  // the first of the two
+    CHECK(tool_named(tools, "hostile__many119"));
+    CHECK_FALSE(tool_named(tools, "hostile__many120"));
     auto run = [&](const std::string& name) {
         auto t = tool_named(tools, "hostile__" + name);
         REQUIRE(t);
@@ -270,4 +271,16 @@ TEST_CASE("MCP: a hostile server's floods, deep or huge answers, junk and silenc
     auto again = run("ok");  // started again on the next call
     CHECK_FALSE(again.is_error);
     CHECK(again.result == "fine");
+}
+
+TEST_CASE("MCP: what one server's tools add to every model request is bounded", "[integration][ai][mcp]") {
+    ai::McpServerConfig wide{"wide", {"python3", testing::source_dir() + "/tests/mcp/hostile_server.py", "wide"}, {}, {}, {}};
+    ai::McpToolbox box({wide}, 1500ms);
+    REQUIRE(box.start().empty());
+    auto tools = box.tools();
+    std::size_t bytes = 0;
+    for (const auto& t : tools) bytes += t.description.size() + t.parameters.dump().size();
+    CHECK(tools.size() > 50);
+    CHECK(tools.size() < 200);  // 200 listed, 3 KiB each
+    CHECK(bytes <= (256u << 10));
 }

@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
     // Kept alive for the life of the process by the handler's captures.
     static std::unique_ptr<memory_processor::SearchService> search;
     static std::unique_ptr<memory_processor::Scheduler> scheduler;
-    return processor::run_main_batched(argc, argv, defaults, extra, [](const config::Values& v) {
+    int rc = processor::run_main_batched(argc, argv, defaults, extra, [](const config::Values& v) {
         std::shared_ptr<memory::Embedder> emb =
             memory::make_embedder(v.get("LLM_BASE_URL"), v.get("LLM_API_KEY"), v.get("EMBEDDINGS_MODEL"));
         auto conn = pg::connect(v.get("DATABASE_URL"));
@@ -34,4 +34,6 @@ int main(int argc, char** argv) {
         }
         return memory_processor::make_handlers(emb, {v.get("EVENT_STORE_URL"), v.get("ENGRAM_API_TOKEN")});
     });
+    if (scheduler) scheduler->stop();  // before the statics it logs through are destroyed
+    return rc;
 }

@@ -8,10 +8,12 @@
 // Once, whatever happens: the trigger's id and content come from the reminder alone, so any
 // scheduler (several instances poll alike), a restarted one, or one that crashed between its append
 // and the projection catching up re-appends exactly the stored event, which the store keeps once.
-// The append carries the session's version the state reflects (expected_version): when the
-// projection lags the log (a ReminderCancelled not folded yet, or a trigger that fired meanwhile)
-// the store refuses it and the next poll decides again on the caught-up state, so a cancelled
-// reminder is not fired by a scheduler that read it before the cancel.
+// The append carries the session's version the state reflects (expected_version): when the log has
+// moved on (a ReminderCancelled not folded yet, a trigger that fired meanwhile, or just traffic)
+// the store refuses it, and the events since are read: one that cancels or fires the reminder
+// settles it, anything else is traffic and the append is retried on the new version. So a cancelled
+// reminder is not fired by a scheduler that read it before the cancel, and a busy session is not
+// starved. One append per reminder: a replayed one is answered 200 by its id.
 //
 // Threading: one thread; start() / stop() from the owner. tick() is the thread's one round, public
 // for tests.
@@ -23,6 +25,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "engram/core/result.h"
 
@@ -40,7 +44,8 @@ struct SchedulerOptions {
     std::string event_store_url;
     std::string api_token;
     std::chrono::milliseconds poll{1000};
-    int max_sessions_per_poll = 100;
+    int max_sessions_per_poll = 100;  // a page of due sessions
+    int max_pages_per_poll = 50;
 };
 
 class Scheduler {
@@ -59,6 +64,18 @@ public:
     Result<Round> tick();
 
 private:
+    struct Due {
+        std::string session;
+        std::int64_t version;  // of the session, as the projection's row reflects it
+        nlohmann::json pending;
+        std::string now;  // the database's time, as due_at is written
+    };
+    enum class Outcome { fired, settled, deferred, unreachable };
+    Result<Round> round();
+    bool fire_due(const Due& d, Round& round);  // false: the store is unreachable, stop the round
+    Outcome fire_one(const std::string& session, const nlohmann::json& reminder, std::int64_t& known);
+    bool stopping();
+
     SchedulerOptions o_;
     std::unique_ptr<pg::Pool> db_;
     std::unique_ptr<http::Client> store_;

@@ -4,7 +4,9 @@
 It initializes and lists its tools like any server; then each tool is one way of being hostile:
 flood (a message with no end, past the client's 16 MiB cap), deep (JSON nested 100 000 deep), big
 (a 1 MiB result), garbage (junk lines before a good answer), silent (never answers), wrong_id (answers
-another request). It also lists more tools than the client takes and one with an oversized schema.
+another request). It also lists more tools than the client takes, one with an oversized schema and
+two whose names are the same once made safe. With the argument `wide`, it lists 200 tools with 3 KiB
+descriptions instead (more than the client adds to a model request).
 """
 import json
 import sys
@@ -19,7 +21,8 @@ def answer(mid, text):
     send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": text}]}})
 
 
-TOOLS = ["ok", "flood", "deep", "big", "garbage", "silent", "wrong_id"]
+TOOLS = ["ok", "flood", "deep", "big", "garbage", "silent", "wrong_id", "dup.name", "dup:name"]
+WIDE = len(sys.argv) > 1 and sys.argv[1] == "wide"
 
 for line in sys.stdin:
     try:
@@ -33,6 +36,10 @@ for line in sys.stdin:
         send({"jsonrpc": "2.0", "id": mid, "result": {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
                                                       "serverInfo": {"name": "hostile", "version": "0"}}})
     elif method == "tools/list":
+        if WIDE:
+            send({"jsonrpc": "2.0", "id": mid, "result": {"tools": [
+                {"name": "wide%d" % i, "description": "w" * 3072, "inputSchema": {"type": "object"}} for i in range(200)]}})
+            continue
         tools = [{"name": n, "description": "hostile " + n, "inputSchema": {"type": "object"}} for n in TOOLS]
         tools.append({"name": "huge_schema", "inputSchema": {"type": "object", "properties": {
             "p%d" % i: {"type": "string", "description": "x" * 100} for i in range(1000)}}})

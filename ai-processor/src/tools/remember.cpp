@@ -11,8 +11,11 @@ Tool make_remember_tool() {
          {"properties",
           {{"text", {{"type", "string"}, {"description", "The memory, as a self-contained sentence."}}},
            {"kind", {{"type", "string"}, {"enum", {"fact", "preference", "profile", "instruction", "event", "note"}}}},
-           {"importance",
-            {{"type", "number"}, {"minimum", 0}, {"maximum", 1}, {"description", "0 (trivia) to 1 (essential)."}}}}},
+           {"importance", {{"type", "number"}, {"minimum", 0}, {"maximum", 1}, {"description", "0 (trivia) to 1 (essential)."}}},
+           {"key",
+            {{"type", "string"},
+             {"description", "With kind 'profile': the profile field it sets, e.g. 'name' or 'timezone' (an IANA name)."}}},
+           {"value", {{"type", "string"}, {"description", "With 'key': the field's value, e.g. 'Europe/Berlin'."}}}}},
          {"required", {"text"}}},
         [](ToolContext& ctx, const nlohmann::json& args) -> ToolResult {
             auto text = string_arg(args, "text");
@@ -28,6 +31,11 @@ Tool make_remember_tool() {
             if (args.contains("kind") && args["kind"].is_string() &&
                 std::find(kinds.begin(), kinds.end(), args["kind"].get<std::string>()) != kinds.end())
                 data["kind"] = args["kind"];
+            if (auto key = string_arg(args, "key"); key && key->size() <= 64) {
+                data["key"] = *key;
+                data["kind"] = "profile";  // a key names a profile field
+                if (auto value = string_arg(args, "value"); value && value->size() <= 8000) data["value"] = *value;
+            }
             if (args.contains("importance") && args["importance"].is_number()) {
                 double v = args["importance"].get<double>();
                 if (v >= 0 && v <= 1) data["importance"] = v;

@@ -13,6 +13,8 @@ namespace {
 
 using nlohmann::json;
 
+constexpr const char* kEnd = "999999999999999999";  // as_of past any position: the log's end
+
 constexpr std::int64_t kMaxAheadSeconds = std::int64_t{5} * 366 * 86400;  // five years
 constexpr std::int64_t kPastSlackSeconds = 60;                            // "now" said a little late is still now
 
@@ -22,29 +24,48 @@ SysSeconds to_seconds(SysTime t) { return std::chrono::floor<std::chrono::second
 // reminder scheduled a moment ago in this very run must be there).
 Result<json> session_reminders(ToolContext& ctx) {
     if (!ctx.store_get) return Error::make("unavailable", "the event store cannot be read here");
-    auto r = ctx.store_get("/projections/reminders/" + http::url_encode(ctx.session_id) + "?as_of=999999999999999999");
+    auto r = ctx.store_get("/projections/reminders/" + http::url_encode(ctx.session_id) + "?as_of=" + kEnd);
     if (!r) return r.error();
     if (r->is_object() && r->contains("state") && (*r)["state"].is_object()) return (*r)["state"];
     return projections::reminders().initial(ctx.session_id);
 }
 
 // The zone a time without an offset is read in: the argument, else the user's profile, else UTC.
-Result<TimeZone> zone_for(ToolContext& ctx, const json& args) {
+// The profile is folded from the log, not the persisted state: a `remember` of the zone a moment
+// ago in this very run counts. `note` tells the model when a profile value could not be used.
+struct Zone {
+    TimeZone zone;
+    std::string note;
+};
+Result<Zone> zone_for(ToolContext& ctx, const json& args) {
+    if (args.contains("timezone") && args["timezone"].is_string() && !args["timezone"].get<std::string>().empty()) {
+        auto z = TimeZone::load(args["timezone"].get<std::string>());
+        if (!z) return z.error();
+        return Zone{*z, ""};
+    }
     std::string name;
-    if (args.contains("timezone") && args["timezone"].is_string() && !args["timezone"].get<std::string>().empty())
-        name = args["timezone"].get<std::string>();
-    else if (!ctx.user_id.empty() && ctx.store_get) {
-        auto fm = ctx.store_get("/projections/fast_memory/" + http::url_encode("user:" + ctx.user_id));
+    if (!ctx.user_id.empty() && ctx.store_get) {
+        auto fm = ctx.store_get("/projections/fast_memory/" + http::url_encode("user:" + ctx.user_id) + "?as_of=" + kEnd);
         if (!fm) return fm.error();
         const json* tz = nullptr;
         if (fm->is_object() && fm->contains("state") && (*fm)["state"].is_object() && (*fm)["state"].contains("profile") &&
             (*fm)["state"]["profile"].is_object() && (*fm)["state"]["profile"].contains("timezone"))
             tz = &(*fm)["state"]["profile"]["timezone"];
         if (tz && tz->is_string()) name = tz->get<std::string>();
-        // A profile value that is not a zone must not make every reminder fail.
-        if (!name.empty() && !TimeZone::load(name)) name.clear();
     }
-    return TimeZone::load(name.empty() ? "UTC" : name);
+    if (name.empty()) return Zone{*TimeZone::load("UTC"), ""};
+    if (auto z = TimeZone::load(name)) return Zone{*z, ""};
+    // A profile value that is not a zone must not make every reminder fail: UTC, and say so.
+    return Zone{*TimeZone::load("UTC"), " (the profile's time zone '" + name.substr(0, 64) +
+                                            "' is not an IANA name, so UTC was used; store an IANA name such as "
+                                            "Europe/Berlin as the profile's \"timezone\")"};
+}
+
+// "2026-12-02T09:00+01:00" (an offset, no seconds) as RFC 3339 wants it: "2026-12-02T09:00:00+01:00".
+std::string with_seconds(std::string at) {
+    if (at.size() > 16 && at[13] == ':' && (at[16] == 'Z' || at[16] == 'z' || at[16] == '+' || at[16] == '-'))
+        at.insert(16, ":00");
+    return at;
 }
 
 std::string describe(const TimeZone& z, SysSeconds due) { return format_local_rfc3339(z, due) + " (" + z.name() + ")"; }
@@ -79,16 +100,17 @@ Tool make_schedule_tool() {
             const bool has_at = args.contains("at") && !args["at"].is_null();
             const bool has_in = args.contains("in_minutes") && !args["in_minutes"].is_null();
             if (has_at == has_in) return ToolResult::error("schedule needs exactly one of 'at' and 'in_minutes'");
-            auto zone = zone_for(ctx, args);
-            if (!zone) {
-                if (zone.error().code != "invalid_time_zone") return ToolResult::store_error(zone.error());
-                return ToolResult::error("schedule: " + zone.error().detail);
+            auto zoned = zone_for(ctx, args);
+            if (!zoned) {
+                if (zoned.error().code != "invalid_time_zone") return ToolResult::store_error(zoned.error());
+                return ToolResult::error("schedule: " + zoned.error().detail);
             }
+            const TimeZone* zone = &zoned->zone;
             const SysSeconds now = to_seconds(ctx.now);
             SysSeconds due;
             if (has_at) {
-                std::string at = args["at"].is_string() ? args["at"].get<std::string>() : "";
-                if (auto instant = at.size() > 16 ? parse_rfc3339(at) : std::nullopt) {
+                std::string at = args["at"].is_string() ? args["at"].get<std::string>().substr(0, 64) : "";
+                if (auto instant = at.size() > 16 ? parse_rfc3339(with_seconds(at)) : std::nullopt) {
                     due = to_seconds(*instant);
                 } else if (auto local = LocalTime::parse(at)) {
                     due = zone->to_utc(*local);
@@ -122,7 +144,8 @@ Tool make_schedule_tool() {
             if (!ctx.user_id.empty()) data["user_id"] = ctx.user_id;
             events::NewEvent e{.id = {}, .type = "ReminderScheduled", .aggregate_id = ctx.session_id, .data = std::move(data)};
             if (auto s = ctx.record_effect(std::move(e)); !s) return ToolResult::store_error(s.error());
-            return ToolResult::ok("scheduled reminder " + ctx.effect_id + " for " + describe(*zone, due) + ", " + due_text);
+            return ToolResult::ok("scheduled reminder " + ctx.effect_id + " for " + describe(*zone, due) + ", " + due_text +
+                                  zoned->note);
         }};
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -180,6 +181,9 @@ struct TimeZone::Data {
 
 namespace {
 
+// Real zones stay within ±15 h; the bound keeps to_utc's one-day probes valid and every sum in range.
+constexpr std::int64_t kMaxOffset = 26 * 3600;
+
 // RFC 8536: the version 2+ block (64-bit times) follows a version 1 block; the footer holds the rule.
 Result<std::shared_ptr<const TimeZone::Data>> parse_tzif(const std::string& name, const std::string& bytes) {
     auto bad = [&](const char* why) { return Error::make("invalid_time_zone", "time zone '" + name + "': " + why); };
@@ -207,12 +211,16 @@ Result<std::shared_ptr<const TimeZone::Data>> parse_tzif(const std::string& name
     const std::size_t need = timecnt * tsize + timecnt + typecnt * 6 + static_cast<std::size_t>(c[5]) +
                              static_cast<std::size_t>(c[2]) * (tsize + 4) + static_cast<std::size_t>(c[1] + c[0]);
     if (typecnt == 0 || at + need > n) return bad("truncated");
+    // Leap-second zones ("right/...") count TAI-like seconds: not what a wall clock means.
+    if (c[2] != 0) return bad("leap-second zones are not supported");
     auto d = std::make_shared<TimeZone::Data>();
     d->name = name;
     const unsigned char* times = p + at;
     const unsigned char* idx = times + timecnt * tsize;
     const unsigned char* types = idx + timecnt;
     auto type_offset = [&](std::size_t k) { return static_cast<int>(be(types + 6 * k, 4)); };
+    for (std::size_t k = 0; k < typecnt; ++k)
+        if (std::abs(static_cast<std::int64_t>(be(types + 6 * k, 4))) > kMaxOffset) return bad("a UTC offset over 26 hours");
     d->initial_offset = type_offset(0);
     for (std::size_t k = 0; k < timecnt; ++k) {
         std::size_t ti = idx[k];
@@ -229,6 +237,8 @@ Result<std::shared_ptr<const TimeZone::Data>> parse_tzif(const std::string& name
             if (e != std::string::npos && e > f + 1) {
                 d->rule = parse_posix(std::string_view(bytes).substr(f + 1, e - f - 1));
                 if (!d->rule) return bad("unreadable POSIX rule in the footer");
+                if (std::abs(d->rule->std_offset) > kMaxOffset || std::abs(d->rule->dst_offset) > kMaxOffset)
+                    return bad("a UTC offset over 26 hours in the footer");
             }
         }
     }
@@ -256,12 +266,16 @@ Result<TimeZone> TimeZone::load(std::string_view name_in) {
     } else {
         const char* dir = std::getenv("TZDIR");
         std::string path = std::string(dir && *dir ? dir : "/usr/share/zoneinfo") + "/" + name;
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(path, ec))
+            return Error::make("invalid_time_zone", "unknown time zone '" + name + "'");
+        if (std::filesystem::file_size(path, ec) > (1u << 20) || ec)
+            return Error::make("invalid_time_zone", "time zone '" + name + "': file too large or unreadable");
         std::ifstream in(path, std::ios::binary);
         if (!in) return Error::make("invalid_time_zone", "unknown time zone '" + name + "'");
         std::ostringstream ss;
         ss << in.rdbuf();
         std::string bytes = ss.str();
-        if (bytes.size() > 1 << 20) return Error::make("invalid_time_zone", "time zone '" + name + "': file too large");
         auto parsed = parse_tzif(name, bytes);
         if (!parsed) return parsed.error();
         data = *parsed;

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <ctime>
+#include <fstream>
 
 #include "engram/core/timezone.h"
 
@@ -80,6 +81,12 @@ TEST_CASE("time zone names from outside are checked before any file is opened", 
     }
     CHECK_FALSE(TimeZone::load(std::string(65, 'A')));
     CHECK_FALSE(TimeZone::load("posixrules/../Europe/Berlin"));
+    CHECK_FALSE(TimeZone::load("Europe"));  // a folder
+    if (std::ifstream("/usr/share/zoneinfo/right/Europe/Berlin").good()) {
+        auto right = TimeZone::load("right/Europe/Berlin");  // leap seconds: not wall-clock time
+        REQUIRE_FALSE(right);
+        CHECK(right.error().detail.find("leap-second") != std::string::npos);
+    }
 }
 
 TEST_CASE("local date-times parse strictly", "[unit][timezone]") {

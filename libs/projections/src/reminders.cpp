@@ -24,7 +24,8 @@ json* find_in(json& list, const std::string& id) {
 
 void set_next_due(json& state) {
     const json& p = state["pending"];
-    state["next_due_at"] = p.empty() ? json() : p.front()["due_at"];
+    // A persisted state is read back as it was stored: tolerate one without the expected fields.
+    state["next_due_at"] = p.empty() || !p.front().is_object() ? json() : json(str(p.front(), "due_at"));
 }
 
 void on_scheduled(json& state, const events::Event& e) {
