@@ -1,6 +1,7 @@
 // The whole stack as users run it — the store, the memory, AI and notification processors and the
 // gateway, each its own binary, on a real PostgreSQL and nats-server — with fakes only for Telegram
 // and the model: a Telegram message becomes exactly one reply, whatever is redelivered on the way.
+#include "engram/core/time.h"
 #include "engram/core/uuid.h"
 #include "engram/http/client.h"
 #include "engram/testing/testing.h"
@@ -70,6 +71,16 @@ struct WholeStack {
                [](const json&) {
                    return fakes::FakeOpenAI::tool_calls_body({{"call_done", "task_complete", {{"summary", "answered"}}}});
                });
+        // "remind me …": the schedule tool, three seconds ahead.
+        llm.on(
+            [](const json& req) {
+                return req["messages"].back()["role"] == "user" &&
+                       fakes::FakeOpenAI::last_user_message(req).rfind("remind me", 0) == 0;
+            },
+            [](const json&) {
+                return fakes::FakeOpenAI::tool_calls_body(
+                    {{"call_schedule", "schedule", {{"text", "stretch"}, {"in_minutes", 0.05}}}});
+            });
         llm.on([](const json&) { return true; },
                [](const json& req) {
                    auto text = fakes::FakeOpenAI::last_user_message(req);
@@ -303,4 +314,31 @@ TEST_CASE("e2e: POST /trigger?wait=30 answers with the run's reply, like a funct
     auto session = body["session_id"].get<std::string>();
     CHECK(w.of_type(session, "MessageGenerated").size() == 1);
     CHECK(w.of_type(session, "AIProcessingCompleted").size() == 1);
+}
+
+TEST_CASE("e2e: \"remind me\" over Telegram: the reminder reaches the chat once, when due, from two memory processors", "[e2e]") {
+    WholeStack w;
+    w.tg.push_update(text_update(1, kChat, "remind me to stretch in three seconds"));
+    const std::string session = "session:telegram:" + kChat;
+    auto reminded = [&] {
+        int n = 0;
+        for (auto& m : w.replies_to(kChat)) n += m.text.rfind("Echo: Reminder: stretch", 0) == 0;
+        return n;
+    };
+    bool arrived = testing::eventually([&] { return reminded() >= 1; }, 60s);
+    INFO(w.logs());
+    REQUIRE(arrived);
+    std::this_thread::sleep_for(3s);  // both schedulers polled again several times
+    CHECK(reminded() == 1);
+    REQUIRE(w.of_type(session, "ReminderScheduled").size() == 1);
+    auto triggers = w.of_type(session, "TriggerReceived");
+    REQUIRE(triggers.size() == 1);
+    CHECK(triggers[0]["data"]["reminder_id"] == w.of_type(session, "ReminderScheduled")[0]["data"]["reminder_id"]);
+    // Due three seconds after it was scheduled, and not fired before.
+    auto due = parse_rfc3339(triggers[0]["data"]["context"]["reminder"]["due_at"].get<std::string>());
+    auto fired = parse_rfc3339(triggers[0]["timestamp"].get<std::string>());
+    REQUIRE(due);
+    REQUIRE(fired);
+    CHECK(*fired >= *due);
+    CHECK(w.of_type(session, "AIProcessingCompleted").size() == 2);  // the request, then the reminder
 }
