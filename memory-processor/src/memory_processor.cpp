@@ -109,9 +109,12 @@ Status apply_projection(const std::vector<processor::Context*>& cs, const projec
         if (todo.empty()) return ok();
         const auto& head = todo.front()->event();
         if (head.version.value() > version + 1) {
-            auto missing = fetch_versions(store, id, version + 1, head.version.value() - 1);
-            if (!missing) return std::move(missing).error();
-            state = projections::fold_from(p, state, *missing);
+            // In slices: a long session's first reminder reads its whole history once, not into one vector.
+            for (std::int64_t from = version + 1; from < head.version.value(); from += 1000) {
+                auto missing = fetch_versions(store, id, from, std::min<std::int64_t>(from + 999, head.version.value() - 1));
+                if (!missing) return std::move(missing).error();
+                state = projections::fold_from(p, std::move(state), *missing);
+            }
         }
         for (auto* ctx : todo) {
             const auto& ev = ctx->event();

@@ -240,3 +240,35 @@ TEST_CASE("the scheduler pages past sessions it cannot settle yet, and survives 
     }
     CHECK(sched.tick());
 }
+
+TEST_CASE("a long session's first reminder starts its reminders row on the whole session, read in slices",
+          "[integration][scheduler]") {
+    Env s;
+    const std::string session = "session:web:long";
+    for (int b = 0; b < 25; ++b) {  // 2 500 messages before any reminder
+        json batch = {{"aggregate_id", session}, {"events", json::array()}};
+        for (int i = 0; i < 100; ++i)
+            batch["events"].push_back({{"type", "MessageReceived"},
+                                       {"aggregate_id", session},
+                                       {"data",
+                                        {{"channel", "web"},
+                                         {"text", "m" + std::to_string(b * 100 + i)},
+                                         {"user_id", "web:long"},
+                                         {"session_id", session}}}});
+        s.append(batch);
+    }
+    const auto r = rid();
+    s.append(scheduled(session, r, at(std::chrono::hours(1)), "later"));
+    auto proc = s.start("memory-processor/engram-memory-processor", {{"SCHEDULER_POLL_MS", "0"}});
+    REQUIRE(testing::eventually(
+        [&] {
+            auto p = s.client.get("/projections/reminders/" + http::url_encode(session));
+            return p.ok() && p->status == 200 && p->json()["state"]["pending"].size() == 1;
+        },
+        std::chrono::seconds(60)));
+    pqxx::connection c(s.db());
+    pqxx::read_transaction tx(c);
+    auto row = tx.exec("SELECT version FROM projection_state WHERE name = 'reminders' AND id = " + tx.quote(session));
+    REQUIRE(row.size() == 1);
+    CHECK(row[0][0].as<std::int64_t>() == 2501);
+}
