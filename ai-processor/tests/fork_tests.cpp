@@ -90,6 +90,19 @@ struct Stack : testing::Stack {
     }
 };
 
+// A fork request (named fields, without designated initializers that leave members out).
+projections::ForkRequest fork_req(std::string origin, std::int64_t at, std::string prompt = "", std::string model = "",
+                                  std::string source = "", std::string key = "") {
+    projections::ForkRequest r;
+    r.origin = std::move(origin);
+    r.at = at;
+    r.prompt = std::move(prompt);
+    r.model = std::move(model);
+    r.source = std::move(source);
+    r.key = std::move(key);
+    return r;
+}
+
 std::string system_of(const json& request) { return request["messages"][0]["content"].get<std::string>(); }
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
@@ -115,7 +128,7 @@ TEST_CASE("a fork re-runs the agent on its origin's history up to the fork posit
 
     // Forked at the second question, no prompt: that question is asked again, of another model.
     fake.push_text("forked answer");
-    auto f1 = s.fork({.origin = origin, .at = asked[1].position.value(), .model = "other-model", .source = "cli"});
+    auto f1 = s.fork(fork_req(origin, asked[1].position.value(), "", "other-model", "cli"));
     const std::string fork1 = f1.aggregate_id;
     CHECK(fork1.rfind("session:telegram:", 0) == 0);
     REQUIRE(agent.run(f1).ok());
@@ -161,8 +174,7 @@ TEST_CASE("a fork re-runs the agent on its origin's history up to the fork posit
 
     // A fork of the fork, with a prompt: the whole chain up to its position, then the prompt.
     fake.push_text("shorter answer");
-    auto f2 =
-        s.fork({.origin = fork1, .at = s.caused_by(fork1, f1)[1]["position"].get<std::int64_t>(), .prompt = "shorter please"});
+    auto f2 = s.fork(fork_req(fork1, s.caused_by(fork1, f1)[1]["position"].get<std::int64_t>(), "shorter please"));
     CHECK(f2.data["depth"] == 2);
     REQUIRE(agent.run(f2).ok());
     req = fake.requests().back();
@@ -177,8 +189,7 @@ TEST_CASE("a fork re-runs the agent on its origin's history up to the fork posit
 
     // A fork with a prompt at an answer keeps that answer in the history.
     fake.push_text("alternative");
-    auto f3 = s.fork(
-        {.origin = origin, .at = s.caused_by(origin, asked[1])[1]["position"].get<std::int64_t>(), .prompt = "what else?"});
+    auto f3 = s.fork(fork_req(origin, s.caused_by(origin, asked[1])[1]["position"].get<std::int64_t>(), "what else?"));
     REQUIRE(agent.run(f3).ok());
     sys = system_of(fake.requests().back());
     CHECK(has(sys, "assistant: second answer"));

@@ -346,7 +346,8 @@ TEST_CASE("e2e: a fork of a Telegram conversation, made with curl, is answered a
     // Replaying either branch asks the model nothing.
     const auto calls = w.llm.request_count();
     for (const auto& s : {fork, session}) {
-        auto rep = testing::run({testing::build_dir() + "/interfaces/cli/engram", "--url", w.s.url(), "replay", "conversation", s, "--json"});
+        auto rep = testing::run(
+            {testing::build_dir() + "/interfaces/cli/engram", "--url", w.s.url(), "replay", "conversation", s, "--json"});
         INFO(rep.output);
         REQUIRE(rep.exit_code == 0);
         auto view = json::parse(rep.output)["state"];

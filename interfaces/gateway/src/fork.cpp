@@ -11,11 +11,6 @@ using nlohmann::json;
 
 namespace {
 
-std::shared_ptr<spdlog::logger> logger() {
-    static auto l = log::get("gateway");
-    return l;
-}
-
 http::Response unavailable() {
     return http::Response::error(503, "unavailable", "the event store is unavailable; retry later (nothing was written)");
 }
@@ -63,7 +58,7 @@ http::Response Forks::fork(projections::ForkRequest req, const json& body, bool 
         const auto& e = ev.error();
         if (e.code == "not_found") return http::Response::error(404, "not_found", e.detail);
         if (e.code == "invalid_parameter") return http::Response::error(400, "invalid_parameter", e.detail);
-        logger()->warn("fork of {}: {}", req.origin, e.detail);
+        log::get("gateway")->warn("fork of {}: {}", req.origin, e.detail);
         return unavailable();
     }
     auto r = append_(*ev);

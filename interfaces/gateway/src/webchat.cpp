@@ -197,8 +197,10 @@ struct WebChat::Impl {
         return std::nullopt;
     }
 
-    http::Response post_message(const http::Request& req) {
-        auto cookie = session_of(req);
+    // What every POST of the chat checks first: a valid cookie, then a JSON body within the limit.
+    std::optional<http::Response> refuse_post(const http::Request& req, const std::string& what,
+                                              std::optional<SessionCookie>& cookie, json& body) {
+        cookie = session_of(req);
         if (!cookie) {
             rejected->inc();
             return unauthorized();
@@ -209,11 +211,17 @@ struct WebChat::Impl {
             return with_headers(std::move(*refused), {{"Cache-Control", "no-store"}});
         }
         if (req.body.size() > kMaxBodyBytes)
-            return reject(413, "payload_too_large",
-                          "a chat message body is limited to " + std::to_string(kMaxBodyBytes) + " bytes");
+            return reject(413, "payload_too_large", what + " body is limited to " + std::to_string(kMaxBodyBytes) + " bytes");
         auto parsed = parse_json(req.body, "the body");
         if (!parsed) return reject(400, "invalid_json", parsed.error().detail);
-        const json& body = *parsed;
+        body = std::move(*parsed);
+        return std::nullopt;
+    }
+
+    http::Response post_message(const http::Request& req) {
+        std::optional<SessionCookie> cookie;
+        json body;
+        if (auto refused = refuse_post(req, "a chat message", cookie, body)) return std::move(*refused);
         if (!body.is_object()) return reject(400, "invalid_request", "the body must be a JSON object {\"id\", \"text\"}");
         if (!body.contains("id") || !body["id"].is_string() || !valid_message_id(body["id"].get<std::string>()))
             return reject(400, "invalid_request",
@@ -258,20 +266,9 @@ struct WebChat::Impl {
     // POST /chat/fork {"id", "at", "prompt"?}: forks the browser's session at a position and moves the
     // browser to the fork (a cookie for the new session). The page's id makes a retry the same fork.
     http::Response post_fork(const http::Request& req) {
-        auto cookie = session_of(req);
-        if (!cookie) {
-            rejected->inc();
-            return unauthorized();
-        }
-        if (auto refused = http::require_json(req)) {
-            rejected->inc();
-            return with_headers(std::move(*refused), {{"Cache-Control", "no-store"}});
-        }
-        if (req.body.size() > kMaxBodyBytes)
-            return reject(413, "payload_too_large", "a fork body is limited to " + std::to_string(kMaxBodyBytes) + " bytes");
-        auto parsed = parse_json(req.body, "the body");
-        if (!parsed) return reject(400, "invalid_json", parsed.error().detail);
-        const json& body = *parsed;
+        std::optional<SessionCookie> cookie;
+        json body;
+        if (auto refused = refuse_post(req, "a fork", cookie, body)) return std::move(*refused);
         if (!body.is_object() || !body.contains("id") || !body["id"].is_string() ||
             !valid_message_id(body["id"].get<std::string>()))
             return reject(400, "invalid_request",

@@ -131,7 +131,7 @@ Result<json> fork_event(const ForkRequest& req, const SessionReader& read) {
     auto bad = [](std::string detail) { return Error::make("invalid_parameter", std::move(detail)); };
     if (auto agg = conversation().aggregate_of(req.origin); !agg) return agg.error();
     if (req.at < 1) return bad("'at' must be a global position >= 1 (got " + std::to_string(req.at) + ")");
-    if (req.prompt.empty() ? false : trim(req.prompt).empty()) return bad("'prompt' must not be blank when given");
+    if (!req.prompt.empty() && trim(req.prompt).empty()) return bad("'prompt' must not be blank when given");
     if (utf8_length(req.prompt) > kMaxPromptChars)
         return bad("'prompt' is longer than " + std::to_string(kMaxPromptChars) + " characters");
     if (req.model.size() > kMaxModelChars) return bad("'model' is longer than " + std::to_string(kMaxModelChars) + " characters");
@@ -161,14 +161,14 @@ Result<json> fork_event(const ForkRequest& req, const SessionReader& read) {
         for (auto e = seg->events.rbegin(); e != seg->events.rend() && user.empty(); ++e) user = str(e->data, "user_id");
     if (user.empty()) return bad(req.origin + " names no user up to position " + std::to_string(req.at));
 
+    // Recorded as the origin's last event up to `at`: a later event of the origin can never fall
+    // inside the fork's history, however far ahead `at` was asked.
+    const std::int64_t at = history->back().events.back().position.value();
     const Uuid fork_uuid = req.key.empty() ? Uuid::v4() : Uuid::v5(fork_ns(), "fork:" + req.origin + "\n" + req.key);
     const std::string fork = "session:" + channel_of(req.origin) + ":" + fork_uuid.str();
     const std::string id = Uuid::v5(fork_uuid, "forked").str();
-    json data = {{"origin_session_id", req.origin},
-                 {"at_position", req.at},
-                 {"forked_session_id", fork},
-                 {"user_id", user},
-                 {"depth", depth}};
+    json data = {
+        {"origin_session_id", req.origin}, {"at_position", at}, {"forked_session_id", fork}, {"user_id", user}, {"depth", depth}};
     if (!req.model.empty()) data["model"] = req.model;
     if (!req.prompt.empty()) data["prompt"] = req.prompt;
     if (!req.source.empty()) data["source"] = req.source;

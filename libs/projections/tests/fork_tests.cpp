@@ -45,6 +45,19 @@ events::Event forked(const std::string& fork, const std::string& origin, std::in
     return ev("SessionForked", fork, d, pos, 1);
 }
 
+// A fork request (named fields, without designated initializers that leave members out).
+ForkRequest fork_req(std::string origin, std::int64_t at, std::string prompt = "", std::string model = "",
+                     std::string source = "", std::string key = "") {
+    ForkRequest r;
+    r.origin = std::move(origin);
+    r.at = at;
+    r.prompt = std::move(prompt);
+    r.model = std::move(model);
+    r.source = std::move(source);
+    r.key = std::move(key);
+    return r;
+}
+
 std::vector<std::string> texts(const json& view) {
     std::vector<std::string> out;
     for (const auto& m : view["messages"]) out.push_back(m["role"].get<std::string>() + ":" + m["text"].get<std::string>());
@@ -129,7 +142,7 @@ TEST_CASE("forks: forks of forks compose; a cycle or a too deep chain stops", "[
 TEST_CASE("forks: fork_event checks the request and builds the SessionForked", "[unit][projections]") {
     auto log = two_branches();
     auto reader = log.reader();
-    auto built = fork_event({.origin = kOrigin, .at = 3, .model = "m2", .prompt = "", .source = "api", .key = "k1"}, reader);
+    auto built = fork_event(fork_req(kOrigin, 3, "", "m2", "api", "k1"), reader);
     REQUIRE(built.ok());
     const json& e = *built;
     CHECK(e["type"] == "SessionForked");
@@ -142,15 +155,19 @@ TEST_CASE("forks: fork_event checks the request and builds the SessionForked", "
     CHECK(e["data"]["forked_session_id"] == e["aggregate_id"]);
     CHECK_FALSE(e["data"].contains("prompt"));
     // The same key gives the same fork (a retried request stores it once); another key another one.
-    auto again = fork_event({.origin = kOrigin, .at = 3, .model = "m2", .prompt = "", .source = "api", .key = "k1"}, reader);
+    auto again = fork_event(fork_req(kOrigin, 3, "", "m2", "api", "k1"), reader);
     CHECK((*again)["id"] == e["id"]);
     CHECK((*again)["aggregate_id"] == e["aggregate_id"]);
-    auto other = fork_event({.origin = kOrigin, .at = 3, .model = "", .prompt = "", .source = "api", .key = "k2"}, reader);
+    auto other = fork_event(fork_req(kOrigin, 3, "", "", "api", "k2"), reader);
     CHECK((*other)["aggregate_id"] != e["aggregate_id"]);
-    auto unkeyed = fork_event({.origin = kOrigin, .at = 3, .model = "", .prompt = "", .source = "api", .key = ""}, reader);
+    auto unkeyed = fork_event(fork_req(kOrigin, 3, "", "", "api"), reader);
     CHECK((*unkeyed)["aggregate_id"] != e["aggregate_id"]);
+    // A position past the origin's last event is recorded as that event: later events stay out.
+    auto ahead = fork_event(fork_req(kOrigin, 9, "x"), reader);
+    REQUIRE(ahead.ok());
+    CHECK((*ahead)["data"]["at_position"] == 4);
     // A fork of the fork is one deeper.
-    auto deeper = fork_event({.origin = kFork, .at = 11, .model = "", .prompt = "x", .source = "cli", .key = ""}, reader);
+    auto deeper = fork_event(fork_req(kFork, 11, "x", "", "cli"), reader);
     REQUIRE(deeper.ok());
     CHECK((*deeper)["data"]["depth"] == 2);
     CHECK((*deeper)["metadata"]["source"] == "fork:cli");
@@ -166,14 +183,14 @@ TEST_CASE("forks: fork_event refuses bad requests with a clear reason", "[unit][
         CHECK(e.error().code == code);
         CHECK(e.error().detail.find(says) != std::string::npos);
     };
-    refused({.origin = kOrigin, .at = 0}, "invalid_parameter", "'at' must be a global position >= 1");
-    refused({.origin = "user:x", .at = 3}, "invalid_parameter", "session aggregate id");
-    refused({.origin = "session:web:nobody", .at = 3}, "not_found", "no session 'session:web:nobody'");
-    refused({.origin = kFork, .at = 5}, "invalid_parameter", "before the first event of session:web:fork (position 10)");
-    refused({.origin = "session:web:silent", .at = 30}, "invalid_parameter", "no user message at or before position 30");
-    refused({.origin = kOrigin, .at = 3, .prompt = "  "}, "invalid_parameter", "'prompt' must not be blank");
-    refused({.origin = kOrigin, .at = 3, .model = std::string(129, 'm')}, "invalid_parameter", "'model' is longer than 128");
-    refused({.origin = kOrigin, .at = 3, .prompt = std::string(8001, 'p')}, "invalid_parameter", "'prompt' is longer");
+    refused(fork_req(kOrigin, 0), "invalid_parameter", "'at' must be a global position >= 1");
+    refused(fork_req("user:x", 3), "invalid_parameter", "session aggregate id");
+    refused(fork_req("session:web:nobody", 3), "not_found", "no session 'session:web:nobody'");
+    refused(fork_req(kFork, 5), "invalid_parameter", "before the first event of session:web:fork (position 10)");
+    refused(fork_req("session:web:silent", 30), "invalid_parameter", "no user message at or before position 30");
+    refused(fork_req(kOrigin, 3, "  "), "invalid_parameter", "'prompt' must not be blank");
+    refused(fork_req(kOrigin, 3, "", std::string(129, 'm')), "invalid_parameter", "'model' is longer than 128");
+    refused(fork_req(kOrigin, 3, std::string(8001, 'p')), "invalid_parameter", "'prompt' is longer");
 
     // A chain of kMaxForkDepth forks: one more is refused.
     std::string origin = kOrigin;
@@ -184,9 +201,9 @@ TEST_CASE("forks: fork_event refuses bad requests with a clear reason", "[unit][
         origin = f;
         pos += 10;
     }
-    auto at_limit = fork_event({.origin = "session:web:deep7", .at = pos, .prompt = "x"}, reader);
+    auto at_limit = fork_event(fork_req("session:web:deep7", pos, "x"), reader);
     CHECK(at_limit.ok());
-    refused({.origin = origin, .at = pos, .prompt = "x"}, "invalid_parameter", "at most 8 deep");
+    refused(fork_req(origin, pos, "x"), "invalid_parameter", "at most 8 deep");
 }
 
 TEST_CASE("forks: the store reader pages by version and stops at the position", "[unit][projections]") {

@@ -77,7 +77,8 @@ struct ForkRequest {
 };
 
 // Checks a fork request against the store and builds the fork's SessionForked event (as the JSON
-// of POST /events; nothing is written). Errors: "invalid_parameter" (P < 1, P before the origin's
+// of POST /events; nothing is written). Its at_position is the origin's last event at or before
+// `at`, so the fork's history never changes. Errors: "invalid_parameter" (P < 1, P before the origin's
 // first event, no user message to ask again without a prompt, a bad model or prompt, too deep),
 // "not_found" (the origin has no events), or the reader's own error.
 Result<nlohmann::json> fork_event(const ForkRequest& req, const SessionReader& read);
