@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
 #include "engram/core/json.h"
 #include "engram/core/time.h"
 #include "engram/core/uuid.h"
+#include "engram/events/types.h"
 #include "engram/http/client.h"
 #include "engram/log/log.h"
 #include "engram/projections/projections.h"
@@ -82,6 +84,22 @@ public:
         auto body = r->json(events::kMaxStoreAnswerDepth);
         if (body.is_discarded()) return Error::make("event_store", "reading " + path + ": unexpected answer");
         return body;
+    }
+
+    // One page of a session's events (a 404 is an empty page).
+    Result<json> page(const std::string& session, std::int64_t from, int limit) {
+        auto r = client_.get("/aggregates/" + http::url_encode(session) + "/events?from_version=" + std::to_string(from) +
+                             "&limit=" + std::to_string(limit));
+        if (!r) return r.error();
+        if (r->status == 404) return json{{"events", json::array()}};
+        if (r->status != 200) return store_error("reading " + session, r->status, r->body);
+        return r->json(events::kMaxStoreAnswerDepth);
+    }
+
+    // Reads other sessions' events up to a position: the origins of a fork (fork.h).
+    projections::SessionReader reader() {
+        return projections::store_session_reader(
+            [this](const std::string& session, std::int64_t from, int limit) { return page(session, from, limit); });
     }
 
     // "" when the user has no fast memory (404) or it cannot be read (logged: the run goes on).
@@ -195,6 +213,58 @@ void add_usage(llm::Usage& sum, const json& u) {
     sum.total_tokens += u.value("total_tokens", 0);
 }
 
+// What a run's prompt is built from: the session's conversation before the trigger, composed through
+// the forks the session comes from (fork.h), so forks of forks compose here and nowhere else.
+struct History {
+    json view;          // the conversation view the prompt shows
+    std::string reask;  // a SessionForked without a prompt: the origin's user message asked again
+    bool fork = false;  // the session is a fork
+};
+
+// `evs`: the session's events read from version `from`; `before`: those before the trigger.
+Result<History> load_history(Store& store, const events::Event& t, const std::string& session,
+                             const std::vector<events::Event>& evs, std::int64_t from, const std::vector<events::Event>& before) {
+    History h;
+    auto reader = store.reader();
+    // Whether the session is a fork is said by its first event, which a windowed read may not hold.
+    std::optional<events::Event> first;
+    if (t.aggregate_id == session && t.version.value() == 1) {
+        first = t;
+    } else if (from == 1) {
+        if (!evs.empty()) first = evs.front();
+    } else {
+        auto head = store.page(session, 1, 1);
+        if (!head) return head.error();
+        if (head->contains("events") && (*head)["events"].is_array() && !(*head)["events"].empty()) {
+            auto e = events::Event::from_json((*head)["events"][0]);
+            if (!e) return e.error();
+            first = std::move(*e);
+        }
+    }
+    std::vector<projections::Segment> segments;
+    if (first) {
+        auto inherited = projections::inherited_history(*first, reader);
+        if (!inherited && inherited.error().code != "fork_too_deep") return inherited.error();
+        if (inherited)
+            segments = std::move(*inherited);
+        else
+            logger()->warn("{}: {}; the run sees only the session's own events", session, inherited.error().detail);
+        h.fork = first->type == events::types::SessionForked;
+    }
+    segments.push_back({session, before});
+    std::int64_t cut = projections::kAllPositions;
+    if (t.type == events::types::SessionForked && str_field(t.data, "prompt").empty()) {
+        // Asked again: the run sees what came before that message, as its first run did.
+        const auto whole = projections::conversation_view(segments);
+        if (const auto* m = projections::last_user_message(whole)) {
+            h.reask = str_field(*m, "text");
+            cut = m->value("position", projections::kAllPositions);
+        }
+    }
+    h.view = projections::conversation_view(segments, cut);
+    return h;
+}
+
 std::string tool_content(const json& result, bool is_error) {
     std::string s = result.is_string() ? result.get<std::string>() : result.dump();
     return is_error ? "Error: " + s : s;
@@ -256,7 +326,7 @@ processor::Handler Agent::handler() {
 }
 
 Status Agent::run(const events::Event& t, const RunControl& control) {
-    if (t.type != "TriggerReceived" && t.type != "MessageReceived") return ok();
+    if (t.type != "TriggerReceived" && t.type != "MessageReceived" && t.type != events::types::SessionForked) return ok();
     const json& d = t.data;
     if (t.type == "MessageReceived" && d.value("edited", false) == true) return ok();  // edits are not answered
 
@@ -264,6 +334,7 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
     auto step_id = [&](const std::string& step) { return Uuid::v5(t.id, step); };
     const std::string run_id = Uuid::v5(t.id, "run").str();  // the catalog's run_id: v5(trigger id, "run")
     const std::string session = str_field(d, "session_id").empty() ? t.aggregate_id : str_field(d, "session_id");
+    const bool forked = t.type == events::types::SessionForked;
     std::string user_id = str_field(d, "user_id");
     if (user_id.empty()) user_id = str_field(t.metadata, "user_id");
     std::string correlation = str_field(t.metadata, "correlation_id");
@@ -373,18 +444,24 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
     };
 
     // Provider and prompt.
-    std::string model_override = t.type == "TriggerReceived" ? str_field(d, "model") : "";
+    std::string model_override = t.type == "TriggerReceived" || forked ? str_field(d, "model") : "";
     auto provider = o_.make_provider(model_override);
     std::string model = provider->model();
 
-    auto history = projections::fold(projections::conversation(), session, before);
-    json msgs = history.value("messages", json::array());
+    auto history = load_history(store, t, session, *evs, from, before);
+    if (!history) return history.error();
+    // A fork is an alternative past: what it says must never reach the origin's chat or inbox.
+    if (history->fork && (channel == "telegram" || channel == "email" || channel == "slack")) channel = "api";
+    json msgs = history->view.value("messages", json::array());
     json last = json::array();
     for (std::size_t i = msgs.size() > o_.history_messages ? msgs.size() - o_.history_messages : 0; i < msgs.size(); ++i)
         last.push_back(msgs[i]);
 
     std::string user_text;
-    if (t.type == "TriggerReceived") {
+    if (forked) {
+        user_text = str_field(d, "prompt").empty() ? history->reask : str_field(d, "prompt");
+        if (user_text.empty()) user_text = "(no message to answer)";
+    } else if (t.type == "TriggerReceived") {
         user_text = str_field(d, "message");
         if (d.contains("context") && d["context"].is_object() && !d["context"].empty())
             user_text += "\n\nContext: " + d["context"].dump();

@@ -1,8 +1,10 @@
 #pragma once
 // engram-ai-processor: the agent loop with crash-safe resume.
 //
-// A run answers one trigger T (TriggerReceived / MessageReceived). Every event of the run lives on the
-// session aggregate (MemoryStored on user:<user_id>) with id Uuid::v5(T.id, step):
+// A run answers one trigger T (TriggerReceived / MessageReceived / SessionForked: a fork re-runs the
+// agent on its origin's history up to the fork position, see engram/projections/fork.h). Every event
+// of the run lives on the session aggregate (MemoryStored on user:<user_id>) with id
+// Uuid::v5(T.id, step):
 //   "started"                                   AIProcessingStarted
 //   "iter:<n>:thinking", "iter:<n>:call:<k>"     ThinkingGenerated + ToolCalled: the model's answer of
 //                                               iteration n, ONE all-or-nothing batch, written before

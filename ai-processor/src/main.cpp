@@ -1,4 +1,4 @@
-// engram-ai-processor: the agent loop on TriggerReceived / MessageReceived (see agent.h).
+// engram-ai-processor: the agent loop on TriggerReceived / MessageReceived / SessionForked (see agent.h).
 #include <cstdlib>
 
 #include "agent.h"
@@ -10,7 +10,7 @@ int main(int argc, char** argv) {
     using namespace engram;
     processor::Options defaults;
     defaults.name = "ai-processor";
-    defaults.types = {"TriggerReceived", "MessageReceived"};
+    defaults.types = {"TriggerReceived", "MessageReceived", "SessionForked"};
     defaults.concurrency = 4;
 
     config::Spec extra;

@@ -342,3 +342,56 @@ TEST_CASE("e2e: \"remind me\" over Telegram: the reminder reaches the chat once,
     CHECK(*fired >= *due);
     CHECK(w.of_type(session, "AIProcessingCompleted").size() == 2);  // the request, then the reminder
 }
+
+TEST_CASE("e2e: a fork of a Telegram conversation, made with curl, is answered again with its model and never sent to the chat",
+          "[e2e][fork]") {
+    WholeStack w;
+    const std::string session = "session:telegram:" + kChat;
+    w.tg.push_update(text_update(1, kChat, "hello fork"));
+    REQUIRE(testing::eventually([&] { return w.of_type(session, "AIProcessingCompleted").size() == 1; }, 60s));
+    REQUIRE(testing::eventually([&] { return w.replies_to(kChat).size() == 1; }, 20s));
+    const std::int64_t at = w.of_type(session, "MessageReceived")[0]["position"];
+    const auto origin_events = w.s.aggregate(session).size();
+    const auto calls_before = w.llm.request_count();
+
+    auto out = testing::run({"curl", "-sS", "-m", "30", "-XPOST", w.gateway_url() + "/sessions/" + session + "/fork", "-H",
+                             "Content-Type: application/json", "-H", "Idempotency-Key: e2e-fork", "-w", "\n%{http_code}", "-d",
+                             json{{"at", at}, {"model", "fork-model"}}.dump()});
+    INFO(out.output << "\n" << w.logs());
+    REQUIRE(out.exit_code == 0);
+    auto nl = out.output.rfind('\n');
+    CHECK(out.output.substr(nl + 1) == "201");
+    const std::string fork = json::parse(out.output.substr(0, nl))["session_id"];
+    REQUIRE(fork.rfind("session:telegram:", 0) == 0);
+
+    REQUIRE(testing::eventually([&] { return w.of_type(fork, "AIProcessingCompleted").size() == 1; }, 60s));
+    auto answers = w.of_type(fork, "MessageGenerated");
+    REQUIRE(answers.size() == 1);
+    CHECK(answers[0]["data"]["text"] == "Echo: hello fork");  // the origin's message, asked again
+    CHECK(answers[0]["data"]["channel"] == "api");
+    CHECK(w.of_type(fork, "AIProcessingStarted")[0]["data"]["model"] == "fork-model");
+    auto reqs = w.llm.requests();
+    REQUIRE(reqs.size() > calls_before);
+    for (std::size_t i = calls_before; i < reqs.size(); ++i) CHECK(reqs[i]["model"] == "fork-model");
+
+    // The origin and its chat: untouched, nothing sent for the fork.
+    w.settle();
+    CHECK(w.s.aggregate(session).size() == origin_events);
+    CHECK(w.replies_to(kChat).size() == 1);
+    CHECK(w.of_type(fork, "TelegramMessageSent").empty());
+    for (auto& [chat, action] : w.tg.chat_actions()) CHECK(chat == kChat);
+
+    // Replaying either branch asks the model nothing.
+    const auto calls = w.llm.request_count();
+    for (const auto& s : {fork, session}) {
+        auto rep = testing::run(
+            {testing::build_dir() + "/interfaces/cli/engram", "--url", w.s.url(), "replay", "conversation", s, "--json"});
+        INFO(rep.output);
+        REQUIRE(rep.exit_code == 0);
+        auto view = json::parse(rep.output)["state"];
+        std::vector<std::string> texts;
+        for (const auto& m : view["messages"]) texts.push_back(m["text"]);
+        CHECK(texts == std::vector<std::string>{"hello fork", "Echo: hello fork"});
+    }
+    CHECK(w.llm.request_count() == calls);
+}

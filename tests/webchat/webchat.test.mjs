@@ -243,6 +243,35 @@ try {
     await bob.close();
   });
 
+  await step('"fork from here" opens a fork: the history up to there, then the fork\'s own answer', async () => {
+    const { session_id: origin } = await page.evaluate(async () => (await fetch('/chat/session')).json());
+    const firstUser = (await bubbleTexts(page, '.msg-user'))[0];
+    const firstAnswer = (await bubbleTexts(page, '.msg-assistant'))[0];
+    page.removeAllListeners('dialog');
+    page.once('dialog', (d) => d.accept('what is my favourite colour?'));
+    await page.click('.msg-assistant >> nth=0 >> .fork-here');
+    await page.waitForSelector('.forked', WAIT);  // the page reloaded into the fork
+    await page.waitForSelector('#status[data-state="live"]', WAIT);
+    const { session_id: fork } = await page.evaluate(async () => (await fetch('/chat/session')).json());
+    assert.notEqual(fork, origin);
+    assert.match(fork, /^session:web:/);
+    await runsDone(page, 1);  // the fork's; the inherited run is cut at the fork position
+    assert.ok(await page.$('.run-status[data-state="inherited"]'), 'the inherited run is shown as cut at the fork');
+    assert.deepEqual(await bubbleTexts(page, '.msg-user'), [firstUser, 'what is my favourite colour?']);
+    const answers = await bubbleTexts(page, '.msg-assistant');
+    assert.equal(answers.length, 2, answers.join(' | '));
+    assert.equal(answers[0], firstAnswer);
+    assert.match(answers[1], /blue/);  // the fork's run, for the origin's user
+    assert.ok(await page.$('.msg-user.inherited'), 'the inherited history is marked');
+    assert.doesNotMatch(await page.textContent('#log'), /not bold/);  // what came after the fork point
+    // A reload of the fork shows the same.
+    await page.reload();
+    await page.waitForSelector('#status[data-state="live"]', WAIT);
+    await runsDone(page, 1);
+    await page.waitForFunction((n) => document.querySelectorAll('.msg-assistant').length >= n, answers.length, WAIT);
+    assert.deepEqual(await bubbleTexts(page, '.msg-assistant'), answers);
+  });
+
   await step('the page raised no script errors', async () => {
     assert.deepEqual(pageErrors, []);
   });

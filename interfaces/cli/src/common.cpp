@@ -79,6 +79,17 @@ events::Event parse_event(const nlohmann::json& j) {
     return std::move(e).value();
 }
 
+projections::SessionReader session_reader(Store& store) {
+    return projections::store_session_reader(
+        [&store](const std::string& session, std::int64_t from, int limit) -> Result<nlohmann::json> {
+            auto page = store.get("/aggregates/" + http::url_encode(session) + "/events?from_version=" + std::to_string(from) +
+                                      "&limit=" + std::to_string(limit),
+                                  true);
+            if (!page) return nlohmann::json{{"events", nlohmann::json::array()}};
+            return *page;
+        });
+}
+
 void add_param(std::string& q, std::string_view name, std::string_view value) {
     if (value.empty()) return;
     q += '&';

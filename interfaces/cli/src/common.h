@@ -14,6 +14,7 @@
 
 #include "engram/events/event.h"
 #include "engram/http/client.h"
+#include "engram/projections/fork.h"
 
 namespace CLI {
 class App;
@@ -70,6 +71,9 @@ private:
 
 events::Event parse_event(const nlohmann::json& j);
 
+// Reads sessions from the store a page at a time: a fork's origins (engram/projections/fork.h).
+projections::SessionReader session_reader(Store& store);
+
 // Appends "&name=value" (url-encoded) when value is non-empty.
 void add_param(std::string& q, std::string_view name, std::string_view value);
 
@@ -116,6 +120,7 @@ void add_events_commands(CLI::App& app, Globals& g, Action& action);
 void add_projection_commands(CLI::App& app, Globals& g, Action& action);
 void add_parked_commands(CLI::App& app, Globals& g, Action& action);
 void add_processor_commands(CLI::App& app, Globals& g, Action& action);
+void add_fork_commands(CLI::App& app, Globals& g, Action& action);
 
 // One event as a table row / a one-line summary.
 std::string short_json(const nlohmann::json& j, std::size_t max);

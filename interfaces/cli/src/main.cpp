@@ -15,6 +15,7 @@ const char* kFooter = R"(Commands:
   events get ID
   append --type T --aggregate A [--data JSON] [--metadata JSON] [--id UUID] [--expected-version N]
   replay <projection> <id> [--as-of P|TIME] [--steps]
+  fork <session> --at P [--model M] [--prompt TEXT] [--key K]
   projections list
   projections rebuild <name>
   parked list [--processor NAME]
@@ -43,6 +44,7 @@ int run(int argc, char** argv) {
     add_projection_commands(app, g, action);
     add_parked_commands(app, g, action);
     add_processor_commands(app, g, action);
+    add_fork_commands(app, g, action);
     // The command list is for `engram --help` only (subcommands inherit it; a footer of their own stays).
     std::function<void(CLI::App&)> no_footer = [&](CLI::App& a) {
         for (auto* sub : a.get_subcommands({})) {

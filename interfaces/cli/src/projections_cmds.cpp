@@ -89,6 +89,15 @@ int replay(const Globals& g, const ReplayOpts& o) {
     // The view, folded locally by the projection's own code (the same fold the store and processor run).
     nlohmann::json state = projections::fold(p, o.id, evs);
     const std::int64_t position = state.value("position", std::int64_t{0});
+    // A fork's conversation is its origin's up to the fork position, then its own: shown composed.
+    std::size_t inherited = 0;
+    if (&p == &projections::conversation() && !evs.empty() && projections::fork_origin(evs.front())) {
+        auto history = projections::inherited_history(evs.front(), session_reader(store));
+        if (!history) fail("reading the origins of " + o.id + ": " + one_line(history.error().detail));
+        for (const auto& seg : *history) inherited += seg.events.size();
+        history->push_back({o.id, evs});
+        state = projections::conversation_view(*history);
+    }
 
     nlohmann::json steps = nlohmann::json::array();
     if (o.steps) {
@@ -117,13 +126,16 @@ int replay(const Globals& g, const ReplayOpts& o) {
     if (g.json) {
         nlohmann::json out = {{"name", p.name()},     {"id", o.id},           {"aggregate_id", *agg},
                               {"position", position}, {"events", evs.size()}, {"state", state}};
+        if (inherited) out["inherited_events"] = inherited;
         if (!o.as_of.empty()) out["as_of"] = o.as_of;
         if (o.steps) out["steps"] = steps;
         std::printf("%s\n", out.dump(2).c_str());
         return 0;
     }
-    std::printf("%s %s as of %s: position %lld (%zu events of %s)\n", std::string(p.name()).c_str(), o.id.c_str(),
+    std::printf("%s %s as of %s: position %lld (%zu events of %s", std::string(p.name()).c_str(), o.id.c_str(),
                 o.as_of.empty() ? "now" : o.as_of.c_str(), static_cast<long long>(position), evs.size(), agg->c_str());
+    if (inherited) std::printf(", and %zu inherited from its origins", inherited);
+    std::printf(")\n");
     std::printf("%s\n", state.dump(2).c_str());
     return 0;
 }

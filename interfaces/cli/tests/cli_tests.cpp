@@ -480,3 +480,65 @@ TEST_CASE("failures give one line on stderr and exit 1 and bad arguments exit 2"
     REQUIRE(tl.code == 0);
     REQUIRE(lines_of(tl.out).empty());
 }
+
+TEST_CASE("engram fork branches a session at a position; replay of the fork composes its origin", "[integration][cli][fork]") {
+    Fixture f;
+    const std::string s = "session:web:f1";
+    f.append("MessageReceived", s, msg(s, "question one"));
+    f.append("MessageGenerated", s, answer("answer one"));
+    auto q2 = f.append("MessageReceived", s, msg(s, "question two"));
+    f.append("MessageGenerated", s, answer("answer two"));
+    const std::int64_t P = q2["position"];
+    const auto origin_before = f.aggregate_events(s).size();
+
+    // Refused, exit 2 (or 1 for a session the log does not have), one line, nothing written.
+    require_one_line_failure(f.run({"fork", s, "--at", "0"}), 2, "engram: 'at' must be a global position >= 1");
+    require_one_line_failure(f.run({"fork", "session:web:none", "--at", "3"}), 1, "engram: no session 'session:web:none'");
+    require_one_line_failure(f.run({"fork", "user:x", "--at", "3"}), 2, "engram: conversation id must be a session");
+    require_one_line_failure(f.run({"fork", s, "--at", "2", "--prompt", " "}), 2, "engram: 'prompt' must not be blank");
+    require_one_line_failure(f.run({"fork", s}), 2, "engram: --at is required");
+    auto none = f.client->get("/events?after=0&limit=1000&type=SessionForked");
+    REQUIRE(none->json()["events"].empty());
+
+    auto r = f.run({"fork", s, "--at", std::to_string(P), "--model", "other-model", "--key", "k1", "--json"});
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    auto out = json::parse(r.out);
+    const std::string fork = out["session_id"];
+    CHECK(out["created"] == true);
+    CHECK(out["origin_session_id"] == s);
+    auto stored = f.aggregate_events(fork);
+    REQUIRE(stored.size() == 1);
+    CHECK(stored[0].type == "SessionForked");
+    CHECK(stored[0].data["at_position"] == P);
+    CHECK(stored[0].data["model"] == "other-model");
+    CHECK(stored[0].data["source"] == "cli");
+    CHECK(f.aggregate_events(s).size() == origin_before);  // the origin is untouched
+
+    // The same key again: the same fork, not a second one.
+    auto again = f.run({"fork", s, "--at", std::to_string(P), "--model", "other-model", "--key", "k1", "--json"});
+    REQUIRE(again.code == 0);
+    CHECK(json::parse(again.out)["session_id"] == fork);
+    CHECK(json::parse(again.out)["created"] == false);
+    auto plain = f.run({"fork", s, "--at", std::to_string(P), "--prompt", "something else"});
+    INFO(plain.out);
+    REQUIRE(plain.code == 0);
+    CHECK(plain.out.find("forked from " + s + " at position " + std::to_string(P)) != std::string::npos);
+
+    // The fork's own answer; its replay shows the origin up to P, then the fork (a local fold: no model).
+    f.append("MessageGenerated", fork, answer("answer two, again"));
+    auto rep = f.run({"replay", "conversation", fork, "--json"});
+    INFO(rep.out);
+    REQUIRE(rep.code == 0);
+    auto view = json::parse(rep.out);
+    CHECK(view["inherited_events"] == 3);
+    std::vector<std::string> texts;
+    for (const auto& m : view["state"]["messages"]) texts.push_back(m["text"]);
+    CHECK(texts == std::vector<std::string>{"question one", "answer one", "question two", "answer two, again"});
+    CHECK(view["state"]["forked_from"]["session_id"] == s);
+    // The origin's replay is as before.
+    auto orig = json::parse(f.run({"replay", "conversation", s, "--json"}).out);
+    CHECK(orig["state"]["messages"].size() == 4);
+    CHECK(orig["state"]["messages"][3]["text"] == "answer two");
+    CHECK_FALSE(orig.contains("inherited_events"));
+}

@@ -7,6 +7,7 @@
 #include "engram/http/server.h"
 #include "engram/log/log.h"
 #include "engram/metrics/metrics.h"
+#include "fork.h"
 #include "ingress.h"
 #include "signature.h"
 #include "telegram.h"
@@ -87,6 +88,7 @@ struct App::Impl {
     ReplayGuard replays;
     std::unique_ptr<WebChat> webchat;     // declared before `server`: destroyed after it has stopped
     std::unique_ptr<TriggerWaits> waits;  // the same
+    std::unique_ptr<Forks> forks;
     std::unique_ptr<http::Server> server;
     std::unique_ptr<telegram::Ingress> telegram;
     metrics::Counter& accepted =
@@ -163,6 +165,7 @@ struct App::Impl {
             if (auto refused = http::require_json(req)) return res->respond(reject(std::move(*refused)));
             return trigger(req, res);
         }
+        if (req.path.rfind("/sessions/", 0) == 0) return res->respond(session_route(req));
         if (req.path == "/metrics") {
             http::Response r;
             r.content_type = "text/plain; version=0.0.4";
@@ -207,6 +210,28 @@ struct App::Impl {
         }
         waits->wait(res, std::move(acc->body), acc->session, acc->event_id, acc->position,
                     std::chrono::steady_clock::now() + std::chrono::seconds(wait_s));
+    }
+
+    // POST /sessions/{id}/fork: a new session branching off {id} at a position (fork.h).
+    http::Response session_route(http::Request& req) {
+        const std::string prefix = "/sessions/", suffix = "/fork";
+        const auto& p = req.path;
+        if (p.size() <= prefix.size() + suffix.size() || p.compare(p.size() - suffix.size(), suffix.size(), suffix) != 0)
+            return http::Response::error(404, "not_found",
+                                         "no route for " + req.method + " " + p + " (use POST /sessions/{id}/fork)");
+        if (req.method != "POST") return http::Response::error(405, "method_not_allowed", "use POST");
+        if (auto refused = http::require_json(req)) return reject(std::move(*refused));
+        auto body = parse_json(req.body, "the body");
+        if (!body) return reject(400, "invalid_json", body.error().detail);
+        auto key = req.header("idempotency-key");
+        if (key.size() > 256) return reject(400, "invalid_request", "the Idempotency-Key header is longer than 256 characters");
+        projections::ForkRequest fr;
+        fr.origin = p.substr(prefix.size(), p.size() - prefix.size() - suffix.size());
+        fr.source = "api";
+        fr.key = key;
+        auto r = forks->fork(std::move(fr), *body, true);
+        (r.status == 200 || r.status == 201 ? accepted : rejected).inc();
+        return r;
     }
 
     static Result<int> parse_wait(const std::string& v) {
@@ -329,6 +354,8 @@ App::App(config::Values cfg, std::function<std::int64_t()> now_s) : impl_(std::m
     two.store_headers = impl_->store_headers();
     two.max_waits = static_cast<std::size_t>(impl_->cfg.get_int("GATEWAY_TRIGGER_MAX_WAITS"));
     impl_->waits = std::make_unique<TriggerWaits>(std::move(two), impl_->log, impl_->metrics);
+    impl_->forks = std::make_unique<Forks>(impl_->cfg.get("EVENT_STORE_URL"), impl_->store_headers(),
+                                           [im = impl_.get()](const nlohmann::json& e) { return im->append(e); });
     impl_->webchat = std::make_unique<WebChat>(
         impl_->cfg, impl_->metrics, [im = impl_.get()](const nlohmann::json& e) { return im->append(e); }, impl_->now_s);
 }

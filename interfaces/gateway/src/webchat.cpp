@@ -1,5 +1,6 @@
 #include "webchat.h"
 
+#include "fork.h"
 #include "ingress.h"
 
 #include "engram/core/json.h"
@@ -112,6 +113,7 @@ struct WebChat::Impl {
     // into these as it is destroyed, so they must outlive it.
     std::unique_ptr<StreamCounter> session_streams, address_streams;
     std::unique_ptr<StreamProxy> streams;
+    std::unique_ptr<Forks> forks;
     metrics::Counter* accepted = nullptr;
     metrics::Counter* rejected = nullptr;
     metrics::Counter* limited = nullptr;
@@ -195,8 +197,10 @@ struct WebChat::Impl {
         return std::nullopt;
     }
 
-    http::Response post_message(const http::Request& req) {
-        auto cookie = session_of(req);
+    // What every POST of the chat checks first: a valid cookie, then a JSON body within the limit.
+    std::optional<http::Response> refuse_post(const http::Request& req, const std::string& what,
+                                              std::optional<SessionCookie>& cookie, json& body) {
+        cookie = session_of(req);
         if (!cookie) {
             rejected->inc();
             return unauthorized();
@@ -207,11 +211,17 @@ struct WebChat::Impl {
             return with_headers(std::move(*refused), {{"Cache-Control", "no-store"}});
         }
         if (req.body.size() > kMaxBodyBytes)
-            return reject(413, "payload_too_large",
-                          "a chat message body is limited to " + std::to_string(kMaxBodyBytes) + " bytes");
+            return reject(413, "payload_too_large", what + " body is limited to " + std::to_string(kMaxBodyBytes) + " bytes");
         auto parsed = parse_json(req.body, "the body");
         if (!parsed) return reject(400, "invalid_json", parsed.error().detail);
-        const json& body = *parsed;
+        body = std::move(*parsed);
+        return std::nullopt;
+    }
+
+    http::Response post_message(const http::Request& req) {
+        std::optional<SessionCookie> cookie;
+        json body;
+        if (auto refused = refuse_post(req, "a chat message", cookie, body)) return std::move(*refused);
         if (!body.is_object()) return reject(400, "invalid_request", "the body must be a JSON object {\"id\", \"text\"}");
         if (!body.contains("id") || !body["id"].is_string() || !valid_message_id(body["id"].get<std::string>()))
             return reject(400, "invalid_request",
@@ -249,6 +259,48 @@ struct WebChat::Impl {
                                                                     {"message_id", msg_id},
                                                                     {"session_id", session},
                                                                     {"position", r->second["events"][0]["position"]}}),
+                                    {{"Cache-Control", "no-store"}}),
+                       *cookie, req);
+    }
+
+    // POST /chat/fork {"id", "at", "prompt"?}: forks the browser's session at a position and moves the
+    // browser to the fork (a cookie for the new session). The page's id makes a retry the same fork.
+    http::Response post_fork(const http::Request& req) {
+        std::optional<SessionCookie> cookie;
+        json body;
+        if (auto refused = refuse_post(req, "a fork", cookie, body)) return std::move(*refused);
+        if (!body.is_object() || !body.contains("id") || !body["id"].is_string() ||
+            !valid_message_id(body["id"].get<std::string>()))
+            return reject(400, "invalid_request",
+                          "field 'id' must be a string of 1 to 64 letters, digits or -_.: (a UUID made by the page)");
+        if (auto refused = rate_limited(*cookie, req)) return std::move(*refused);  // a fork costs a model run
+        projections::ForkRequest fr;
+        fr.origin = "session:web:" + cookie->uuid;
+        fr.source = "web";
+        fr.key = "web:" + body["id"].get<std::string>();
+        auto r = forks->fork(std::move(fr), body, false);
+        r.headers.emplace_back("Cache-Control", "no-store");
+        if (r.status != 200 && r.status != 201) {
+            rejected->inc();
+            return r;
+        }
+        accepted->inc();
+        auto answer = json::parse(r.body, nullptr, false);
+        const std::string prefix = "session:web:";
+        auto fork = answer.is_object() ? answer.value("session_id", "") : "";
+        if (fork.rfind(prefix, 0) == 0) r.headers.emplace_back("Set-Cookie", issue(fork.substr(prefix.size()), req));
+        return r;
+    }
+
+    // GET /chat/history: what the browser's session inherits when it is a fork (the page renders it
+    // before the session's own events, which come from /chat/events).
+    http::Response history(const http::Request& req) {
+        auto cookie = session_of(req);
+        if (!cookie) return unauthorized();
+        const std::string session = "session:web:" + cookie->uuid;
+        auto evs = forks->inherited_events(session);
+        if (!evs) return error(503, "unavailable", "the event store is unavailable; retry later");
+        return rotated(with_headers(http::Response::json(200, {{"session_id", session}, {"inherited", std::move(*evs)}}),
                                     {{"Cache-Control", "no-store"}}),
                        *cookie, req);
     }
@@ -324,6 +376,7 @@ WebChat::WebChat(const config::Values& cfg, metrics::Registry& metrics, AppendFn
     im.address_streams = std::make_unique<StreamCounter>(static_cast<std::size_t>(int_of("WEBCHAT_ADDRESS_STREAMS", 64)));
     http::Headers auth;
     if (cfg.has("ENGRAM_API_TOKEN")) auth.emplace_back("Authorization", "Bearer " + cfg.get("ENGRAM_API_TOKEN"));
+    im.forks = std::make_unique<Forks>(cfg.get("EVENT_STORE_URL"), auth, im.append);
     im.streams = std::make_unique<StreamProxy>(im.log, cfg.get("EVENT_STORE_URL"), std::move(auth));
     im.accepted = &metrics.counter("engram_gateway_webchat_messages_total", "web chat messages by result", "result=\"accepted\"");
     im.rejected = &metrics.counter("engram_gateway_webchat_messages_total", "web chat messages by result", "result=\"rejected\"");
@@ -360,6 +413,14 @@ bool WebChat::handle(http::Request& req, const std::shared_ptr<http::Responder>&
     }
     if (req.path == "/chat/messages") {
         if (only(req.method == "POST", "POST")) res->respond(im.post_message(req));
+        return true;
+    }
+    if (req.path == "/chat/fork") {
+        if (only(req.method == "POST", "POST")) res->respond(im.post_fork(req));
+        return true;
+    }
+    if (req.path == "/chat/history") {
+        if (only(get, "GET")) res->respond(im.history(req));
         return true;
     }
     if (req.path == "/chat/events") {

@@ -1,6 +1,8 @@
 // The web chat: sends messages with POST /chat/messages and renders the session's events from
 // GET /chat/events (Server-Sent Events; a fresh connection replays the whole conversation, which is
-// what makes a reload show the history). Event data is only ever inserted as text (textContent).
+// what makes a reload show the history). A fork's session first shows what it inherits from its
+// origin (GET /chat/history); "fork from here" on a message branches the conversation there (POST
+// /chat/fork) and reloads into the fork. Event data is only ever inserted as text (textContent).
 'use strict';
 
 (() => {
@@ -17,7 +19,7 @@
   const TYPES = [
     'MessageReceived', 'TriggerReceived', 'AIProcessingStarted', 'ThinkingGenerated', 'ToolCalled',
     'ToolCompleted', 'MessageGenerated', 'AIProcessingCompleted', 'AIProcessingFailed', 'MemoryRecalled',
-    'MemoryStored',
+    'MemoryStored', 'SessionForked',
   ];
 
   const seen = new Set();        // event ids already rendered (a reconnect may overlap)
@@ -104,6 +106,18 @@
     return li;
   }
 
+  // A control that branches the conversation at this message's position.
+  function forkable(node, e) {
+    if (typeof e.position !== 'number') return node;
+    node.dataset.position = String(e.position);
+    const b = el('button', 'fork-here', 'fork from here');
+    b.type = 'button';
+    b.title = 'Start a new conversation that has this one up to here, and ask again or ask something else';
+    b.addEventListener('click', () => fork(e.position));
+    node.querySelector('.meta').appendChild(b);
+    return node;
+  }
+
   function run(runId) {
     const key = runId || '';
     let r = runs.get(key);
@@ -141,10 +155,19 @@
           mine.dataset.eventId = e.id;
           return;
         }
-        const li = userBubble(text, e.timestamp);
+        const li = forkable(userBubble(text, e.timestamp), e);
         li.dataset.eventId = e.id;
         if (d.message_id) li.dataset.messageId = d.message_id;
         add(li);
+        return;
+      }
+      case 'SessionForked': {
+        add(el('li', 'forked', `forked here from an earlier conversation${d.model ? ` · model ${d.model}` : ''}`));
+        if (d.prompt) {
+          const li = forkable(userBubble(d.prompt, e.timestamp), e);
+          li.dataset.eventId = e.id;
+          add(li);
+        }
         return;
       }
       case 'AIProcessingStarted':
@@ -197,7 +220,7 @@
         const li = el('div', 'msg msg-assistant', d.text);
         li.dataset.eventId = e.id;
         li.appendChild(el('span', 'meta', time(e.timestamp)));
-        addToRun(d.run_id, li);
+        addToRun(d.run_id, forkable(li, e));
         return;
       }
       case 'MemoryRecalled': {
@@ -241,6 +264,56 @@
     if (!e || !e.id || seen.has(e.id)) return;
     seen.add(e.id);
     render(type, e);
+  }
+
+  // ---- forks --------------------------------------------------------------------------------
+
+  // What this session inherits when it is a fork, rendered before its own events.
+  async function inherited() {
+    try {
+      const r = await fetch('/chat/history', { credentials: 'same-origin' });
+      if (!r.ok) return;
+      const j = await r.json();
+      for (const e of j.inherited || []) {
+        if (!e || !e.id || seen.has(e.id) || !TYPES.includes(e.type)) continue;
+        seen.add(e.id);
+        render(e.type, e);
+      }
+      if (!(j.inherited || []).length) return;
+      log.querySelectorAll('li').forEach((n) => n.classList.add('inherited'));
+      // A run the fork position cut short: what it did before is history, it is not working.
+      log.querySelectorAll('.run-status[data-state="running"]').forEach((st) => {
+        st.dataset.state = 'inherited';
+        st.textContent = 'before the fork';
+      });
+    } catch (_) { /* the session's own events still come */ }
+  }
+
+  async function fork(position) {
+    const text = window.prompt('Fork the conversation here. Ask something else, or leave it empty to ask the same again:', '');
+    if (text === null) return;
+    const body = { id: uuid(), at: position };
+    if (text.trim()) body.prompt = text.trim();
+    let r = null;
+    try {
+      r = await fetch('/chat/fork', {
+        method: 'POST',
+        credentials: 'same-origin',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+    } catch (_) { /* below */ }
+    if (r && r.ok) {
+      // The answer moved this browser to the fork (its cookie): load it.
+      window.location.reload();
+      return;
+    }
+    let detail = r ? `HTTP ${r.status}` : 'the gateway cannot be reached';
+    try {
+      const j = r && (await r.json());
+      if (j && j.detail) detail = j.detail;
+    } catch (_) { /* keep the status */ }
+    showNotice(`Not forked: ${detail}`);
   }
 
   // ---- the stream ---------------------------------------------------------------------------
@@ -361,6 +434,6 @@
   });
   input.addEventListener('input', resize);
 
-  connect();
+  inherited().then(connect);
   input.focus();
 })();

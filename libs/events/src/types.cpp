@@ -5,7 +5,8 @@ namespace engram::events::types {
 std::vector<std::string_view> all() {
     return {
         TriggerReceived,     MessageReceived,
-        WebhookReceived,     AccessDenied,  // inputs
+        WebhookReceived,     AccessDenied,
+        SessionForked,  // inputs
         AIProcessingStarted, ToolCalled,
         ToolCompleted,       ThinkingGenerated,  // AI
         MessageGenerated,    AIProcessingCompleted,

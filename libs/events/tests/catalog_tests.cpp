@@ -34,7 +34,7 @@ const std::vector<std::pair<std::string, std::vector<std::string>>> kSpecCatalog
 
 // The catalog is open to extension: the types engram writes beyond the product list, by category.
 const std::vector<std::pair<std::string, std::vector<std::string>>> kExtensions = {
-    {"input", {"AccessDenied"}},
+    {"input", {"AccessDenied", "SessionForked"}},
     {"ai", {"ReminderScheduled", "ReminderCancelled"}},
 };
 
@@ -73,7 +73,7 @@ std::set<std::string> as_set(const std::vector<std::string>& v) { return {v.begi
 TEST_CASE("catalog: the product list, types::all(), proto/catalog.json, proto/events/ and the embedded catalog agree",
           "[unit][events]") {
     const std::vector<std::string> spec = spec_types();
-    REQUIRE(spec.size() == 18 + 3);
+    REQUIRE(spec.size() == 18 + 4);
 
     std::vector<std::string> constants;
     for (auto t : types::all()) constants.emplace_back(t);

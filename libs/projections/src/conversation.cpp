@@ -86,6 +86,17 @@ void on_message_received(json& state, const events::Event& e) {
     append_message(state, std::move(msg));
 }
 
+// A fork's first event: where its history comes from, and the new user turn when it asks one.
+void on_forked(json& state, const events::Event& e) {
+    const json& d = e.data;
+    auto at = d.find("at_position");
+    state["forked_from"] = {{"session_id", str(d, "origin_session_id")},
+                            {"position", at != d.end() && at->is_number_integer() ? *at : json(0)}};
+    if (has_string(d, "model")) state["forked_from"]["model"] = d["model"];
+    if (has_string(d, "prompt"))
+        append_message(state, new_message(e, "user", str(d, "prompt"), channel_of_session(e.aggregate_id)));
+}
+
 void on_message_generated(json& state, const events::Event& e) {
     const json& d = e.data;
     json msg = new_message(e, "assistant", str(d, "text"), str(d, "channel", channel_of_session(e.aggregate_id)));
@@ -225,7 +236,7 @@ public:
         return {T::TriggerReceived,       T::MessageReceived,     T::MessageGenerated, T::AIProcessingStarted,
                 T::AIProcessingCompleted, T::AIProcessingFailed,  T::ToolCalled,       T::ToolCompleted,
                 T::ThinkingGenerated,     T::TelegramMessageSent, T::EmailSent,        T::SlackMessageSent,
-                T::NotificationFailed};
+                T::NotificationFailed,    T::SessionForked};
     }
 
     json initial(std::string_view id) const override {
@@ -246,6 +257,8 @@ public:
             on_message_received(state, e);
         else if (t == T::MessageGenerated)
             on_message_generated(state, e);
+        else if (t == T::SessionForked)
+            on_forked(state, e);
         else if (t == T::AIProcessingStarted)
             on_started(state, e);
         else if (t == T::AIProcessingCompleted)

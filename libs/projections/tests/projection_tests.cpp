@@ -55,7 +55,7 @@ TEST_CASE("event_types are catalog types, and other types leave the state unchan
             REQUIRE(cat.known(t));
         }
     auto conv = conversation().event_types();
-    REQUIRE(conv.size() == 13);
+    REQUIRE(conv.size() == 14);
     REQUIRE(std::find(conv.begin(), conv.end(), "MemoryStored") == conv.end());
     auto fm = fast_memory().event_types();
     REQUIRE(fm == std::vector<std::string_view>{"MemoryStored"});

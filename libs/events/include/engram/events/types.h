@@ -11,6 +11,7 @@ inline constexpr std::string_view TriggerReceived = "TriggerReceived";
 inline constexpr std::string_view MessageReceived = "MessageReceived";
 inline constexpr std::string_view WebhookReceived = "WebhookReceived";
 inline constexpr std::string_view AccessDenied = "AccessDenied";  // not in the product list: our extension
+inline constexpr std::string_view SessionForked = "SessionForked";
 // AI processing
 inline constexpr std::string_view AIProcessingStarted = "AIProcessingStarted";
 inline constexpr std::string_view ToolCalled = "ToolCalled";
