@@ -298,6 +298,9 @@ std::vector<std::string> FakeOpenAI::stream_chunks(const json& completion_body, 
         for (const auto& part : msg["content"])
             if (part.is_object() && part.contains("text") && part["text"].is_string()) content += part["text"].get<std::string>();
     for (auto& p : pieces(content, piece_chars)) chunk({{"content", p}}, nullptr);
+    // Content of another type is passed on as it is: a hostile answer stays hostile when streamed.
+    if (msg.contains("content") && !msg["content"].is_string() && !msg["content"].is_array() && !msg["content"].is_null())
+        chunk({{"content", msg["content"]}}, nullptr);
     if (msg.contains("tool_calls") && msg["tool_calls"].is_array()) {
         int index = 0;
         for (const auto& tc : msg["tool_calls"]) {
