@@ -588,7 +588,8 @@ TEST_CASE("double-texting: messages sent while a run works are answered together
     CHECK(qa[1]["data"]["text"] == "Heard: two");
 }
 
-TEST_CASE("streamed answers: pieces live on NATS, the log as without streaming, a crash mid-stream resumes", "[integration][ai]") {
+TEST_CASE("streamed answers: pieces live on NATS, the log as without streaming, a crash mid-stream resumes",
+          "[integration][ai]") {
     Stack s;
     fakes::FakeOpenAI fake;
     fake.set_streaming(true, 4, std::chrono::milliseconds(25));
@@ -661,7 +662,7 @@ TEST_CASE("streamed answers: pieces live on NATS, the log as without streaming, 
     CHECK(content[1] == "Thinking out loud.");
     CHECK(args[1] == called["raw_arguments"].get<std::string>());
     CHECK(ends[1] == 1);
-    CHECK(ends[2] == 1);  // the killed attempt never ended; the resumed one did
+    CHECK(ends[2] == 1);                           // the killed attempt never ended; the resumed one did
     CHECK(content[2].size() > final_text.size());  // the killed attempt's pieces, then the whole answer
     CHECK(content[2].substr(content[2].size() - final_text.size()) == final_text);
 }

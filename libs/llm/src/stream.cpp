@@ -94,9 +94,10 @@ struct StreamAssembler::Impl {
         if (!c.is_object()) return bad(std::string("a chunk is not a JSON object (got ") + c.type_name() + ")");
         if (c.contains("error") && !c["error"].is_null()) {
             const json& e = c["error"];
-            std::string msg = e.is_string()                                                          ? e.get<std::string>()
-                              : (e.is_object() && e.contains("message") && e["message"].is_string()) ? e["message"].get<std::string>()
-                                                                                                     : e.dump();
+            std::string msg = e.is_string() ? e.get<std::string>()
+                              : (e.is_object() && e.contains("message") && e["message"].is_string())
+                                  ? e["message"].get<std::string>()
+                                  : e.dump();
             return Error::make("llm_error", "the model API answered an error in its stream: " + msg);
         }
         auto str = [&](const char* k, std::string& out) {
@@ -151,8 +152,7 @@ struct StreamAssembler::Impl {
             // Some servers leave the index out: a new id starts the next call, anything else continues.
             index = last_index < 0 ? 0 : last_index;
             if (last_index >= 0 && !new_id.empty() && new_id != calls[last_index].id) index = calls.rbegin()->first + 1;
-            if (index >= limits.max_tool_calls)
-                return bad("more than " + std::to_string(limits.max_tool_calls) + " tool calls");
+            if (index >= limits.max_tool_calls) return bad("more than " + std::to_string(limits.max_tool_calls) + " tool calls");
         }
         last_index = index;
         Call& call = calls[index];

@@ -41,7 +41,6 @@ void same(const Completion& a, const Completion& b) {
     CHECK(a.model == b.model);
 }
 
-
 std::string chunk(const json& delta, const json& finish = nullptr) {
     return "data: " + json{{"choices", {{{"index", 0}, {"delta", delta}, {"finish_reason", finish}}}}}.dump() + "\n\n";
 }
@@ -51,8 +50,8 @@ std::string chunk(const json& delta, const json& finish = nullptr) {
 TEST_CASE("a streamed answer cut at every byte assembles to the non-streamed one", "[unit][llm]") {
     std::vector<json> bodies = {
         with_usage(FakeOpenAI::text_body("Hello, wörld — ünïcode ✓ and more text")),
-        with_usage(FakeOpenAI::tool_calls_body({{"call_1", "send_message", {{"text", "hi ✓"}}},
-                                                {"call_2", "remember", {{"text", "tea"}, {"n", {1, 2, 3}}}}})),
+        with_usage(FakeOpenAI::tool_calls_body(
+            {{"call_1", "send_message", {{"text", "hi ✓"}}}, {"call_2", "remember", {{"text", "tea"}, {"n", {1, 2, 3}}}}})),
         with_usage(FakeOpenAI::text_body("")),
     };
     for (const auto& body : bodies) {
@@ -91,13 +90,14 @@ TEST_CASE("a streamed answer cut at every byte assembles to the non-streamed one
 
 TEST_CASE("stream: tool-call fragments by index may interleave; a missing index continues the last call", "[unit][llm]") {
     StreamAssembler a;
-    std::string s = ": keep-alive\n\n" +
-                    chunk({{"tool_calls", {{{"index", 1}, {"id", "b"}, {"function", {{"name", "t2"}, {"arguments", "{\"x\""}}}}}}}) +
-                    chunk({{"tool_calls", {{{"index", 0}, {"id", "a"}, {"function", {{"name", "t1"}, {"arguments", "{"}}}}}}}) +
-                    chunk({{"tool_calls", {{{"index", 1}, {"function", {{"arguments", ":1}"}}}}}}}) +
-                    chunk({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", "}"}}}}}}}) +
-                    chunk({{"tool_calls", {{{"id", "c"}, {"function", {{"name", "t3"}}}}}}}) +
-                    chunk({{"tool_calls", {{{"function", {{"arguments", "{\"y\":2}"}}}}}}}, "stop") + "data: [DONE]\n\n";
+    std::string s =
+        ": keep-alive\n\n" +
+        chunk({{"tool_calls", {{{"index", 1}, {"id", "b"}, {"function", {{"name", "t2"}, {"arguments", "{\"x\""}}}}}}}) +
+        chunk({{"tool_calls", {{{"index", 0}, {"id", "a"}, {"function", {{"name", "t1"}, {"arguments", "{"}}}}}}}) +
+        chunk({{"tool_calls", {{{"index", 1}, {"function", {{"arguments", ":1}"}}}}}}}) +
+        chunk({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", "}"}}}}}}}) +
+        chunk({{"tool_calls", {{{"id", "c"}, {"function", {{"name", "t3"}}}}}}}) +
+        chunk({{"tool_calls", {{{"function", {{"arguments", "{\"y\":2}"}}}}}}}, "stop") + "data: [DONE]\n\n";
     REQUIRE(a.feed(s).ok());
     auto c = a.finish();
     REQUIRE(c.ok());
@@ -141,7 +141,8 @@ TEST_CASE("stream: hostile streams are refused with the cap they broke", "[unit]
     refused(chunk({{"content", 5}}), "llm_bad_response", "content is not a string");
     refused("data: {\"error\":{\"message\":\"overloaded\"}}\n\n", "llm_error", "overloaded");
     std::string ids;
-    for (int i = 0; i < 5; ++i) ids += chunk({{"tool_calls", {{{"id", "c" + std::to_string(i)}, {"function", {{"name", "t"}}}}}}});
+    for (int i = 0; i < 5; ++i)
+        ids += chunk({{"tool_calls", {{{"id", "c" + std::to_string(i)}, {"function", {{"name", "t"}}}}}}});
     refused(ids, "llm_bad_response", "more than 4 tool calls");
     // Arguments that never form an object: the same error as a non-streamed answer.
     refused(chunk({{"tool_calls", {{{"index", 0}, {"id", "a"}, {"function", {{"name", "t"}, {"arguments", "[1"}}}}}}}, "stop"),
@@ -154,7 +155,9 @@ TEST_CASE("stream: bytes after [DONE] are ignored; a stream without [DONE] still
     CHECK(a.done());
     REQUIRE(a.finish().ok());
     StreamAssembler b;
-    REQUIRE(b.feed(chunk({{"content", "hi"}}) + "data: " + json{{"choices", {{{"delta", {{"content", "!"}}}, {"finish_reason", "length"}}}}}.dump()).ok());
+    REQUIRE(b.feed(chunk({{"content", "hi"}}) +
+                   "data: " + json{{"choices", {{{"delta", {{"content", "!"}}}, {"finish_reason", "length"}}}}}.dump())
+                .ok());
     CHECK_FALSE(b.done());
     REQUIRE(b.end().ok());
     CHECK(b.finished());
