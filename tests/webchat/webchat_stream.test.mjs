@@ -6,35 +6,13 @@
 // Environment: CHROMIUM (default /usr/bin/chromium); STREAMED_ANSWER, the final answer the fake
 // model streams.
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { WAIT, run, say, step } from './harness.mjs';
 
 const [gateway, screenshot] = process.argv.slice(2);
 const answer = process.env.STREAMED_ANSWER || '';
 if (!gateway || !screenshot || !answer) {
   console.error('usage: STREAMED_ANSWER=... node webchat_stream.test.mjs <gateway url> <screenshot.png>');
   process.exit(2);
-}
-
-const WAIT = { timeout: 30000 };
-let passed = 0;
-let failed = 0;
-
-async function step(name, fn) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
-  } catch (err) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${err && err.stack ? err.stack : err}`);
-    throw err;
-  }
-}
-
-async function say(page, text) {
-  await page.fill('#input', text);
-  await page.press('#input', 'Enter');
 }
 
 // What `selector` shows (its text) every 40 ms until `done` matches, each change once.
@@ -53,15 +31,7 @@ async function watch(page, selector, done) {
 const finalAnswers = (page) =>
   page.$$eval('.msg-assistant:not(.msg-draft)', (els) => els.map((e) => e.firstChild ? e.firstChild.textContent : ''));
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-
-let exitCode = 0;
-try {
+await run(async (browser) => {
   const ctx = await browser.newContext({ viewport: { width: 1000, height: 1200 } });
   const page = await ctx.newPage();
   const pageErrors = [];
@@ -126,11 +96,4 @@ try {
     assert.deepEqual(pageErrors, []);
   });
   await ctx.close();
-} catch (err) {
-  exitCode = 1;
-} finally {
-  await browser.close();
-}
-
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(exitCode || (failed ? 1 : 0));
+});

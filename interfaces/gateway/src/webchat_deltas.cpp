@@ -54,7 +54,7 @@ struct DeltaHub::Impl {
     };
 
     mutable std::mutex mu;
-    std::map<std::string, Answer> answers;                       // by session id
+    std::map<std::string, Answer> answers;                              // by session id
     std::map<std::string, std::list<std::shared_ptr<Client>>> clients;  // by session id
     std::size_t client_count = 0;
     std::unique_ptr<nats::Connection> nc;
@@ -71,8 +71,8 @@ struct DeltaHub::Impl {
 
     bool spend(Client& c, std::size_t bytes) {
         auto now = Clock::now();
-        c.tokens = std::min(kClientBurst,
-                            c.tokens + kClientBytesPerSecond * std::chrono::duration<double>(now - c.refilled).count());
+        c.tokens =
+            std::min(kClientBurst, c.tokens + kClientBytesPerSecond * std::chrono::duration<double>(now - c.refilled).count());
         c.refilled = now;
         if (c.tokens < static_cast<double>(bytes)) return false;
         c.tokens -= static_cast<double>(bytes);
@@ -181,8 +181,8 @@ DeltaHub::DeltaHub(const std::string& nats_url) : impl_(std::make_shared<Impl>()
     }
     impl_->nc = std::move(*nc);
     Impl* im = impl_.get();
-    auto sub = impl_->nc->subscribe("engram.deltas.>", "",
-                                    [im](const nats::Message& m, nats::Replier&) { im->on_message(m.data); });
+    auto sub =
+        impl_->nc->subscribe("engram.deltas.>", "", [im](const nats::Message& m, nats::Replier&) { im->on_message(m.data); });
     if (!sub) {
         log::get("webchat")->warn("live answers are off: subscribing on NATS: {}", sub.error().detail);
         return;
