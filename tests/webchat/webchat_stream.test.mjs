@@ -16,12 +16,15 @@ if (!gateway || !screenshot || !answer) {
 }
 
 // What `selector` shows (its text) every 40 ms until `done` matches, each change once.
-async function watch(page, selector, done) {
+async function watch(page, selector, done, onChange = async () => {}) {
   const seen = [];
   const deadline = Date.now() + 30000;
   while (Date.now() < deadline) {
     const t = await page.$$eval(selector, (els) => (els.length ? els[els.length - 1].textContent : null));
-    if (t !== null && (seen.length === 0 || seen[seen.length - 1] !== t)) seen.push(t);
+    if (t !== null && (seen.length === 0 || seen[seen.length - 1] !== t)) {
+      seen.push(t);
+      await onChange(t);
+    }
     if (await page.$(done)) return seen;
     await page.waitForTimeout(40);
   }
@@ -58,7 +61,12 @@ await run(async (browser) => {
   });
 
   await step('the answer is written piece by piece, then the logged answer replaces the draft', async () => {
-    const texts = await watch(page, '.msg-draft', '.msg-assistant:not(.msg-draft)');
+    let shot = false;
+    const texts = await watch(page, '.msg-draft', '.msg-assistant:not(.msg-draft)', async (t) => {
+      if (shot || t.length < 60) return;
+      shot = true;  // the answer half written, for whoever looks at the artifacts
+      await page.screenshot({ path: screenshot.replace(/\.png$/, '') + '-writing.png', fullPage: true });
+    });
     const partial = texts.filter((t) => t.length > 0 && t.length < answer.length);
     assert.ok(partial.length >= 5, `the answer grew in pieces: ${partial.length} states`);
     for (let i = 1; i < partial.length; i++) assert.ok(partial[i].length > partial[i - 1].length, 'it only grows');

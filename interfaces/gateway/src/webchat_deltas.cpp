@@ -146,6 +146,8 @@ struct DeltaHub::Impl {
         if (m.value("truncated", false) || a.truncated) out["truncated"] = a.truncated = true;
         if (m.value("end", false)) out["end"] = a.ended = true;
         forward(session, a, sse("delta", out));
+        // An answer that ended is in the log now (or about to be): nothing to show a new stream.
+        if (a.ended) answers.erase(found);
     }
 
     void forward(const std::string& session, const Answer& a, const std::string& frame) {

@@ -6,7 +6,8 @@
 // (re)connects mid-answer starts from a `snapshot` and continues live.
 //
 // Caps: a message larger than kMaxMessage is dropped; the answer kept per session is at most
-// kMaxKept bytes of text (then `truncated`); at most kMaxSessions answers are kept (the oldest go);
+// kMaxKept bytes of text (then `truncated`), and only until its end; at most kMaxSessions answers are
+// kept (the oldest go, so at most kMaxKept * kMaxSessions bytes in all);
 // each browser stream gets at most kClientBytesPerSecond (bursts of kClientBurst): past it its
 // deltas are dropped and, once it has room again, it gets a snapshot instead, so it always converges
 // on what the hub has. Thread-safe; NATS callbacks and stream closes may come from any thread.
@@ -23,8 +24,8 @@ namespace engram::gateway {
 class DeltaHub {
 public:
     static constexpr std::size_t kMaxMessage = 64 << 10;
-    static constexpr std::size_t kMaxKept = 256 << 10;
-    static constexpr std::size_t kMaxSessions = 4096;
+    static constexpr std::size_t kMaxKept = 64 << 10;
+    static constexpr std::size_t kMaxSessions = 1024;
     static constexpr double kClientBytesPerSecond = 256 << 10;
     static constexpr double kClientBurst = 512 << 10;
     // A kept answer no message has touched for this long is over (its end was lost).

@@ -482,6 +482,39 @@ TEST_CASE("web chat: /chat/deltas carries the live pieces of the browser's own s
     CHECK(second.events[1].first == "delta");
     CHECK(second.events[1].second["end"] == true);
 
+    // A flood is cut to the stream's budget; once there is room again, a snapshot catches it up.
+    Seen flooded;
+    std::atomic<bool> stop3{false};
+    std::thread t3([&] { reader(flooded, stop3); });
+    REQUIRE(testing::eventually(
+        [&] {
+            publish(session, piece(1, {{"run_id", "run-2"}, {"restart", true}}));
+            return flooded.size() > 0;
+        },
+        std::chrono::seconds(10)));
+    const std::string big(60000, 'x');
+    for (int i = 0; i < 30; ++i) publish(session, piece(2 + i, {{"run_id", "run-2"}, {"content", big}}));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    std::size_t bytes = 0;
+    {
+        std::lock_guard lk(flooded.mu);
+        for (auto& [event, d] : flooded.events) bytes += d.dump().size();
+    }
+    CHECK(bytes < 30 * big.size() / 2);  // 1.8 MB published, at most 512 KiB + 256 KiB/s let through
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    publish(session, piece(40, {{"run_id", "run-2"}, {"content", "!"}, {"end", true}}));
+    REQUIRE(testing::eventually(
+        [&] {
+            std::lock_guard lk(flooded.mu);
+            for (auto& [event, d] : flooded.events)
+                if (event == "snapshot") return d["truncated"] == true && d["content"].get<std::string>().size() == 64 << 10;
+            return false;
+        },
+        std::chrono::seconds(5)));
+    stop3 = true;
+    publish(session, piece(41, {{"run_id", "run-3"}, {"content", "bye"}}));
+    t3.join();
+
     // Without a cookie: 401; without NATS: 204, so that the page's EventSource does not retry.
     auto anon = gw.client->get("/chat/deltas");
     REQUIRE(anon.ok());
