@@ -544,7 +544,9 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
         } else {
             if (auto s = may_work("model call of iteration " + std::to_string(n)); !s) return s;
             req.messages = messages;
+            auto live = open_deltas(o_.publish_delta, o_.deltas, session, run_id, n, req);
             auto c = provider->complete(req);
+            live.reset();  // the pieces end before the answer is recorded
             if (!c) {
                 const Error& err = c.error();
                 log->warn("run {}: model call of iteration {} failed: {} ({})", run_id, n, err.code, err.detail);

@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "deltas.h"
 #include "engram/core/result.h"
 #include "engram/events/event.h"
 #include "engram/llm/llm.h"
@@ -66,6 +67,9 @@ struct AgentOptions {
     // run, recorded in AIProcessingStarted.merged_event_ids; "queue" answers each on its own.
     std::string double_texting = "merge";
     std::chrono::milliseconds debounce{1500};
+    // Live pieces of each model call's answer (deltas.h), published as they stream in; empty = none.
+    PublishFn publish_delta;
+    DeltaOptions deltas;
 };
 
 // What a run needs from the runtime's Context, as callbacks (tests drive runs without a runtime).

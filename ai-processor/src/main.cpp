@@ -22,6 +22,10 @@ int main(int argc, char** argv) {
     extra.add({"LLM_MODEL", "chat model", "gpt-4.1", false, nullptr});
     extra.add({"LLM_TIMEOUT_MS", "timeout of one model call attempt (ms)", "60000", false, config::int_range(100, 600000)});
     extra.add({"LLM_MAX_RETRIES", "retries of a model call on timeouts, 429 and 5xx", "4", false, config::int_range(0, 20)});
+    extra.add({"LLM_STREAM",
+               "true = ask LLM_BASE_URL for streamed answers and publish their pieces live on NATS "
+               "(engram.deltas.<session>, for the web chat); the log keeps the same events either way",
+               "true", false, config::one_of({"true", "false"})});
     extra.add({"AI_MAX_ITERATIONS", "model calls per run at most", "15", false, config::int_range(1, 100)});
     extra.add({"AI_RECALL_TIMEOUT_MS", "timeout of the recall tool's memory.search request (ms)", "5000", false,
                config::int_range(100, 60000)});
@@ -65,6 +69,7 @@ int main(int argc, char** argv) {
             base.model = v.get("LLM_MODEL");
             base.timeout = std::chrono::milliseconds(v.get_int("LLM_TIMEOUT_MS"));
             base.max_retries = static_cast<int>(v.get_int("LLM_MAX_RETRIES"));
+            base.stream = v.get("LLM_STREAM") == "true";
             o.provider_kind = "openai-compatible";
             o.model = base.model;
             o.make_provider = [base](const std::string& model_override) {
@@ -72,7 +77,7 @@ int main(int argc, char** argv) {
                 if (!model_override.empty()) opts.model = model_override;
                 return llm::make_openai(opts);
             };
-            log->info("model: {} at {} (openai-compatible)", base.model, base.base_url);
+            log->info("model: {} at {} (openai-compatible{})", base.model, base.base_url, base.stream ? ", streamed" : "");
         } else {
             std::shared_ptr<llm::Provider> offline = llm::make_offline();
             // The offline provider is stateless and thread-safe: one shared instance behind a thin owner.
@@ -99,6 +104,12 @@ int main(int argc, char** argv) {
         auto conn = nats::Connection::connect(nc);
         if (!conn) throw std::runtime_error("NATS (recall): " + conn.error().detail);
         o.nats = std::shared_ptr<nats::Connection>(std::move(*conn));
+        if (v.has("LLM_BASE_URL") && v.get("LLM_STREAM") == "true") {
+            // Best effort: a piece that cannot be published is simply not shown live.
+            o.publish_delta = [nc = o.nats](const std::string& subject, const std::string& data) {
+                (void)nc->publish(subject, data);
+            };
+        }
         if (auto servers = ai::parse_mcp_servers(v.get("MCP_SERVERS")); servers && !servers->empty()) {
             mcp = std::make_unique<ai::McpToolbox>(std::move(*servers),
                                                    std::chrono::milliseconds(v.get_int("MCP_TOOL_TIMEOUT_MS")));

@@ -7,6 +7,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <mutex>
+#include <thread>
+
 using namespace engram;
 
 namespace {
@@ -92,4 +95,104 @@ TEST_CASE("MCP_SERVERS is parsed strictly, one line naming the server and the fi
     CHECK(ai::mcp_tool_name("fs", "read_file") == "fs__read_file");
     CHECK(ai::mcp_tool_name("x", "a.b/c d") == "x__a_b_c_d");
     CHECK(ai::mcp_tool_name("x", std::string(100, 't')).size() == 64);
+}
+
+namespace {
+
+struct Published {
+    std::mutex mu;
+    std::vector<std::pair<std::chrono::steady_clock::time_point, nlohmann::json>> msgs;
+    std::string subject;
+    ai::PublishFn fn() {
+        return [this](const std::string& s, const std::string& data) {
+            std::lock_guard lk(mu);
+            subject = s;
+            msgs.push_back({std::chrono::steady_clock::now(), nlohmann::json::parse(data)});
+        };
+    }
+};
+
+}  // namespace
+
+TEST_CASE("deltas: a fast model's pieces are coalesced, bounded per message, and end with the call", "[unit][ai]") {
+    Published pub;
+    llm::Request req;
+    auto t0 = std::chrono::steady_clock::now();
+    {
+        auto live = ai::open_deltas(pub.fn(), {}, "session:web:a.b*c", "run-1", 2, req);
+        REQUIRE(req.on_delta);
+        for (int i = 0; i < 2000; ++i) req.on_delta({llm::Delta::Kind::content, "wörd ", 0, {}, {}});
+        req.on_delta({llm::Delta::Kind::tool_call, "", 0, "call_1", "send_message"});
+        req.on_delta({llm::Delta::Kind::tool_call, "{\"text\":", 0, {}, {}});
+        req.on_delta({llm::Delta::Kind::tool_call, "\"hi\"}", 0, {}, {}});
+        std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    }
+    auto elapsed = std::chrono::steady_clock::now() - t0;
+    CHECK(pub.subject == "engram.deltas.session_web_a_b_c");
+    REQUIRE(pub.msgs.size() >= 3);
+    // At most one message per 50 ms (and one for the end).
+    CHECK(pub.msgs.size() <= static_cast<std::size_t>(elapsed / std::chrono::milliseconds(50)) + 2);
+    std::string content, args;
+    std::int64_t seq = 0;
+    for (auto& [at, m] : pub.msgs) {
+        CHECK(m["session_id"] == "session:web:a.b*c");
+        CHECK(m["run_id"] == "run-1");
+        CHECK(m["iteration"] == 2);
+        CHECK(m["seq"].get<std::int64_t>() == ++seq);
+        std::size_t bytes = 0;
+        if (m.contains("content")) {
+            content += m["content"].get<std::string>();
+            bytes += m["content"].get<std::string>().size();
+        }
+        if (m.contains("tool_calls"))
+            for (auto& t : m["tool_calls"]) {
+                if (t.contains("arguments")) {
+                    args += t["arguments"].get<std::string>();
+                    bytes += t["arguments"].get<std::string>().size();
+                }
+                if (t.contains("name")) CHECK(t["name"] == "send_message");
+            }
+        CHECK(bytes <= 4096);
+    }
+    std::string expected;
+    for (int i = 0; i < 2000; ++i) expected += "wörd ";
+    CHECK(content == expected);  // 12 KB at 4 KiB per 50 ms: all of it within the 400 ms
+    CHECK(args == "{\"text\":\"hi\"}");
+    CHECK(pub.msgs.back().second.value("end", false));
+}
+
+TEST_CASE("deltas: a restart is passed on; past the preview cap only the end follows; no publisher, no sink", "[unit][ai]") {
+    Published pub;
+    llm::Request req;
+    {
+        ai::DeltaOptions o;
+        o.max_preview = 100;
+        auto live = ai::open_deltas(pub.fn(), o, "s", "r", 1, req);
+        req.on_delta({llm::Delta::Kind::content, "first try", 0, {}, {}});
+        std::this_thread::sleep_for(std::chrono::milliseconds(120));
+        req.on_delta({llm::Delta::Kind::restart, "", 0, {}, {}});
+        req.on_delta({llm::Delta::Kind::content, "ok", 0, {}, {}});
+        req.on_delta({llm::Delta::Kind::content, std::string(150, 'x'), 0, {}, {}});
+        std::this_thread::sleep_for(std::chrono::milliseconds(120));
+        req.on_delta({llm::Delta::Kind::content, "never shown", 0, {}, {}});
+        live->end();
+        req.on_delta({llm::Delta::Kind::content, "after the end", 0, {}, {}});
+    }
+    REQUIRE(pub.msgs.size() >= 3);
+    CHECK(pub.msgs[0].second["content"] == "first try");
+    bool restart = false, truncated = false;
+    std::string after;
+    for (auto& [at, m] : pub.msgs) {
+        restart = restart || m.value("restart", false);
+        truncated = truncated || m.value("truncated", false);
+        if (restart && m.contains("content")) after += m["content"].get<std::string>();
+    }
+    CHECK(restart);
+    CHECK(truncated);
+    CHECK(after == "ok");
+    CHECK(pub.msgs.back().second.value("end", false));
+
+    llm::Request none;
+    CHECK(ai::open_deltas(nullptr, {}, "s", "r", 1, none) == nullptr);
+    CHECK_FALSE(none.on_delta);
 }

@@ -7,11 +7,13 @@
 #include "engram/core/timezone.h"
 #include "engram/core/uuid.h"
 #include "engram/http/client.h"
+#include "engram/nats/nats.h"
 #include "engram/testing/testing.h"
 
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -689,4 +691,83 @@ TEST_CASE("reminders: scheduled in the user's time zone, listed, cancelled, and 
     auto state = s.client.get("/projections/reminders/" + http::url_encode(session) + "?as_of=999999999999999999")->json();
     CHECK(state["state"]["pending"].empty());
     CHECK(state["state"]["finished"].size() == 2);
+}
+
+TEST_CASE("streamed answers: pieces live on NATS, the log as without streaming, a crash mid-stream resumes",
+          "[integration][ai]") {
+    Stack s;
+    fakes::FakeOpenAI fake;
+    fake.set_streaming(true, 4, std::chrono::milliseconds(25));
+    auto first = fakes::FakeOpenAI::tool_calls_body({{"call_1", "send_message", {{"text", "first, streamed"}}}});
+    first["choices"][0]["message"]["content"] = "Thinking out loud.";
+    const std::string final_text = "And this is the final answer, written piece by piece for the browser.";
+    fake.on([](const json& r) { return assistant_messages(r) == 0; }, [first](const json&) { return first; });
+    fake.on([&](const json& r) { return assistant_messages(r) == 1; },
+            [final_text](const json&) { return fakes::FakeOpenAI::text_body(final_text); });
+
+    nats::ConnectOptions nco;
+    nco.url = s.nats().url();
+    auto nc = nats::Connection::connect(nco);
+    REQUIRE(nc.ok());
+    std::mutex mu;
+    std::vector<json> deltas;
+    auto sub = (*nc)->subscribe("engram.deltas.>", "", [&](const nats::Message& m, nats::Replier&) {
+        std::lock_guard lk(mu);
+        deltas.push_back(json::parse(m.data));
+    });
+    REQUIRE(sub.ok());
+    auto count = [&](int iteration) {
+        std::lock_guard lk(mu);
+        return std::count_if(deltas.begin(), deltas.end(), [&](const json& d) { return d["iteration"] == iteration; });
+    };
+
+    auto ai = s.start_ai(fake.base_url());
+    std::string session = "session:web:streamed";
+    auto tid = s.trigger(session, "web:u1", "stream it");
+    // Killed while the final answer streams in: iteration 1 is recorded, iteration 2 is not.
+    REQUIRE(testing::eventually([&] { return count(2) >= 3; }, std::chrono::seconds(20)));
+    CHECK(ai->kill9() == 128 + 9);
+    CHECK_FALSE(s.finished(session, tid));
+    auto ai2 = s.start_ai(fake.base_url());
+    wait_finished(s, session, tid, *ai2);
+    INFO(testing::tail_file(ai2->log_path()));
+
+    std::map<int, int> per_iteration;
+    for (auto& r : fake.requests()) {
+        CHECK(r["stream"] == true);
+        per_iteration[assistant_messages(r) + 1]++;
+    }
+    CHECK(per_iteration[1] == 1);  // recorded: never asked again
+    CHECK(per_iteration[2] == 2);
+
+    // The log holds what a non-streamed answer would have left.
+    auto called = s.last_of(session, tid, "ToolCalled")["data"];
+    CHECK(called["tool_call_id"] == "call_1");
+    CHECK(called["arguments"] == json{{"text", "first, streamed"}});
+    CHECK(called["finish_reason"] == "tool_calls");
+    CHECK(called["usage"]["total_tokens"] == 17);
+    CHECK(s.last_of(session, tid, "ThinkingGenerated")["data"]["text"] == "Thinking out loud.");
+    CHECK(s.last_of(session, tid, "MessageGenerated")["data"]["text"] == final_text);
+
+    // The pieces: every call's text and arguments, in order, each call ending (but the one killed).
+    auto run_id = Uuid::v5(*Uuid::parse(tid), "run").str();
+    std::lock_guard lk(mu);
+    std::map<int, std::string> content, args;
+    std::map<int, int> ends;
+    for (auto& d : deltas) {
+        CHECK(d["session_id"] == session);
+        CHECK(d["run_id"] == run_id);
+        int it = d["iteration"];
+        if (d.value("restart", false)) content[it].clear();
+        if (d.contains("content")) content[it] += d["content"].get<std::string>();
+        if (d.contains("tool_calls"))
+            for (auto& t : d["tool_calls"]) args[it] += t.value("arguments", "");
+        if (d.value("end", false)) ends[it]++;
+    }
+    CHECK(content[1] == "Thinking out loud.");
+    CHECK(args[1] == called["raw_arguments"].get<std::string>());
+    CHECK(ends[1] == 1);
+    CHECK(ends[2] == 1);                           // the killed attempt never ended; the resumed one did
+    CHECK(content[2].size() > final_text.size());  // the killed attempt's pieces, then the whole answer
+    CHECK(content[2].substr(content[2].size() - final_text.size()) == final_text);
 }

@@ -1,7 +1,8 @@
 #pragma once
 // A scriptable fake OpenAI-compatible server on 127.0.0.1 (free port) for tests: replays scripted
 // chat-completions answers in order, records every request, can answer 429/500/timeouts/malformed tool
-// calls, and serves a deterministic /v1/embeddings. Thread-safe.
+// calls, streams answers as server-sent chunks when asked ("stream": true), and serves a deterministic
+// /v1/embeddings. Thread-safe.
 //
 // Include as "fake_openai.h" (or "fakes/fake_openai.h"); link engram_fake_openai.
 #include <chrono>
@@ -35,6 +36,18 @@ public:
     void push_raw_tool_call(std::string id, std::string name, std::string raw_arguments);           // malformed args
     // Any status; body {} -> {"error":{"message":"fake status N","type":"fake_error","code":null}}.
     void push_status(int status, nlohmann::json body = {}, std::map<std::string, std::string> headers = {});
+    // Streaming: a request with "stream": true gets its answer as server-sent chunks (the content in
+    // pieces of `piece_chars` bytes, each tool call named in one chunk and its arguments in pieces, a
+    // finish chunk, a usage chunk when stream_options.include_usage, then [DONE]), each chunk written in
+    // two halves so that a reader sees lines split across reads, `delay` before each chunk. Off
+    // (`enabled` false): such a request is answered plain JSON, as some servers do.
+    void set_streaming(bool enabled, std::size_t piece_chars = 3, std::chrono::milliseconds delay = {});
+    // 200 text/event-stream with exactly these writes (a hostile or broken stream), `delay` before each.
+    void push_sse(std::vector<std::string> writes, std::chrono::milliseconds delay = {});
+    // The chunks' bodies the fake would stream for `completion_body` (also used for streaming).
+    static std::vector<std::string> stream_chunks(const nlohmann::json& completion_body, std::size_t piece_chars,
+                                                  bool include_usage);
+
     // The next answer taken from the script is delayed by d (delays add up until an answer is taken).
     void push_delay(std::chrono::milliseconds d);
 

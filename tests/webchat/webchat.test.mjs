@@ -6,29 +6,12 @@
 // Environment: CHROMIUM (default /usr/bin/chromium); STORE_URL and STORE_TOKEN, the event store the
 // gateway appends to (to write a run the offline provider never makes: thinking, then a failure).
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { WAIT, run, say, step } from './harness.mjs';
 
 const [gateway, screenshot] = process.argv.slice(2);
 if (!gateway || !screenshot) {
   console.error('usage: node webchat.test.mjs <gateway url> <screenshot.png>');
   process.exit(2);
-}
-
-const WAIT = { timeout: 30000 };
-let passed = 0;
-let failed = 0;
-
-async function step(name, fn) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
-  } catch (err) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${err && err.stack ? err.stack : err}`);
-    throw err;
-  }
 }
 
 const texts = (page, selector) => page.$$eval(selector, (els) => els.map((e) => e.textContent));
@@ -37,26 +20,12 @@ const texts = (page, selector) => page.$$eval(selector, (els) => els.map((e) => 
 const bubbleTexts = (page, selector) =>
   page.$$eval(selector, (els) => els.map((e) => e.firstChild && e.firstChild.nodeType === 3 ? e.firstChild.textContent : ''));
 
-async function say(page, text) {
-  await page.fill('#input', text);
-  await page.press('#input', 'Enter');
-}
-
 async function runsDone(page, n) {
   await page.waitForFunction(
     (count) => document.querySelectorAll('.run-status[data-state="done"]').length >= count, n, WAIT);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  // Playwright gives every launch a fresh temporary profile (user-data-dir).
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-
-let exitCode = 0;
-try {
+await run(async (browser) => {
   const alice = await browser.newContext({ viewport: { width: 1000, height: 1200 } });
   const page = await alice.newPage();
   const pageErrors = [];
@@ -276,11 +245,4 @@ try {
     assert.deepEqual(pageErrors, []);
   });
   await alice.close();
-} catch (err) {
-  exitCode = 1;
-} finally {
-  await browser.close();
-}
-
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(exitCode || (failed ? 1 : 0));
+});

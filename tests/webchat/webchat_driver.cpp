@@ -3,11 +3,14 @@
 // the engram-gateway binary), then runs `node webchat.test.mjs <gateway url> <screenshot>`, which
 // drives Debian's headless Chromium through playwright-core.
 //
-// Usage: webchat_driver <dir holding webchat.test.mjs and node_modules> <screenshot path>
+// Usage: webchat_driver <dir holding webchat.test.mjs and node_modules> <screenshot path> [stream]
+// With `stream`, the AI processor talks to the fake model (tests/fakes) streaming its answers slowly,
+// and the browser runs webchat_stream.test.mjs: the answer appears as it is written.
 // A missing node, chromium or node_modules is a failure, never a skip: deploy/install-deps.sh and
 // deploy/test.sh (npm ci) install them.
 #include "engram/http/client.h"
 #include "engram/testing/testing.h"
+#include "fake_openai.h"
 
 #include <spawn.h>
 #include <sys/wait.h>
@@ -23,6 +26,10 @@ using namespace engram;
 namespace fs = std::filesystem;
 
 namespace {
+
+constexpr const char* kStreamedAnswer =
+    "Noted. I will keep that in mind from now on, and whenever you ask me about it later I can tell you "
+    "exactly what you said, in your own words, without you having to repeat yourself.";
 
 std::optional<std::string> in_path(const std::string& name) {
     const char* path = std::getenv("PATH");
@@ -78,9 +85,11 @@ int run(const std::vector<std::string>& argv, const std::vector<std::string>& ex
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 3) return fail("usage: webchat_driver <tests/webchat dir> <screenshot.png>");
+    if (argc != 3 && !(argc == 4 && std::string(argv[3]) == "stream"))
+        return fail("usage: webchat_driver <tests/webchat dir> <screenshot.png> [stream]");
     const std::string dir = argv[1];
     const std::string screenshot = argv[2];
+    const bool streamed = argc == 4;
 
     const char* chromium_env = std::getenv("ENGRAM_CHROMIUM");
     const std::string chromium = chromium_env && *chromium_env ? chromium_env : "/usr/bin/chromium";
@@ -124,9 +133,30 @@ int main(int argc, char** argv) {
     testing::Process memory({bin("memory-processor/engram-memory-processor")},
                             env({{"MEMORY_PROCESSOR_LISTEN", "127.0.0.1:" + std::to_string(memory_port)}}), logs + "/memory.log");
     int ai_port = testing::free_port();
+    // Streamed: a model writing slowly enough for a person (and the test) to watch, 3 bytes every 60 ms;
+    // each run notes what it is told with `remember`, then answers.
+    fakes::FakeOpenAI fake;
+    fake.set_streaming(true, 3, std::chrono::milliseconds(60));
+    auto assistant_turns = [](const nlohmann::json& r) {
+        int n = 0;
+        for (const auto& m : r["messages"]) n += m.value("role", "") == "assistant";
+        return n;
+    };
+    fake.on([assistant_turns](const nlohmann::json& r) { return assistant_turns(r) == 0; },
+            [](const nlohmann::json& r) {
+                auto body = fakes::FakeOpenAI::tool_calls_body({{"call_" + std::to_string(r["messages"].dump().size()),
+                                                                 "remember",
+                                                                 {{"text", fakes::FakeOpenAI::last_user_message(r)}}}});
+                body["choices"][0]["message"]["content"] = "Let me note that.";
+                return body;
+            });
+    fake.on([assistant_turns](const nlohmann::json& r) { return assistant_turns(r) >= 1; },
+            [](const nlohmann::json&) { return fakes::FakeOpenAI::text_body(kStreamedAnswer); });
     // No LLM_BASE_URL: the AI processor answers with its offline, rule-based provider.
     testing::Process ai({bin("ai-processor/engram-ai-processor")},
-                        env({{"AI_PROCESSOR_LISTEN", "127.0.0.1:" + std::to_string(ai_port)}, {"LLM_BASE_URL", ""}}),
+                        env({{"AI_PROCESSOR_LISTEN", "127.0.0.1:" + std::to_string(ai_port)},
+                             {"LLM_BASE_URL", streamed ? fake.base_url() : ""},
+                             {"LLM_STREAM", "true"}}),
                         logs + "/ai.log");
     int gw_port = testing::free_port();
     std::string gw_url = "http://127.0.0.1:" + std::to_string(gw_port);
@@ -140,8 +170,9 @@ int main(int argc, char** argv) {
         return fail("the stack did not start");
 
     std::cout << "stack up: gateway " << gw_url << ", store " << store_url << ", logs in " << logs << std::endl;
-    int rc = run({*node, dir + "/webchat.test.mjs", gw_url, screenshot},
-                 {"CHROMIUM=" + chromium, "STORE_URL=" + store_url, "STORE_TOKEN=" + token});
+    int rc = run({*node, dir + (streamed ? "/webchat_stream.test.mjs" : "/webchat.test.mjs"), gw_url, screenshot},
+                 {"CHROMIUM=" + chromium, "STORE_URL=" + store_url, "STORE_TOKEN=" + token,
+                  std::string("STREAMED_ANSWER=") + kStreamedAnswer});
     if (rc != 0) {
         for (auto* p : {&gateway, &ai, &memory, &store})
             std::cerr << "---- " << p->log_path() << "\n" << testing::tail_file(p->log_path(), 3000) << "\n";

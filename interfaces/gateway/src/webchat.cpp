@@ -15,6 +15,7 @@
 #include "webchat_cookie.h"
 #include "webchat_limits.h"
 
+#include "webchat_deltas.h"
 #include "webchat_proxy.h"
 
 #include <openssl/rand.h>
@@ -52,6 +53,10 @@ void add_webchat_settings(config::Spec& s) {
            "120", false, config::int_range(0, 1000000)});
     s.add({"WEBCHAT_SESSION_STREAMS", "event streams one chat session may hold open (tabs)", "8", false,
            config::int_range(1, 256)});
+    s.add({"NATS_URL",
+           "NATS server the AI processor publishes its answers' pieces on (engram.deltas.*): the web chat shows answers "
+           "being written; unset = answers appear when complete",
+           "", false, config::url({"nats", "tls"})});
     s.add({"WEBCHAT_ADDRESS_STREAMS", "event streams one client address may hold open (0 = no limit besides the 256 in all)",
            "64", false, config::int_range(0, 256)});
 }
@@ -114,6 +119,7 @@ struct WebChat::Impl {
     std::unique_ptr<StreamCounter> session_streams, address_streams;
     std::unique_ptr<StreamProxy> streams;
     std::unique_ptr<Forks> forks;
+    std::unique_ptr<DeltaHub> deltas;  // null: no NATS_URL
     metrics::Counter* accepted = nullptr;
     metrics::Counter* rejected = nullptr;
     metrics::Counter* limited = nullptr;
@@ -317,30 +323,56 @@ struct WebChat::Impl {
         if (!after.empty() && !is_position(after))
             return res->respond(
                 reject(400, "invalid_parameter", "Last-Event-ID / after must be a non-negative integer position"));
-        // One session (or one address, which can mint sessions) must not take every stream there is.
-        const std::string uuid = cookie->uuid, address = address_key(req.remote);
-        if (!session_streams->acquire(uuid))
-            return res->respond(too_many("too_many_streams",
-                                         "this chat session has too many open event streams (tabs); close one",
-                                         std::chrono::seconds(5)));
+        auto release = claim_stream(*cookie, req, res, true);
+        if (!release) return;
+        std::string target = "/events/stream?aggregate_id=" + http::url_encode("session:web:" + cookie->uuid);
+        if (!after.empty()) target += "&after=" + after;
+        // The proxy releases the stream slots when it ends, whichever way.
+        const std::string session = "session:web:" + cookie->uuid;
+        streams->open(res, std::move(target), session, rotation(*cookie, req), std::move(*release));
+    }
+
+    // GET /chat/deltas: the pieces of the session's answers as they are written (webchat_deltas.h).
+    void live(const http::Request& req, const std::shared_ptr<http::Responder>& res) {
+        auto cookie = session_of(req);
+        if (!cookie) {
+            rejected->inc();
+            return res->respond(unauthorized());
+        }
+        // 204 tells an EventSource not to reconnect: without NATS there is nothing to wait for.
+        if (!deltas) return res->respond(with_headers(http::Response::text(204, ""), {{"Cache-Control", "no-store"}}));
+        auto release = claim_stream(*cookie, req, res, false);
+        if (!release) return;
+        deltas->open(res, "session:web:" + cookie->uuid, rotation(*cookie, req), std::move(*release));
+    }
+
+    // One session (or one address, which can mint sessions) must not take every stream there is;
+    // nullopt = refused (answered). The function gives the slots back.
+    std::optional<std::function<void()>> claim_stream(const SessionCookie& cookie, const http::Request& req,
+                                                      const std::shared_ptr<http::Responder>& res, bool store_stream) {
+        const std::string uuid = cookie.uuid, address = address_key(req.remote);
+        if (!session_streams->acquire(uuid)) {
+            res->respond(too_many("too_many_streams", "this chat session has too many open event streams (tabs); close one",
+                                  std::chrono::seconds(5)));
+            return std::nullopt;
+        }
         if (!address_streams->acquire(address)) {
             session_streams->release(uuid);
-            return res->respond(
-                too_many("too_many_streams", "too many open event streams from this address", std::chrono::seconds(5)));
+            res->respond(too_many("too_many_streams", "too many open event streams from this address", std::chrono::seconds(5)));
+            return std::nullopt;
         }
-        auto release = [ss = session_streams.get(), as = address_streams.get(), uuid, address] {
+        std::function<void()> release = [ss = session_streams.get(), as = address_streams.get(), uuid, address] {
             ss->release(uuid);
             as->release(address);
         };
-        if (!streams->try_claim(kMaxStreams)) {
+        const bool room = store_stream ? streams->try_claim(kMaxStreams) : deltas->clients() < kMaxStreams;
+        if (!room) {
             release();
-            return res->respond(with_headers(reject(503, "too_many_streams", "too many open web chat streams; retry later"),
-                                             {{"Retry-After", "5"}}));
+            res->respond(with_headers(reject(503, "too_many_streams", "too many open web chat streams; retry later"),
+                                      {{"Retry-After", "5"}}));
+            return std::nullopt;
         }
-        std::string target = "/events/stream?aggregate_id=" + http::url_encode("session:web:" + uuid);
-        if (!after.empty()) target += "&after=" + after;
-        // The proxy releases the stream slots when it ends, whichever way.
-        streams->open(res, std::move(target), "session:web:" + uuid, rotation(*cookie, req), std::move(release));
+        return release;
     }
 
     static std::string lower(std::string v) {
@@ -378,6 +410,7 @@ WebChat::WebChat(const config::Values& cfg, metrics::Registry& metrics, AppendFn
     if (cfg.has("ENGRAM_API_TOKEN")) auth.emplace_back("Authorization", "Bearer " + cfg.get("ENGRAM_API_TOKEN"));
     im.forks = std::make_unique<Forks>(cfg.get("EVENT_STORE_URL"), auth, im.append);
     im.streams = std::make_unique<StreamProxy>(im.log, cfg.get("EVENT_STORE_URL"), std::move(auth));
+    if (im.enabled && cfg.has("NATS_URL")) im.deltas = std::make_unique<DeltaHub>(cfg.get("NATS_URL"));
     im.accepted = &metrics.counter("engram_gateway_webchat_messages_total", "web chat messages by result", "result=\"accepted\"");
     im.rejected = &metrics.counter("engram_gateway_webchat_messages_total", "web chat messages by result", "result=\"rejected\"");
     im.limited = &metrics.counter("engram_gateway_webchat_rate_limited_total",
@@ -425,6 +458,10 @@ bool WebChat::handle(http::Request& req, const std::shared_ptr<http::Responder>&
     }
     if (req.path == "/chat/events") {
         if (only(get, "GET")) im.events(req, res);
+        return true;
+    }
+    if (req.path == "/chat/deltas") {
+        if (only(get, "GET")) im.live(req, res);
         return true;
     }
     if (req.path == "/chat/session") {

@@ -4,9 +4,13 @@
 #include "support.h"
 
 #include "engram/http/client.h"
+#include "engram/nats/nats.h"
 #include "engram/testing/testing.h"
 
 #include <catch2/catch.hpp>
+#include <atomic>
+#include <cctype>
+#include <mutex>
 #include <thread>
 
 using namespace engram;
@@ -383,4 +387,140 @@ TEST_CASE("web chat: WEBCHAT_ENABLED=false offers no page, no session and no str
     REQUIRE(post.ok());
     require_error(*post, 404, "not_found");
     CHECK(stack.count_all() == 0);
+}
+
+TEST_CASE("web chat: /chat/deltas carries the live pieces of the browser's own session, a snapshot first mid-answer",
+          "[integration][gateway][webchat]") {
+    testing::Stack stack{"webdeltas", {{"ENGRAM_API_TOKEN", "t0k"}}};
+    gateway::test::InProcess gw{
+        stack,
+        {{"ENGRAM_API_TOKEN", "t0k"}, {"WEBCHAT_SECRET", "a-test-secret-of-enough-length"}, {"NATS_URL", stack.nats().url()}}};
+    auto r = gw.client->get("/");
+    REQUIRE(r.ok());
+    auto sc = r->header("set-cookie");
+    const std::string cookie = sc.substr(12, sc.find(';') - 12);
+    const std::string session = "session:web:" + cookie.substr(0, cookie.find('.'));
+
+    nats::ConnectOptions nco;
+    nco.url = stack.nats().url();
+    auto nc = nats::Connection::connect(nco);
+    REQUIRE(nc.ok());
+    auto publish = [&](const std::string& s, const json& m) {
+        std::string subject = "engram.deltas.";
+        for (char ch : s) subject.push_back(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' ? ch : '_');
+        REQUIRE((*nc)->publish(subject, m.dump()).ok());
+    };
+    auto piece = [&](int seq, json more) {
+        json m = {{"session_id", session}, {"run_id", "run-1"}, {"iteration", 1}, {"seq", seq}};
+        for (auto& [k, v] : more.items()) m[k] = v;
+        return m;
+    };
+
+    struct Seen {
+        std::mutex mu;
+        std::vector<std::pair<std::string, json>> events;
+        std::size_t size() {
+            std::lock_guard lk(mu);
+            return events.size();
+        }
+    };
+    auto reader = [&](Seen& seen, std::atomic<bool>& stop) {
+        http::Client c(gw.app->url());
+        auto res = c.sse(
+            "/chat/deltas", {{"Cookie", "engram_chat=" + cookie}},
+            [&](const std::string&, const std::string& event, const std::string& data) {
+                std::lock_guard lk(seen.mu);
+                seen.events.emplace_back(event, json::parse(data));
+                return !stop.load() && !(event == "delta" && seen.events.back().second.value("end", false));
+            },
+            std::chrono::milliseconds(10000));
+        CHECK(res.ok());
+    };
+
+    Seen first;
+    std::atomic<bool> stop{false};
+    std::thread t1([&] { reader(first, stop); });
+    // The hub subscribes in the background: publish until the stream has seen one.
+    REQUIRE(testing::eventually(
+        [&] {
+            publish(session, piece(1, {{"restart", true}}));
+            return first.size() > 0;
+        },
+        std::chrono::seconds(10)));
+    publish(session, piece(2, {{"content", "Hel"}}));
+    publish("session:web:someone-else",
+            {{"session_id", "session:web:someone-else"}, {"run_id", "x"}, {"iteration", 1}, {"content", "not yours"}});
+    REQUIRE((*nc)->publish("engram.deltas.x", "not json").ok());
+    publish(session, piece(3, {{"content", "lo"},
+                               {"tool_calls", {{{"index", 0}, {"id", "c1"}, {"name", "remember"}, {"arguments", "{\"te"}}}}}));
+    REQUIRE(testing::eventually([&] { return first.size() >= 3; }, std::chrono::seconds(5)));
+
+    // A browser that connects now starts from what has been written so far.
+    Seen second;
+    std::atomic<bool> stop2{false};
+    std::thread t2([&] { reader(second, stop2); });
+    REQUIRE(testing::eventually([&] { return second.size() >= 1; }, std::chrono::seconds(5)));
+    publish(session, piece(4, {{"tool_calls", {{{"index", 0}, {"arguments", "xt\":\"tea\"}"}}}}, {"end", true}}));
+    t1.join();
+    t2.join();
+
+    std::string content, args;
+    for (auto& [event, d] : first.events) {
+        CHECK(event == "delta");
+        CHECK(d["run_id"] == "run-1");
+        CHECK_FALSE(d.contains("session_id"));
+        if (d.contains("content")) content += d["content"].get<std::string>();
+        if (d.contains("tool_calls")) args += d["tool_calls"][0].value("arguments", "");
+    }
+    CHECK(content == "Hello");
+    CHECK(args == "{\"text\":\"tea\"}");
+    REQUIRE(second.events.size() == 2);
+    CHECK(second.events[0].first == "snapshot");
+    CHECK(second.events[0].second["content"] == "Hello");
+    CHECK(second.events[0].second["tool_calls"][0]["name"] == "remember");
+    CHECK(second.events[0].second["tool_calls"][0]["arguments"] == "{\"te");
+    CHECK(second.events[1].first == "delta");
+    CHECK(second.events[1].second["end"] == true);
+
+    // A flood is cut to the stream's budget; once there is room again, a snapshot catches it up.
+    Seen flooded;
+    std::atomic<bool> stop3{false};
+    std::thread t3([&] { reader(flooded, stop3); });
+    REQUIRE(testing::eventually(
+        [&] {
+            publish(session, piece(1, {{"run_id", "run-2"}, {"restart", true}}));
+            return flooded.size() > 0;
+        },
+        std::chrono::seconds(10)));
+    const std::string big(60000, 'x');
+    for (int i = 0; i < 30; ++i) publish(session, piece(2 + i, {{"run_id", "run-2"}, {"content", big}}));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    std::size_t bytes = 0;
+    {
+        std::lock_guard lk(flooded.mu);
+        for (auto& [event, d] : flooded.events) bytes += d.dump().size();
+    }
+    CHECK(bytes < 30 * big.size() / 2);  // 1.8 MB published, at most 512 KiB + 256 KiB/s let through
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    publish(session, piece(40, {{"run_id", "run-2"}, {"content", "!"}, {"end", true}}));
+    REQUIRE(testing::eventually(
+        [&] {
+            std::lock_guard lk(flooded.mu);
+            for (auto& [event, d] : flooded.events)
+                if (event == "snapshot") return d["truncated"] == true && d["content"].get<std::string>().size() == 64 << 10;
+            return false;
+        },
+        std::chrono::seconds(5)));
+    stop3 = true;
+    publish(session, piece(41, {{"run_id", "run-3"}, {"content", "bye"}}));
+    t3.join();
+
+    // Without a cookie: 401; without NATS: 204, so that the page's EventSource does not retry.
+    auto anon = gw.client->get("/chat/deltas");
+    REQUIRE(anon.ok());
+    CHECK(anon->status == 401);
+    gateway::test::InProcess quiet{stack, {{"ENGRAM_API_TOKEN", "t0k"}, {"WEBCHAT_SECRET", "a-test-secret-of-enough-length"}}};
+    auto off = quiet.client->get("/chat/deltas", {{"Cookie", "engram_chat=" + cookie}});
+    REQUIRE(off.ok());
+    CHECK(off->status == 204);
 }

@@ -2,7 +2,10 @@
 // GET /chat/events (Server-Sent Events; a fresh connection replays the whole conversation, which is
 // what makes a reload show the history). A fork's session first shows what it inherits from its
 // origin (GET /chat/history); "fork from here" on a message branches the conversation there (POST
-// /chat/fork) and reloads into the fork. Event data is only ever inserted as text (textContent).
+// /chat/fork) and reloads into the fork. GET /chat/deltas adds the answer being written: the pieces
+// of each model answer as they stream in, shown as a draft that the logged event replaces (a
+// snapshot first, so a reload mid-answer continues where the answer is). Event data is only ever
+// inserted as text (textContent).
 'use strict';
 
 (() => {
@@ -26,6 +29,8 @@
   const runs = new Map();        // run_id -> {el, status, tools}
   const tools = new Map();       // run_id + tool_call_id -> tool card
   const pending = new Map();     // client message id -> bubble shown before the store confirmed it
+  const drafts = new Map();       // run_id/iteration -> the answer being written
+  const settled = new Set();     // run_id/iteration whose logged event arrived: later pieces are late
   let lastPosition = '';
   let source = null;
   let retryDelay = 1000;
@@ -130,6 +135,9 @@
       add(li);
       r = { el: li, status: st, tools: 0 };
       runs.set(key, r);
+      // Pieces that came before the run's first logged event (a reload: the snapshot may beat the
+      // replay of the history) wait for it, so the draft lands in its run, not above the history.
+      for (const draft of drafts.values()) if (draft.runId === key && !draft.el.isConnected) li.insertBefore(draft.el, st);
     }
     return r;
   }
@@ -137,13 +145,20 @@
   function addToRun(runId, node) {
     const r = run(runId);
     const stick = nearBottom();
-    r.el.insertBefore(node, r.status);
+    // Logged events go before the run's drafts: the answer being written stays last.
+    r.el.insertBefore(node, r.el.querySelector(':scope > .draft') || r.status);
     if (stick) scroller.scrollTop = scroller.scrollHeight;
     return node;
   }
 
   function render(type, e) {
     const d = e.data || {};
+    if (d.run_id && (type === 'ThinkingGenerated' || type === 'ToolCalled' || type === 'MessageGenerated')) {
+      settle(`${d.run_id}/${d.iteration}`);
+    }
+    if (type === 'AIProcessingCompleted' || type === 'AIProcessingFailed') {
+      for (const key of Array.from(drafts.keys())) if (key.startsWith(`${d.run_id}/`)) settle(key);
+    }
     switch (type) {
       case 'MessageReceived':
       case 'TriggerReceived': {
@@ -316,6 +331,119 @@
     showNotice(`Not forked: ${detail}`);
   }
 
+  // ---- the answer being written -------------------------------------------------------------
+
+  function settle(key) {
+    settled.add(key);
+    const draft = drafts.get(key);
+    if (draft) {
+      draft.el.remove();
+      drafts.delete(key);
+    }
+  }
+
+  function draftOf(d) {
+    const key = `${d.run_id}/${d.iteration}`;
+    if (settled.has(key)) return null;
+    let draft = drafts.get(key);
+    if (!draft) {
+      const box = el('div', 'draft');
+      box.dataset.runId = d.run_id;
+      box.dataset.iteration = String(d.iteration);
+      box.dataset.state = 'writing';
+      const text = el('div', 'msg msg-assistant msg-draft');
+      text.hidden = true;
+      box.appendChild(text);
+      draft = { el: box, text, content: '', calls: new Map(), runId: d.run_id };
+      drafts.set(key, draft);
+      const r = runs.get(d.run_id);
+      if (r) {
+        const stick = nearBottom();
+        r.el.insertBefore(box, r.status);
+        r.status.textContent = 'writing…';
+        if (stick) scroller.scrollTop = scroller.scrollHeight;
+      }
+    }
+    return draft;
+  }
+
+  function clearDraft(draft) {
+    draft.content = '';
+    draft.text.textContent = '';
+    draft.text.hidden = true;
+    for (const c of draft.calls.values()) c.card.remove();
+    draft.calls.clear();
+  }
+
+  function draftCall(draft, index) {
+    let c = draft.calls.get(index);
+    if (!c) {
+      const card = el('div', 'tool tool-draft');
+      card.dataset.state = 'forming';
+      card.dataset.index = String(index);
+      const head = el('div', 'tool-head');
+      head.appendChild(el('span', 'tool-icon', '⚙'));
+      const name = el('span', 'tool-name', '');
+      head.appendChild(name);
+      head.appendChild(el('span', 'tool-state', 'forming…'));
+      card.appendChild(head);
+      const args = el('pre', 'tool-args', '');
+      card.appendChild(args);
+      c = { card, name, args, text: '' };
+      draft.calls.set(index, c);
+      draft.el.appendChild(card);
+    }
+    return c;
+  }
+
+  function grow(draft, d, replace) {
+    const stick = nearBottom();
+    if (typeof d.content === 'string' && d.content) {
+      draft.content = replace ? d.content : draft.content + d.content;
+      draft.text.textContent = draft.content;
+      draft.text.hidden = false;
+    }
+    if (Array.isArray(d.tool_calls)) {
+      for (const t of d.tool_calls) {
+        if (!t || typeof t.index !== 'number') continue;
+        const c = draftCall(draft, t.index);
+        if (t.name) {
+          c.name.textContent = t.name;
+          c.card.dataset.tool = t.name;
+        }
+        if (typeof t.arguments === 'string') {
+          c.text = replace ? t.arguments : c.text + t.arguments;
+          c.args.textContent = c.text;
+        }
+      }
+    }
+    if (d.truncated) draft.el.dataset.truncated = 'true';
+    if (d.end) draft.el.dataset.state = 'ended';
+    if (stick) scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  function onDelta(kind, msg) {
+    let d;
+    try {
+      d = JSON.parse(msg.data);
+    } catch (_) {
+      return;
+    }
+    if (!d || typeof d.run_id !== 'string' || typeof d.iteration !== 'number') return;
+    const draft = draftOf(d);
+    if (!draft) return;
+    if (kind === 'snapshot' || d.restart) clearDraft(draft);
+    grow(draft, d, kind === 'snapshot');
+  }
+
+  function connectDeltas() {
+    // EventSource reconnects by itself (and then starts from a snapshot); a 204 (no live answers on
+    // this gateway) ends it for good.
+    const live = new EventSource('/chat/deltas');
+    live.addEventListener('delta', (msg) => onDelta('delta', msg));
+    live.addEventListener('snapshot', (msg) => onDelta('snapshot', msg));
+  }
+
   // ---- the stream ---------------------------------------------------------------------------
 
   function connect() {
@@ -435,5 +563,6 @@
   input.addEventListener('input', resize);
 
   inherited().then(connect);
+  connectDeltas();
   input.focus();
 })();

@@ -353,20 +353,19 @@ Result<ClientResponse> Client::post_json(std::string_view path, const nlohmann::
     return request("POST", path, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), headers);
 }
 
-Result<int> Client::sse(std::string_view path, const Headers& h,
-                        const std::function<bool(const std::string&, const std::string&, const std::string&)>& on_event,
-                        std::chrono::milliseconds idle_timeout) {
+Result<ClientResponse> Client::stream(std::string_view method, std::string_view path, std::string_view body,
+                                      const Headers& headers, const BodyCallback& on_body, std::chrono::milliseconds idle_timeout,
+                                      bool read_error_body) {
     auto& im = *impl_;
     if (im.url_error) return *im.url_error;
     if (im.cancelled) return im.cancelled_error();
-    Headers headers{{"Accept", "text/event-stream"}, {"Cache-Control", "no-cache"}};
-    headers.insert(headers.end(), h.begin(), h.end());
-    auto req = im.make_request("GET", path, {}, headers);
+    auto req = im.make_request(method, path, body, headers);
     std::optional<bhttp::response_parser<bhttp::buffer_body>> parser;
     auto st = im.exchange(
         req, parser,
         [](auto& p) {
-            // An event stream has no total size: SseParser bounds each line and event instead.
+            // A stream has no total size: the caller bounds what it keeps (a non-2xx body is bounded
+            // below by response_limit).
             p.body_limit(std::numeric_limits<std::uint64_t>::max());
             p.header_limit(kHeaderLimit);
         },
@@ -378,12 +377,14 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
     } drop_at_exit{im};
 
     auto& p = *parser;
-    int status = static_cast<int>(p.get().result_int());
-    if (status < 200 || status >= 300) return status;  // the body is dropped with the connection
-    SseParser sse(on_event, im.opts.response_limit);
+    ClientResponse head;
+    head.status = static_cast<int>(p.get().result_int());
+    copy_headers(p.get(), head.headers);
+    const bool success = head.status >= 200 && head.status < 300;
+    if (!success && !read_error_body) return head;
     std::array<char, 16 * 1024> buf;
     for (;;) {
-        if (p.is_done()) return status;
+        if (p.is_done()) return head;
         p.get().body().data = buf.data();
         p.get().body().size = buf.size();
         im.lowest().expires_after(idle_timeout);
@@ -392,25 +393,58 @@ Result<int> Client::sse(std::string_view path, const Headers& h,
         if (ec == bhttp::error::need_buffer) ec = {};
         std::size_t n = buf.size() - p.get().body().size;
         if (n > 0) {
-            auto fed = sse.feed({buf.data(), n});
-            if (fed == SseParser::Feed::stopped) return status;
-            if (fed == SseParser::Feed::too_large)
-                return im.scrub(Error::make("response_too_large",
-                                            fmt::format("GET {}{}: an event stream line or event exceeds the client's limit of "
-                                                        "{} bytes (ClientOptions::response_limit)",
-                                                        im.base_url, redact_target(path), im.opts.response_limit)));
+            if (success) {
+                if (!on_body(head, {buf.data(), n})) return head;
+            } else {
+                if (head.body.size() + n > im.opts.response_limit)
+                    return im.scrub(Error::make("response_too_large",
+                                                fmt::format("{} {}{}: the response body exceeds the client's limit of {} bytes "
+                                                            "(ClientOptions::response_limit)",
+                                                            method, im.base_url, redact_target(path), im.opts.response_limit)));
+                head.body.append(buf.data(), n);
+            }
         }
         if (!ec) continue;
         if (ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message || ec == net::error::eof ||
-            ec == ssl::error::stream_truncated)
-            return status;
+            ec == ssl::error::stream_truncated) {
+            // Cut off before the end of a framed body (Content-Length, chunked): the caller sees the
+            // body it got, and says itself whether that is complete.
+            if (ec == bhttp::error::partial_message) head.headers["x-engram-truncated"] = "1";
+            return head;
+        }
         if (im.cancelled) return im.cancelled_error();
         if (ec == beast::error::timeout)
-            return im.scrub(Error::make("timeout", fmt::format("GET {}{}: no event stream data for {} ms", im.base_url,
+            return im.scrub(Error::make("timeout", fmt::format("{} {}{}: no data for {} ms", method, im.base_url,
                                                                redact_target(path), idle_timeout.count())));
-        return im.scrub(Error::make("io", fmt::format("GET {}{} failed while reading the event stream: {}", im.base_url,
+        return im.scrub(Error::make("io", fmt::format("{} {}{} failed while reading the response: {}", method, im.base_url,
                                                       redact_target(path), ec.message())));
     }
+}
+
+Result<int> Client::sse(std::string_view path, const Headers& h,
+                        const std::function<bool(const std::string&, const std::string&, const std::string&)>& on_event,
+                        std::chrono::milliseconds idle_timeout) {
+    auto& im = *impl_;
+    Headers headers{{"Accept", "text/event-stream"}, {"Cache-Control", "no-cache"}};
+    headers.insert(headers.end(), h.begin(), h.end());
+    SseParser sse(on_event, im.opts.response_limit);
+    bool too_large = false;
+    // A non-2xx answer is returned as soon as its header is read: its body is not waited for.
+    auto r = stream(
+        "GET", path, {}, headers,
+        [&](const ClientResponse&, std::string_view bytes) {
+            auto fed = sse.feed(bytes);
+            too_large = fed == SseParser::Feed::too_large;
+            return fed == SseParser::Feed::more;
+        },
+        idle_timeout, false);
+    if (!r) return std::move(r).error();
+    if (too_large)
+        return im.scrub(
+            Error::make("response_too_large", fmt::format("GET {}{}: an event stream line or event exceeds the client's limit of "
+                                                          "{} bytes (ClientOptions::response_limit)",
+                                                          im.base_url, redact_target(path), im.opts.response_limit)));
+    return r->status;
 }
 
 void Client::disconnect() { impl_->drop(); }

@@ -42,8 +42,12 @@ const char* type_name(const json& j) { return j.type_name(); }
 
 }  // namespace
 
-json to_openai(const Request& r, const std::string& model) {
+json to_openai(const Request& r, const std::string& model, bool stream) {
     json body = {{"model", model}, {"temperature", r.temperature}};
+    if (stream) {
+        body["stream"] = true;
+        body["stream_options"] = {{"include_usage", true}};
+    }
     json msgs = json::array();
     for (const auto& m : r.messages) msgs.push_back(message_json(m));
     body["messages"] = std::move(msgs);

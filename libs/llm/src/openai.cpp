@@ -1,6 +1,7 @@
 // OpenAI-compatible chat-completions provider with retries and back-off.
 #include <algorithm>
 #include <cctype>
+#include <optional>
 #include <thread>
 
 #include "engram/http/client.h"
@@ -80,14 +81,19 @@ public:
     std::string model() const override { return o_.model; }
 
     Result<Completion> complete(const Request& r) override {
-        const std::string body = to_openai(r, o_.model).dump();
+        const std::string body = to_openai(r, o_.model, o_.stream).dump();
         const int attempts = o_.max_retries + 1;
         std::string last_detail;
         int last_status = 0;
         bool rate_limited = false;
+        bool streamed_some = false;  // pieces of a failed attempt reached on_delta: they are taken back
         for (int attempt = 0; attempt < attempts; ++attempt) {
             std::optional<milliseconds> wait_hint;
-            auto res = client_.request("POST", "/chat/completions", body, {{"Content-Type", "application/json"}});
+            if (streamed_some && r.on_delta) r.on_delta({Delta::Kind::restart, {}, 0, {}, {}});
+            streamed_some = false;
+            std::optional<Result<Completion>> answer;  // a 2xx read to its end (a completion or a model error)
+            auto res = o_.stream ? stream_attempt(r, body, answer, streamed_some)
+                                 : client_.request("POST", "/chat/completions", body, {{"Content-Type", "application/json"}});
             if (!res) {
                 client_.disconnect();
                 last_status = 0;
@@ -97,32 +103,36 @@ public:
                 const auto& resp = *res;
                 last_status = resp.status;
                 if (resp.status >= 200 && resp.status < 300) {
-                    auto j = parse_json(resp.body, "the model's answer");
-                    if (!j) {
-                        // Not JSON, nested deeper than kMaxJsonDepth, a number out of range: a model error.
-                        Error e = Error::make("llm_bad_response", j.error().detail + "; it begins: " + resp.body.substr(0, 200));
-                        e.extra = {{"status", resp.status}, {"attempts", attempt + 1}};
+                    if (!answer) answer = parse_plain(resp.body);
+                    if (*answer) {
+                        if ((*answer)->model.empty()) (*answer)->model = o_.model;
+                        return std::move(*answer);
+                    }
+                    if (answer->error().code != "llm_truncated") {
+                        Error e = std::move(*answer).error();
+                        if (!e.extra.is_object()) e.extra = json::object();
+                        e.extra["status"] = resp.status;
+                        e.extra["attempts"] = attempt + 1;
                         return e;
                     }
-                    auto c = from_openai(*j);
-                    if (c && c->model.empty()) c->model = o_.model;
-                    return c;
-                }
-                auto [message, code] = api_error(resp);
-                if (resp.status == 429 || resp.status >= 500) {
-                    rate_limited = resp.status == 429;
-                    last_detail = "HTTP " + std::to_string(resp.status) + ": " + message;
-                    if (resp.status == 429 || resp.status == 503) wait_hint = retry_after(resp);
+                    last_detail = answer->error().detail;  // cut off mid-answer: retried like a dropped connection
                 } else {
-                    // Other statuses (4xx, unexpected 1xx/3xx): not retried.
-                    Error e =
-                        says_context_too_long(message, code)
-                            ? Error::make("context_too_long", "the conversation exceeds the model's context length: " + message)
-                            : Error::make("llm_error", "the model API refused the request (HTTP " + std::to_string(resp.status) +
-                                                           "): " + message);
-                    e.extra = {{"status", resp.status}, {"attempts", attempt + 1}};
-                    if (!code.empty()) e.extra["api_code"] = code;
-                    return e;
+                    auto [message, code] = api_error(resp);
+                    if (resp.status == 429 || resp.status >= 500) {
+                        rate_limited = resp.status == 429;
+                        last_detail = "HTTP " + std::to_string(resp.status) + ": " + message;
+                        if (resp.status == 429 || resp.status == 503) wait_hint = retry_after(resp);
+                    } else {
+                        // Other statuses (4xx, unexpected 1xx/3xx): not retried.
+                        Error e = says_context_too_long(message, code)
+                                      ? Error::make("context_too_long",
+                                                    "the conversation exceeds the model's context length: " + message)
+                                      : Error::make("llm_error", "the model API refused the request (HTTP " +
+                                                                     std::to_string(resp.status) + "): " + message);
+                        e.extra = {{"status", resp.status}, {"attempts", attempt + 1}};
+                        if (!code.empty()) e.extra["api_code"] = code;
+                        return e;
+                    }
                 }
             }
             if (attempt + 1 >= attempts) break;
@@ -131,6 +141,7 @@ public:
                                   wait.count());
             o_.sleep(wait);
         }
+        if (streamed_some && r.on_delta) r.on_delta({Delta::Kind::restart, {}, 0, {}, {}});
         Error e = rate_limited ? Error::make("llm_rate_limited", "the model API is still rate limiting after " +
                                                                      std::to_string(attempts) + " attempts: " + last_detail)
                                : Error::make("llm_unreachable", "the model API at " + o_.base_url + " failed " +
@@ -140,6 +151,69 @@ public:
     }
 
 private:
+    static Result<Completion> parse_plain(const std::string& body) {
+        auto j = parse_json(body, "the model's answer");
+        // Not JSON, nested deeper than kMaxJsonDepth, a number out of range: a model error.
+        if (!j) return Error::make("llm_bad_response", j.error().detail + "; it begins: " + body.substr(0, 200));
+        return from_openai(*j);
+    }
+
+    // One streamed attempt. A 2xx leaves its outcome in `answer`: the assembled completion, a model
+    // error (a cap, a malformed chunk), or "llm_truncated" when the stream ended before its end. A
+    // server that answers plain JSON is read whole, within stream_max_bytes.
+    Result<http::ClientResponse> stream_attempt(const Request& r, const std::string& body,
+                                                std::optional<Result<Completion>>& answer, bool& streamed_some) {
+        StreamLimits limits{o_.stream_max_bytes, o_.stream_max_line, o_.stream_max_tool_calls};
+        StreamAssembler assembler(limits, [&](const Delta& d) {
+            streamed_some = true;
+            if (r.on_delta) r.on_delta(d);
+        });
+        const auto deadline = std::chrono::steady_clock::now() + o_.stream_max_duration;
+        std::optional<bool> event_stream;
+        std::string plain;
+        auto res = client_.stream(
+            "POST", "/chat/completions", body, {{"Content-Type", "application/json"}, {"Accept", "text/event-stream"}},
+            [&](const http::ClientResponse& head, std::string_view bytes) {
+                if (!event_stream)
+                    event_stream = lower(head.header("content-type")).find("text/event-stream") != std::string::npos;
+                if (std::chrono::steady_clock::now() > deadline) {
+                    answer = Error::make("llm_bad_response", "the model's stream did not end within " +
+                                                                 std::to_string(o_.stream_max_duration.count()) +
+                                                                 " ms (LLM stream limit)");
+                    return false;
+                }
+                if (!*event_stream) {
+                    if (plain.size() + bytes.size() > o_.stream_max_bytes) {
+                        answer = Error::make("llm_bad_response",
+                                             "the model's answer exceeds " + std::to_string(o_.stream_max_bytes) + " bytes");
+                        return false;
+                    }
+                    plain.append(bytes);
+                    return true;
+                }
+                if (auto s = assembler.feed(bytes); !s) {
+                    answer = std::move(s).error();
+                    return false;
+                }
+                return !assembler.done();
+            },
+            o_.timeout);
+        if (!res || res->status < 200 || res->status >= 300 || answer) return res;
+        if (!event_stream || !*event_stream) {
+            if (res->header("x-engram-truncated").empty())
+                answer = parse_plain(plain);
+            else
+                answer = Error::make("llm_truncated", "the model's answer was cut off");
+        } else if (auto s = assembler.end(); !s) {
+            answer = std::move(s).error();
+        } else if (!assembler.done() && !assembler.finished()) {
+            answer = Error::make("llm_truncated", "the model's stream ended before its end ([DONE] or a finish_reason)");
+        } else {
+            answer = assembler.finish();
+        }
+        return res;
+    }
+
     static http::Client make_client(const OpenAIOptions& o) {
         http::ClientOptions co;
         co.timeout = o.timeout;

@@ -1,6 +1,7 @@
 // engram::llm against the fake OpenAI-compatible server (tests/fakes) and the offline provider.
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <map>
 #include <vector>
 
 #include "engram/http/client.h"
@@ -415,5 +416,147 @@ TEST_CASE("offline provider: anything else thinks, answers, completes", "[integr
     for (std::size_t i = 0; i < seq.size(); ++i) {
         CHECK(seq[i].id == seq2[i].id);
         CHECK(seq[i].arguments == seq2[i].arguments);
+    }
+}
+
+namespace {
+
+struct Pieces {
+    std::string content, text_after_restart;
+    std::map<int, std::string> args;
+    std::map<int, std::string> names;
+    int restarts = 0;
+    DeltaSink sink() {
+        return [this](const Delta& d) {
+            if (d.kind == Delta::Kind::restart) {
+                ++restarts;
+                content.clear();
+                args.clear();
+                names.clear();
+            }
+            if (d.kind == Delta::Kind::content) content += d.text;
+            if (d.kind == Delta::Kind::tool_call) {
+                args[d.index] += d.text;
+                if (!d.name.empty()) names[d.index] = d.name;
+            }
+        };
+    }
+};
+
+}  // namespace
+
+TEST_CASE("streaming: the same completion as without streaming, its pieces handed on as they arrive", "[integration][llm]") {
+    FakeOpenAI fake;
+    Sleeps s;
+    auto o = opts(fake, s);
+    auto plain = make_openai(o);
+    o.stream = true;
+    auto streamed = make_openai(o);
+    const std::vector<std::tuple<std::string, std::string, json>> calls = {{"call_1", "remember", {{"text", "I like tea ✓"}}},
+                                                                           {"call_2", "send_message", {{"text", "noted"}}}};
+    for (int round = 0; round < 2; ++round) {
+        for (auto* p : {plain.get(), streamed.get()}) {
+            if (round == 0)
+                fake.push_text("Hello there, a longer answer written piece by piece — ünïcode too.");
+            else
+                fake.push_tool_calls(calls);
+        }
+        Pieces got;
+        Request r = simple("hi");
+        r.on_delta = got.sink();
+        auto a = plain->complete(r);
+        auto b = streamed->complete(r);
+        REQUIRE(a.ok());
+        REQUIRE(b.ok());
+        CHECK(b->message.content == a->message.content);
+        CHECK(b->finish_reason == a->finish_reason);
+        CHECK(b->usage.total_tokens == a->usage.total_tokens);
+        CHECK(b->usage.prompt_tokens == 12);
+        CHECK(b->model == a->model);
+        REQUIRE(b->message.tool_calls.size() == a->message.tool_calls.size());
+        for (std::size_t i = 0; i < a->message.tool_calls.size(); ++i) {
+            CHECK(b->message.tool_calls[i].id == a->message.tool_calls[i].id);
+            CHECK(b->message.tool_calls[i].name == a->message.tool_calls[i].name);
+            CHECK(b->message.tool_calls[i].arguments == a->message.tool_calls[i].arguments);
+            CHECK(b->message.tool_calls[i].raw_arguments == a->message.tool_calls[i].raw_arguments);
+            CHECK(got.args[static_cast<int>(i)] == a->message.tool_calls[i].raw_arguments);
+            CHECK(got.names[static_cast<int>(i)] == a->message.tool_calls[i].name);
+        }
+        CHECK(got.content == a->message.content);  // the plain call hands on nothing
+    }
+    auto reqs = fake.requests();
+    REQUIRE(reqs.size() == 4);
+    CHECK_FALSE(reqs[0].contains("stream"));
+    CHECK(reqs[1]["stream"] == true);
+    CHECK(reqs[1]["stream_options"]["include_usage"] == true);
+}
+
+TEST_CASE("streaming: a server that answers plain JSON anyway is accepted", "[integration][llm]") {
+    FakeOpenAI fake;
+    fake.set_streaming(false);
+    Sleeps s;
+    auto o = opts(fake, s);
+    o.stream = true;
+    auto p = make_openai(o);
+    fake.push_text("plain");
+    auto c = p->complete(simple("hi"));
+    REQUIRE(c.ok());
+    CHECK(c->message.content == "plain");
+}
+
+TEST_CASE("streaming: a stream cut off is retried and its pieces taken back; hostile streams fail at once",
+          "[integration][llm]") {
+    FakeOpenAI fake;
+    Sleeps s;
+    auto o = opts(fake, s);
+    o.stream = true;
+    o.stream_max_line = 64 << 10;
+    o.stream_max_tool_calls = 4;
+    auto p = make_openai(o);
+    auto chunk = [](const json& delta) {
+        return "data: " + json{{"choices", {{{"index", 0}, {"delta", delta}, {"finish_reason", nullptr}}}}}.dump() + "\n\n";
+    };
+
+    SECTION("cut off, then whole") {
+        fake.push_sse({chunk({{"content", "Hel"}}), chunk({{"content", "lo wr"}})});
+        fake.push_text("Hello world");
+        Pieces got;
+        Request r = simple("hi");
+        r.on_delta = got.sink();
+        auto c = p->complete(r);
+        REQUIRE(c.ok());
+        CHECK(c->message.content == "Hello world");
+        CHECK(got.restarts == 1);
+        CHECK(got.content == "Hello world");
+        CHECK(s.waits.size() == 1);
+    }
+    SECTION("a 10 MB line") {
+        fake.push_sse({"data: {\"choices\":[{\"delta\":{\"content\":\"", std::string(10 << 20, 'x')});
+        auto c = p->complete(simple("hi"));
+        REQUIRE_FALSE(c.ok());
+        CHECK(c.error().code == "llm_bad_response");
+        CHECK_THAT(c.error().detail, Catch::Contains("a line exceeds 65536 bytes"));
+        CHECK(fake.request_count() == 1);  // not retried
+    }
+    SECTION("a bad tool-call index") {
+        fake.push_sse({chunk({{"tool_calls", {{{"index", 0}, {"id", "a"}, {"function", {{"name", "t"}}}}}}}),
+                       chunk({{"tool_calls", {{{"index", 7}, {"function", {{"arguments", "{}"}}}}}}})});
+        auto c = p->complete(simple("hi"));
+        REQUIRE_FALSE(c.ok());
+        CHECK(c.error().code == "llm_bad_response");
+        CHECK_THAT(c.error().detail, Catch::Contains("tool-call index 7"));
+        CHECK(c.error().extra["attempts"] == 1);
+    }
+    SECTION("a stream that never ends") {
+        o.stream_max_duration = std::chrono::milliseconds(300);
+        auto slow = make_openai(o);
+        std::vector<std::string> beats(100, ": still thinking\n\n");
+        fake.push_sse(beats, 20ms);
+        auto started = std::chrono::steady_clock::now();
+        auto c = slow->complete(simple("hi"));
+        REQUIRE_FALSE(c.ok());
+        CHECK(c.error().code == "llm_bad_response");
+        CHECK_THAT(c.error().detail, Catch::Contains("did not end within 300 ms"));
+        CHECK(std::chrono::steady_clock::now() - started < 1500ms);
     }
 }

@@ -83,3 +83,77 @@ TEST_CASE("openai provider: 200 completions from Python's http.server in every f
     CHECK(reqs.back()["headers"]["authorization"] == "Bearer sk-py");
     CHECK(json::parse(reqs.back()["body"].get<std::string>())["model"] == "py-model");
 }
+
+TEST_CASE("openai provider: a streamed answer from Python's http.server, chunked and close-delimited", "[integration][llm]") {
+    auto frame = [](const json& delta, const json& finish = nullptr) {
+        return "data: " +
+               json{{"id", "chatcmpl-py"},
+                    {"object", "chat.completion.chunk"},
+                    {"model", "py-model"},
+                    {"choices", {{{"index", 0}, {"delta", delta}, {"finish_reason", finish}}}}}
+                   .dump() +
+               "\r\n\r\n";
+    };
+    json events = json::array({
+        ": OPENROUTER PROCESSING\r\n\r\n",
+        frame({{"role", "assistant"}, {"content", ""}}),
+        frame({{"content", "Let me "}}),
+        frame({{"content", "note that."}}),
+        frame({{"tool_calls",
+                {{{"index", 0},
+                  {"id", "call_py"},
+                  {"type", "function"},
+                  {"function", {{"name", "remember"}, {"arguments", ""}}}}}}}),
+        frame({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", "{\"text\": \"gr"}}}}}}}),
+        frame({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", "een tea\"}"}}}}}}}),
+        frame(json::object(), "tool_calls"),
+        "data: " +
+            json{{"id", "chatcmpl-py"},
+                 {"choices", json::array()},
+                 {"usage", {{"prompt_tokens", 20}, {"completion_tokens", 9}, {"total_tokens", 29}}}}
+                .dump() +
+            "\r\n\r\n",
+        "data: [DONE]\r\n\r\n",
+    });
+    std::string joined;
+    for (const auto& e : events) joined += e.get<std::string>();
+    testing::PyHttpFake fake(json::array({
+        {{"method", "POST"}, {"path", "/v1/chat/completions"}, {"mode", "sse"}, {"events", events}, {"delay_ms", 3}},
+    }));
+    fake.push({{"method", "POST"},
+               {"path", "/v1/chat/completions"},
+               {"mode", "close"},
+               {"headers", {{"Content-Type", "text/event-stream; charset=utf-8"}}},
+               {"body", joined},
+               {"chunks", 17},
+               {"delay_ms", 3}});
+    OpenAIOptions o;
+    o.base_url = fake.url() + "/v1";
+    o.model = "py-model";
+    o.timeout = 10000ms;
+    o.stream = true;
+    o.sleep = [](std::chrono::milliseconds) {};
+    auto p = make_openai(o);
+    for (int i = 0; i < 3; ++i) {
+        std::string content, args;
+        Request r;
+        r.messages = {{"user", "remember green tea", {}, ""}};
+        r.on_delta = [&](const Delta& d) {
+            if (d.kind == Delta::Kind::content) content += d.text;
+            if (d.kind == Delta::Kind::tool_call) args += d.text;
+        };
+        auto c = p->complete(r);
+        REQUIRE(c.ok());
+        CHECK(c->message.content == "Let me note that.");
+        REQUIRE(c->message.tool_calls.size() == 1);
+        CHECK(c->message.tool_calls[0].id == "call_py");
+        CHECK(c->message.tool_calls[0].arguments == json{{"text", "green tea"}});
+        CHECK(c->finish_reason == "tool_calls");
+        CHECK(c->usage.total_tokens == 29);
+        CHECK(content == c->message.content);
+        CHECK(args == R"({"text": "green tea"})");
+    }
+    auto reqs = fake.requests();
+    REQUIRE(reqs.size() == 3);
+    CHECK(json::parse(reqs[0]["body"].get<std::string>())["stream"] == true);
+}

@@ -77,6 +77,19 @@ public:
                     const std::function<bool(const std::string& id, const std::string& event, const std::string& data)>& on_event,
                     std::chrono::milliseconds idle_timeout);
 
+    // A response read as it arrives (a model's streamed answer): sends the request, then calls
+    // on_body(head, bytes) with each piece of a 2xx body as it is read (any split), until it returns
+    // false or the body ends; returns the head (status, headers; body empty). A non-2xx body is read
+    // whole into the returned body instead (up to response_limit, "response_too_large" beyond), or not
+    // at all when !read_error_body. The body is not bounded here: the callback keeps what it wants.
+    // A framed body cut short is returned with the header "x-engram-truncated: 1". Errors as sse().
+    // `idle_timeout` bounds each wait for bytes; ClientOptions::timeout bounds connecting and the head.
+    // Uses its own connection, closed after.
+    using BodyCallback = std::function<bool(const ClientResponse& head, std::string_view bytes)>;
+    Result<ClientResponse> stream(std::string_view method, std::string_view path, std::string_view body, const Headers& headers,
+                                  const BodyCallback& on_body, std::chrono::milliseconds idle_timeout,
+                                  bool read_error_body = true);
+
     // Drops the kept-alive connection (the next request connects anew).
     void disconnect();
     // The one thread-safe member: makes the request in progress (e.g. a long poll) and every later

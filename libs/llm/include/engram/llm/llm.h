@@ -4,6 +4,7 @@
 // See libs/llm/README.md. Threading: a Provider is not shared between threads unless stated; make one
 // per run/thread (the offline provider is stateless and may be shared).
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -51,11 +52,30 @@ struct Completion {
     nlohmann::json raw;  // the whole response body
 };
 
+// One piece of a streamed answer, handed on as it arrives (for showing the answer being written; the
+// Completion returned at the end is what counts).
+struct Delta {
+    enum class Kind {
+        content,    // `text` is the next piece of the answer's text
+        tool_call,  // the call at `index` grew: `id`/`name` on the piece that first names them, `text` is
+                    // the next fragment of its arguments string
+        restart,    // the attempt that sent the pieces so far failed and is being retried: drop them
+    };
+    Kind kind = Kind::content;
+    std::string text;
+    int index = 0;
+    std::string id, name;
+};
+using DeltaSink = std::function<void(const Delta&)>;
+
 struct Request {
     std::vector<Message> messages;
     std::vector<ToolSpec> tools;
     double temperature = 0.2;
     int max_tokens = 0;  // 0 = not sent
+    // Called with the answer's pieces while a streaming provider receives it (never by a provider that
+    // does not stream). Runs on the caller's thread, inside complete(); it must not throw.
+    DeltaSink on_delta;
 };
 
 class Provider {
@@ -87,6 +107,46 @@ struct OpenAIOptions {
                                                            // (seconds, or retry-after-ms) honoured on 429/503
     std::function<void(std::chrono::milliseconds)> sleep;  // injectable; default std::this_thread::sleep_for
     bool verify_tls = true;                                // addition: for self-signed local servers
+    // Ask for the answer as server-sent chunks ("stream": true, usage via stream_options) and hand its
+    // pieces to Request::on_delta. A server that answers plain JSON anyway is accepted.
+    bool stream = false;
+    std::size_t stream_max_bytes = 16 << 20;                // the whole streamed answer
+    std::size_t stream_max_line = 1 << 20;                  // one line (one chunk) of it
+    int stream_max_tool_calls = 128;                        // tool-call indices 0..n-1
+    std::chrono::milliseconds stream_max_duration{600000};  // one attempt, however steadily bytes arrive
+};
+
+struct StreamLimits {
+    std::size_t max_bytes = 16 << 20;
+    std::size_t max_line = 1 << 20;
+    int max_tool_calls = 128;
+};
+
+// Assembles a chat-completions event stream (the body of a "stream": true answer, in any split) into
+// the body a non-streamed answer would have had, and hands each piece to `sink` on the way. Exposed
+// for tests and the fuzzer; the OpenAI provider uses it.
+class StreamAssembler {
+public:
+    explicit StreamAssembler(StreamLimits limits = {}, DeltaSink sink = {});
+    ~StreamAssembler();
+    StreamAssembler(const StreamAssembler&) = delete;
+    StreamAssembler& operator=(const StreamAssembler&) = delete;
+
+    // Errors: llm_bad_response (a chunk that is not JSON or not a chunk, a tool-call index that is
+    // not an integer in [0, max_tool_calls), a line over max_line, more than max_bytes in all),
+    // llm_error (the server sent an error chunk). After an error, feed no more.
+    Status feed(std::string_view bytes);
+    // The stream ended: what is still buffered (a last line without its line end) is read.
+    Status end();
+    bool done() const;            // "data: [DONE]" was seen (later bytes are ignored)
+    bool finished() const;        // a finish_reason was seen
+    nlohmann::json body() const;  // what a non-streamed answer would have been, so far
+    // from_openai(body()), after end().
+    Result<Completion> finish();
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 // POST {base_url}/chat/completions with OpenAI tool calling. Retries timeouts/connect errors, 429 and
@@ -97,8 +157,9 @@ std::unique_ptr<Provider> make_openai(OpenAIOptions o);
 // README). Stateless, thread-safe.
 std::unique_ptr<Provider> make_offline();
 
-// The chat-completions request body (exposed for tests).
-nlohmann::json to_openai(const Request& r, const std::string& model);
+// The chat-completions request body (exposed for tests); `stream` adds "stream": true and
+// stream_options.include_usage.
+nlohmann::json to_openai(const Request& r, const std::string& model, bool stream = false);
 // Parses a chat-completions response body (exposed for tests). U+0000 in the content or the arguments
 // becomes U+FFFD: the answer is stored, and PostgreSQL cannot store U+0000.
 Result<Completion> from_openai(const nlohmann::json& body);
