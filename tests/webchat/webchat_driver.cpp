@@ -142,21 +142,28 @@ int main(int argc, char** argv) {
         for (const auto& m : r["messages"]) n += m.value("role", "") == "assistant";
         return n;
     };
+    // Its first answer also calls a tool of a real MCP server (server-everything's echo, over stdio).
     fake.on([assistant_turns](const nlohmann::json& r) { return assistant_turns(r) == 0; },
             [](const nlohmann::json& r) {
-                auto body = fakes::FakeOpenAI::tool_calls_body({{"call_" + std::to_string(r["messages"].dump().size()),
-                                                                 "remember",
-                                                                 {{"text", fakes::FakeOpenAI::last_user_message(r)}}}});
+                auto n = std::to_string(r["messages"].dump().size());
+                auto body = fakes::FakeOpenAI::tool_calls_body(
+                    {{"call_" + n, "remember", {{"text", fakes::FakeOpenAI::last_user_message(r)}}},
+                     {"mcp_" + n, "everything__echo", {{"message", "noted: " + fakes::FakeOpenAI::last_user_message(r)}}}});
                 body["choices"][0]["message"]["content"] = "Let me note that.";
                 return body;
             });
     fake.on([assistant_turns](const nlohmann::json& r) { return assistant_turns(r) >= 1; },
             [](const nlohmann::json&) { return fakes::FakeOpenAI::text_body(kStreamedAnswer); });
+    const std::string everything = dir + "/../mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js";
+    if (streamed && !fs::exists(everything))
+        return fail(everything + " is missing: the test command installs it (npm ci --prefix tests/mcp)");
+    const std::string mcp_servers = nlohmann::json{{"everything", {{"command", *node}, {"args", {everything, "stdio"}}}}}.dump();
     // No LLM_BASE_URL: the AI processor answers with its offline, rule-based provider.
     testing::Process ai({bin("ai-processor/engram-ai-processor")},
                         env({{"AI_PROCESSOR_LISTEN", "127.0.0.1:" + std::to_string(ai_port)},
                              {"LLM_BASE_URL", streamed ? fake.base_url() : ""},
-                             {"LLM_STREAM", "true"}}),
+                             {"LLM_STREAM", "true"},
+                             {"MCP_SERVERS", streamed ? mcp_servers : ""}}),
                         logs + "/ai.log");
     int gw_port = testing::free_port();
     std::string gw_url = "http://127.0.0.1:" + std::to_string(gw_port);

@@ -60,6 +60,13 @@ await run(async (browser) => {
     assert.equal(await page.$$eval('.tool-draft', (els) => els.length), 0);
   });
 
+  await step('the MCP tool called beside it has its card, with the MCP server\'s answer', async () => {
+    const card = '.tool[data-tool="everything__echo"][data-state="done"]';
+    await page.waitForSelector(card, WAIT);
+    const result = await page.$eval(card + ' .tool-result', (e) => e.textContent);
+    assert.ok(result.includes(`Echo: noted: ${first}`), `the echo result: ${result}`);
+  });
+
   await step('the answer is written piece by piece, then the logged answer replaces the draft', async () => {
     let shot = false;
     const texts = await watch(page, '.msg-draft', '.msg-assistant:not(.msg-draft)', async (t) => {
