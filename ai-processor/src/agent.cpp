@@ -216,9 +216,10 @@ void add_usage(llm::Usage& sum, const json& u) {
 // What a run's prompt is built from: the session's conversation before the trigger, composed through
 // the forks the session comes from (fork.h), so forks of forks compose here and nowhere else.
 struct History {
-    json view;          // the conversation view the prompt shows
-    std::string reask;  // a SessionForked without a prompt: the origin's user message asked again
-    bool fork = false;  // the session is a fork
+    json view;               // the conversation view the prompt shows
+    std::string reask;       // a SessionForked without a prompt: the origin's user message asked again
+    bool fork = false;       // the session is a fork
+    std::string fork_model;  // the model the fork was made with ("" = the configured one)
 };
 
 // `evs`: the session's events read from version `from`; `before`: those before the trigger.
@@ -242,14 +243,19 @@ Result<History> load_history(Store& store, const events::Event& t, const std::st
         }
     }
     std::vector<projections::Segment> segments;
-    if (first) {
+    if (first && first->type == events::types::SessionForked) {
+        h.fork = true;
+        h.fork_model = str_field(first->data, "model");
+    }
+    // The inherited history is read only when the window reaches the fork's start: a long fork's
+    // prompt is its own latest messages, and its age must not make every run read its origins.
+    if (first && from == 1) {
         auto inherited = projections::inherited_history(*first, reader);
         if (!inherited && inherited.error().code != "fork_too_deep") return inherited.error();
         if (inherited)
             segments = std::move(*inherited);
         else
             logger()->warn("{}: {}; the run sees only the session's own events", session, inherited.error().detail);
-        h.fork = first->type == events::types::SessionForked;
     }
     segments.push_back({session, before});
     std::int64_t cut = projections::kAllPositions;
@@ -443,13 +449,14 @@ Status Agent::run(const events::Event& t, const RunControl& control) {
         return e;
     };
 
-    // Provider and prompt.
-    std::string model_override = t.type == "TriggerReceived" || forked ? str_field(d, "model") : "";
-    auto provider = o_.make_provider(model_override);
-    std::string model = provider->model();
-
     auto history = load_history(store, t, session, *evs, from, before);
     if (!history) return history.error();
+
+    // Provider and prompt. Every run in a fork (later messages, its reminders) keeps the fork's model.
+    std::string model_override = t.type == "TriggerReceived" || forked ? str_field(d, "model") : "";
+    if (model_override.empty() && history->fork) model_override = history->fork_model;
+    auto provider = o_.make_provider(model_override);
+    std::string model = provider->model();
     // A fork is an alternative past: what it says must never reach the origin's chat or inbox.
     if (history->fork && (channel == "telegram" || channel == "email" || channel == "slack")) channel = "api";
     json msgs = history->view.value("messages", json::array());

@@ -170,7 +170,7 @@ TEST_CASE("a fork re-runs the agent on its origin's history up to the fork posit
     CHECK(has(sys, "assistant: forked answer"));
     CHECK_FALSE(has(sys, "second answer"));
     CHECK_FALSE(has(sys, "third"));
-    CHECK(s.overrides.back().empty());  // the fork's model was for its own run
+    CHECK(s.overrides.back() == "other-model");  // every run in the fork keeps the model it was made with
 
     // A fork of the fork, with a prompt: the whole chain up to its position, then the prompt.
     fake.push_text("shorter answer");

@@ -232,6 +232,7 @@ await run(async (browser) => {
     assert.equal(answers[0], firstAnswer);
     assert.match(answers[1], /blue/);  // the fork's run, for the origin's user
     assert.ok(await page.$('.msg-user.inherited'), 'the inherited history is marked');
+    assert.equal(await page.$$eval('.inherited .fork-here', (els) => els.length), 0, 'inherited messages are forked from their own page');
     assert.doesNotMatch(await page.textContent('#log'), /not bold/);  // what came after the fork point
     // A reload of the fork shows the same.
     await page.reload();

@@ -170,6 +170,13 @@
           mine.dataset.eventId = e.id;
           return;
         }
+        if (type === 'TriggerReceived' && d.reminder_id) {
+          // A reminder that fell due: the assistant was triggered, the user said nothing.
+          const li = el('li', 'reminder', `⏰ reminder: ${String(text || '').replace(/^Reminder: /, '')}`);
+          li.dataset.eventId = e.id;
+          add(li);
+          return;
+        }
         const li = forkable(userBubble(text, e.timestamp), e);
         li.dataset.eventId = e.id;
         if (d.message_id) li.dataset.messageId = d.message_id;
@@ -296,6 +303,8 @@
       }
       if (!(j.inherited || []).length) return;
       log.querySelectorAll('li').forEach((n) => n.classList.add('inherited'));
+      // A fork forks its own events; what it inherits is forked from its origin's page.
+      log.querySelectorAll('li.inherited .fork-here').forEach((b) => b.remove());
       // A run the fork position cut short: what it did before is history, it is not working.
       log.querySelectorAll('.run-status[data-state="running"]').forEach((st) => {
         st.dataset.state = 'inherited';
