@@ -9,9 +9,14 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 preset="${1:-default}"
 shift || true
+# How long each step took, so that a slow CI run says where its time went.
+t0=$(date +%s) tp=$(date +%s)
+step() { local n; n=$(date +%s); echo "[test.sh] $1: $(( n - tp )) s (total $(( n - t0 )) s)"; tp=$n; }
 "$root/deploy/install-deps.sh"
+step "dependencies"
 "$root/deploy/format.sh" --check
 "$root/deploy/build.sh" "$preset"
+step "format check and build"
 # The web chat's browser test (ctest label e2e) drives Chromium with playwright-core from npm.
 # `npm ci` only when the lock file changed since the last install.
 # The AI processor's MCP client is tested against real MCP servers from npm (tests/mcp).
@@ -34,12 +39,16 @@ if [ $# -gt 0 ]; then
 fi
 rc=0
 ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" -LE compose || rc=$?
+step "tests"
 # The containers run the same code as the default build: the sanitizer build skips them.
 if [ "$preset" != "asan" ]; then
   ctest --test-dir "$dir" --output-on-failure -L compose || rc=$?
   # ctest hides a skipped test's output: show why it was skipped.
   grep -h '^SKIPPED: ' "$dir/Testing/Temporary/LastTest.log" 2>/dev/null || true
+  grep -h '^\[compose +' "$dir/Testing/Temporary/LastTest.log" 2>/dev/null | tail -40 || true
+  step "compose test"
 fi
 # The libFuzzer targets, FUZZ_SECONDS each (default 20), on copies of their corpora (deploy/fuzz.sh).
 "$root/deploy/fuzz.sh" "${FUZZ_SECONDS:-20}" || rc=$?
+step "fuzz"
 exit $rc
