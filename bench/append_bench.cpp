@@ -285,17 +285,18 @@ int main(int argc, char** argv) {
         auto r = c.request("POST", "/events", single_body[static_cast<std::size_t>(t)], json_type);
         return r.ok() && r->status == 201 ? 1 : 0;
     };
-    // ENGRAM_BENCH_PROFILE=<file>: the store is profiled (`perf record -g`) during the figure
-    // ENGRAM_BENCH_PROFILE_FIGURE names: single (default), batch.
+    // ENGRAM_BENCH_PROFILE=<file>: the store is profiled (`perf record --call-graph=dwarf`: the build has no frame pointers)
+    // during the figure ENGRAM_BENCH_PROFILE_FIGURE names: single (default), batch.
     std::unique_ptr<testing::Process> profiler;
     const char* prof = std::getenv("ENGRAM_BENCH_PROFILE");
     const std::string prof_figure =
         std::getenv("ENGRAM_BENCH_PROFILE_FIGURE") ? std::getenv("ENGRAM_BENCH_PROFILE_FIGURE") : "single";
     auto profile = [&](const char* figure) {
         if (prof && *prof && prof_figure == figure)
-            profiler = std::make_unique<testing::Process>(
-                std::vector<std::string>{"perf", "record", "-g", "-p", std::to_string(store.pid()), "-o", prof},
-                std::map<std::string, std::string>{}, std::string(prof) + ".log");
+            profiler =
+                std::make_unique<testing::Process>(std::vector<std::string>{"perf", "record", "--call-graph=dwarf,32768", "-F",
+                                                                            "499", "-p", std::to_string(store.pid()), "-o", prof},
+                                                   std::map<std::string, std::string>{}, std::string(prof) + ".log");
     };
     auto end_profile = [&] {
         if (profiler) profiler->terminate_and_wait();

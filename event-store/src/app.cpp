@@ -159,7 +159,7 @@ struct App::Impl {
             return res->respond(error_response(Error::make("unavailable", *stale)));
         writer.submit(std::move(*parsed), [res](Result<store::AppendOutcome> r) {
             if (!r) return res->respond(error_response(r.error()));
-            res->respond(http::Response::json(r->created ? 201 : 200, store::outcome_json(*r)));
+            res->respond(http::Response::text(r->created ? 201 : 200, store::outcome_text(*r), "application/json"));
         });
     }
 

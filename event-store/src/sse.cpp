@@ -130,7 +130,9 @@ void SseHub::publish(const std::vector<events::Event>& evs) {
             last_seen_ = std::max(last_seen_, evs.back().position.value());
             return;
         }
-        pending_.push_back(evs);
+        auto& light = pending_.emplace_back();
+        light.reserve(evs.size());
+        for (const auto& e : evs) light.push_back(e.text_copy());
     }
     cv_.notify_one();
 }

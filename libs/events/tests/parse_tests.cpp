@@ -351,6 +351,55 @@ TEST_CASE("parse_append_body: bounded JSON first, then the envelope rules", "[un
     CHECK(ok->events.at(0).data == json{{"a", 2}});  // the last of repeated keys, as jsonb keeps it
 }
 
+TEST_CASE("parsing a body it owns moves the events out of it and gives what parsing a copy gives", "[unit][events]") {
+    const json body = {{"aggregate_id", "a"},
+                       {"expected_version", 3},
+                       {"events",
+                        {{{"type", "X"}, {"data", {{"n", 1}, {"deep", {{"k", {1, 2, 3}}}}}}, {"metadata", {{"source", "s"}}}},
+                         {{"type", "Y"}, {"id", Uuid::v4().str()}, {"data", {{"s", "t"}}}}}}};
+    auto copied = parse_append_request(body);
+    json single = body["events"][0];
+    single["aggregate_id"] = "a";
+    json single_owned = single;
+    CHECK(parse_append_request(std::move(single_owned)).value().events.at(0).to_json() ==
+          parse_new_event(single).value().to_json());
+    json owned = body;
+    auto moved = parse_append_request(std::move(owned));
+    REQUIRE(copied.ok());
+    REQUIRE(moved.ok());
+    REQUIRE(moved->events.size() == 2);
+    CHECK(moved->expected_version == copied->expected_version);
+    for (std::size_t i = 0; i < 2; ++i) {
+        CHECK(moved->events[i].to_json() == copied->events[i].to_json());
+    }
+    // A refused body is refused alike either way.
+    json bad = body;
+    bad["events"][1]["data"] = {{"t", std::string("a\0", 2)}};
+    json bad_owned = bad;
+    CHECK(parse_append_request(bad).error().detail == parse_append_request(std::move(bad_owned)).error().detail);
+}
+
+TEST_CASE("an event's text copy carries its envelope and text, not its DOMs", "[unit][events]") {
+    Event e;
+    e.id = Uuid::v4();
+    e.type = "X";
+    e.aggregate_id = "a";
+    e.version = AggregateVersion(2);
+    e.position = GlobalPosition(9);
+    e.data = {{"big", std::string(1000, 'x')}};
+    auto full = e.text_copy();  // no text: nothing to send it by, so a full copy
+    CHECK(full.data == e.data);
+    e.text = std::make_shared<const std::string>(e.to_json().dump());
+    auto light = e.text_copy();
+    CHECK(light.data.empty());
+    CHECK(light.json_text() == e.to_json().dump());
+    CHECK(light.id == e.id);
+    CHECK(light.position == e.position);
+    CHECK(light.version == e.version);
+    CHECK(light.aggregate_id == "a");
+    CHECK(light.type == "X");
+}
+
 TEST_CASE("U+0000 in data or metadata, strings or keys, is refused naming where", "[unit][events]") {
     const std::string nul("\0", 1);
     CHECK(parse_error(with(minimal(), "data", {{"t", "a" + nul}})) ==

@@ -132,7 +132,7 @@ void Relay::notify(const std::vector<events::Event>& committed) {
         impl_->notified = std::max(impl_->notified, committed.back().position.value());
         // Only while this process relays: a standby would just accumulate them.
         if (active_.load() && impl_->fresh.size() + committed.size() <= kMaxFresh)
-            impl_->fresh.insert(impl_->fresh.end(), committed.begin(), committed.end());
+            for (const auto& e : committed) impl_->fresh.push_back(e.text_copy());
     }
     impl_->cv.notify_one();
 }

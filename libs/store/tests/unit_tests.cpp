@@ -62,3 +62,13 @@ TEST_CASE("append bodies are checked against the catalog's schemas", "[unit][sto
     REQUIRE_FALSE(batch.ok());
     CHECK(batch.error().detail.rfind("events[1]: ", 0) == 0);
 }
+
+TEST_CASE("the append answer's text equals its DOM's dump", "[unit][store]") {
+    store::AppendOutcome o;
+    for (int i = 0; i < 3; ++i)
+        o.events.push_back(store::Appended{Uuid::v4(), GlobalPosition(1000 + i), AggregateVersion(7 + i),
+                                           SysTime(std::chrono::milliseconds(1764633600123 + i))});
+    CHECK(store::outcome_text(o) == store::outcome_json(o).dump());
+    o.events.clear();
+    CHECK(store::outcome_text(o) == store::outcome_json(o).dump());
+}

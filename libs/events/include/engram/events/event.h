@@ -65,9 +65,14 @@ struct Event {
     // {"id","type","aggregate_id","aggregate_version","position","timestamp","data","metadata"}
     nlohmann::json to_json() const;
     // Byte for byte to_json().dump(), built from data and metadata already serialised.
-    std::string to_json_text(std::string_view data_text, std::string_view metadata_text) const;
+    // `timestamp_text`, when given, is format_rfc3339(timestamp) already made.
+    std::string to_json_text(std::string_view data_text, std::string_view metadata_text,
+                             std::string_view timestamp_text = {}) const;
     // `text` when set, else to_json().dump().
     std::string json_text() const;
+    // A copy for code that only sends `text` (the relay, SSE): without the data and metadata DOMs
+    // when `text` is set, a full copy otherwise.
+    Event text_copy() const;
     // The inverse of to_json(); every field is required and checked (error code "invalid_event").
     static Result<Event> from_json(const nlohmann::json& j);
 };
@@ -97,6 +102,8 @@ struct AppendRequest {
     bool batch = false;  // the body used the {"events": [...]} form
 };
 Result<AppendRequest> parse_append_request(const nlohmann::json& body);
+// The same, moving each event's data and metadata out of `body` instead of copying them.
+Result<AppendRequest> parse_append_request(nlohmann::json&& body);
 // The same from the text of the body: parse_json first (Error "invalid_json": not JSON, nesting
 // deeper than kMaxJsonDepth, a number out of range), then parse_append_request.
 Result<AppendRequest> parse_append_body(std::string_view body);

@@ -34,5 +34,7 @@ Result<AppendRequest> parse_append(const nlohmann::json& body);
 Result<AppendRequest> parse_append_body(std::string_view body);
 
 nlohmann::json outcome_json(const AppendOutcome& o);
+// Byte for byte outcome_json(o).dump(), without building the DOM: what POST /events answers.
+std::string outcome_text(const AppendOutcome& o);
 
 }  // namespace engram::store

@@ -82,6 +82,8 @@ private:
     std::unique_ptr<pg::Watchdog> watchdog_;  // declared before conn_: guards die before the connection
     std::unique_ptr<pqxx::connection> conn_;
     std::chrono::steady_clock::time_point last_connect_{};
+    // Writer-thread only: the submitted event of each event of the group being committed.
+    std::vector<events::NewEvent*> sources_;
     // Writer-thread only: what this writer knows of the log (see try_fast_commit).
     bool head_known_ = false;
     std::int64_t head_cache_ = 0;
