@@ -312,10 +312,11 @@ int main(int argc, char** argv) {
     cpu.stop(e64, seconds);
     profile("batch");
     cpu.start();
-    auto batch = run(16, seconds, http_setup, [&](http::Client& c, int t, long) {
+    auto batch_append = [&](http::Client& c, int t, long) {
         auto r = c.request("POST", "/events", batch_body[static_cast<std::size_t>(t)], json_type);
         return r.ok() && r->status == 201 ? 100 : 0;
-    });
+    };
+    auto batch = run(16, seconds, http_setup, batch_append);
     cpu.stop(batch, seconds);
     end_profile();
 
@@ -343,6 +344,9 @@ int main(int argc, char** argv) {
     cpu.start();
     auto paused = run(16, seconds, http_setup, single);
     cpu.stop(paused, seconds);
+    cpu.start();
+    auto paused_batch = run(16, seconds, http_setup, batch_append);
+    cpu.stop(paused_batch, seconds);
     set_lease("UPDATE relay_lease SET expires_at = now() - interval '1 second' WHERE stream = 'EVENTS'");
     if (!testing::eventually(relay_active, std::chrono::seconds(30))) {
         std::fprintf(stderr, "the relay did not resume\n");
@@ -357,6 +361,7 @@ int main(int argc, char** argv) {
     print("single-event appends, 64 clients", e64, &raw1);
     print("100-event batch appends, 16 clients", batch, &raw100);
     print("single-event, 16 clients, relay paused", paused, &raw1);
+    print("100-event batches, 16 clients, relay paused", paused_batch, &raw100);
     // Append → JetStream consumer delivery, one event at a time, next to publishing straight to
     // JetStream (the limit: what NATS alone costs).
     nats::ConnectOptions no;

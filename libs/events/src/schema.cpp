@@ -3,6 +3,7 @@
 #include "engram/core/text.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cctype>
 #include <cmath>
 #include <numeric>
@@ -152,14 +153,24 @@ private:
 
     std::optional<std::string> fail(std::string_view msg) const { return path_ + ": " + std::string(msg); }
 
+    // Appended in place and cut back after: no temporary string per field visited.
     struct PathGuard {
         std::string& p;
         std::size_t n;
-        PathGuard(std::string& path, std::string_view add) : p(path), n(path.size()) { p += add; }
+        PathGuard(std::string& path, char open, std::string_view add, std::string_view close)
+            : p(path), n(path.size()) {
+            p += open;
+            p += add;
+            p += close;
+        }
         ~PathGuard() { p.resize(n); }
     };
-    PathGuard field(std::string_view key) { return PathGuard(path_, "." + std::string(key)); }
-    PathGuard index(std::size_t i) { return PathGuard(path_, "[" + std::to_string(i) + "]"); }
+    PathGuard field(std::string_view key) { return PathGuard(path_, '.', key, {}); }
+    PathGuard index(std::size_t i) {
+        char buf[24];
+        auto r = std::to_chars(buf, buf + sizeof buf, i);
+        return PathGuard(path_, '[', std::string_view(buf, static_cast<std::size_t>(r.ptr - buf)), "]");
+    }
 
     std::optional<std::string> check(const json& schema, const json& v) {
         if (schema.is_boolean()) {
