@@ -157,8 +157,7 @@ private:
     struct PathGuard {
         std::string& p;
         std::size_t n;
-        PathGuard(std::string& path, char open, std::string_view add, std::string_view close)
-            : p(path), n(path.size()) {
+        PathGuard(std::string& path, char open, std::string_view add, std::string_view close) : p(path), n(path.size()) {
             p += open;
             p += add;
             p += close;

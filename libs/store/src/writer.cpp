@@ -332,25 +332,48 @@ void append_number(std::string& out, std::int64_t v) {
     out.append(buf, r.ptr);
 }
 
+// What the insert and the readers need of each accepted event, serialised once.
+struct Rows {
+    std::vector<std::string> data, metadata;
+    std::string ts_text;  // one group, one timestamp
+};
+
+// Dumps each event's data and metadata once and makes its envelope text (the relay publishes it
+// and the SSE streams send it as it is).
+Rows serialise(std::vector<events::Event>& evs, const std::vector<events::NewEvent*>& sources) {
+    Rows rows;
+    rows.data.reserve(evs.size());
+    rows.metadata.reserve(evs.size());
+    SysTime ts_of_text{};
+    for (std::size_t k = 0; k < evs.size(); ++k) {
+        auto& ev = evs[k];
+        if (rows.ts_text.empty() || ev.timestamp != ts_of_text) {
+            rows.ts_text = format_rfc3339(ev.timestamp);
+            ts_of_text = ev.timestamp;
+        }
+        rows.data.push_back(sources[k]->data.dump());
+        rows.metadata.push_back(sources[k]->metadata.dump());
+        ev.text = std::make_shared<const std::string>(ev.to_json_text(rows.data.back(), rows.metadata.back(), rows.ts_text));
+    }
+    return rows;
+}
+
+// A group this large is written with COPY: PostgreSQL ingests it at about half the CPU of a
+// multi-row INSERT (11 against 22 us per row here), for two more round trips than the INSERT
+// that rides with the lock, which small groups keep.
+constexpr std::size_t kCopyMinEvents = 32;
+
 // The INSERT statements of the accepted events, in chunks; sent together they run as one
 // transaction (a multi-statement simple query is atomic). Written into one buffer: building each
 // row from temporaries and quoting through libpq took half of the insert's time.
-std::string insert_sql(std::vector<events::Event>& evs, const std::vector<events::NewEvent*>& sources) {
+std::string insert_sql(const std::vector<events::Event>& evs, const Rows& rows) {
     std::string sql;
     sql.reserve(evs.size() * 512);  // grows geometrically past that
-    std::string data, metadata, ts_text;
-    SysTime ts_of_text{};
     for (std::size_t i = 0; i < evs.size(); i += kInsertChunk) {
         sql += "INSERT INTO events (position, id, type, aggregate_id, aggregate_version, ts, data, metadata) VALUES ";
         auto end = std::min(evs.size(), i + kInsertChunk);
         for (std::size_t k = i; k < end; ++k) {
-            auto& ev = evs[k];
-            data = sources[k]->data.dump();
-            metadata = sources[k]->metadata.dump();
-            if (ts_text.empty() || ev.timestamp != ts_of_text) {  // one group, one timestamp
-                ts_text = format_rfc3339(ev.timestamp);
-                ts_of_text = ev.timestamp;
-            }
+            const auto& ev = evs[k];
             if (k > i) sql += ',';
             sql += '(';
             append_number(sql, ev.position.value());
@@ -363,18 +386,36 @@ std::string insert_sql(std::vector<events::Event>& evs, const std::vector<events
             sql += ',';
             append_number(sql, ev.version.value());
             sql += ",'";
-            sql += ts_text;
+            sql += rows.ts_text;
             sql += "',";
-            append_literal(sql, data);
+            append_literal(sql, rows.data[k]);
             sql += ',';
-            append_literal(sql, metadata);
+            append_literal(sql, rows.metadata[k]);
             sql += ')';
-            // Serialised once: the relay publishes and the SSE streams send this text.
-            ev.text = std::make_shared<const std::string>(ev.to_json_text(data, metadata, ts_text));
         }
         sql += ";";
     }
     return sql;
+}
+
+void copy_rows(pqxx::transaction_base& tx, const std::vector<events::Event>& evs, const Rows& rows) {
+    pqxx::stream_to out(
+        tx, "events",
+        std::vector<std::string>{"position", "id", "type", "aggregate_id", "aggregate_version", "ts", "data", "metadata"});
+    for (std::size_t k = 0; k < evs.size(); ++k) {
+        const auto& ev = evs[k];
+        out << std::make_tuple(ev.position.value(), ev.id.str(), ev.type, ev.aggregate_id, ev.version.value(), rows.ts_text,
+                               rows.data[k], rows.metadata[k]);
+    }
+    out.complete();
+}
+
+// Writes the group inside `tx` (which holds the writers' lock): COPY for a large group.
+void write_rows(pqxx::transaction_base& tx, const std::vector<events::Event>& evs, const Rows& rows) {
+    if (evs.size() >= kCopyMinEvents)
+        copy_rows(tx, evs, rows);
+    else
+        tx.exec(insert_sql(evs, rows));
 }
 
 bool is_unique_violation(const std::exception& e) {
@@ -428,10 +469,19 @@ bool Writer::try_fast_commit(std::vector<AppendRequest*>& reqs, std::vector<Resu
     if (!decide(reqs, view, false, results, committed, sources_)) return false;
     if (!committed.empty()) {
         try {
-            // The lock rides in the same implicit transaction: one round trip, and a verified
-            // commit of another store process is never interleaved between its reads and insert.
-            pqxx::nontransaction tx(*conn_);
-            tx.exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriterLock) + ");" + insert_sql(committed, sources_));
+            const auto rows = serialise(committed, sources_);
+            const std::string lock = "SELECT pg_advisory_xact_lock(" + std::to_string(kWriterLock) + ")";
+            if (committed.size() >= kCopyMinEvents) {
+                pqxx::work tx(*conn_);
+                tx.exec(lock);
+                copy_rows(tx, committed, rows);
+                tx.commit();
+            } else {
+                // The lock rides in the same implicit transaction: one round trip, and a verified
+                // commit of another store process is never interleaved between its reads and insert.
+                pqxx::nontransaction tx(*conn_);
+                tx.exec(lock + ";" + insert_sql(committed, rows));
+            }
         } catch (const std::exception& e) {
             if (!is_unique_violation(e)) throw;
             forget_cache();
@@ -478,7 +528,7 @@ void Writer::verified_commit(std::vector<AppendRequest*>& reqs, std::vector<Resu
     auto versions_read = view.versions;
     auto head_read = view.head;
     decide(reqs, view, true, results, committed, sources_);
-    if (!committed.empty()) tx.exec(insert_sql(committed, sources_));
+    if (!committed.empty()) write_rows(tx, committed, serialise(committed, sources_));
     tx.commit();
     // What was read under the lock is exact: refresh the cache with it.
     for (auto& [a, v] : versions_read) versions_[a] = v;
