@@ -5,6 +5,7 @@
 #include <nats/nats.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -151,6 +152,63 @@ void on_pub_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* clos
     natsMsg_Destroy(msg);
 }
 
+// ---- freeing subscriptions --------------------------------------------------------------------
+// NATS.c before 3.6.1 (Debian 12 ships 3.4.1) looks an inbound message's subscription up in the
+// connection's table and then, the table's lock released, locks the subscription without holding a
+// reference (nats.c #637). A subscription destroyed in that window is used after it was freed: the
+// reader thread crashes in natsMutex_Lock. A cursor closed just after its fetch timed out meets the
+// server's late answer to that pull (its 408, or the last messages) exactly there, and after a
+// freeze every owned partition's cursor closes at once. So a subscription is unsubscribed first
+// (out of the table: no later message finds it), then a PING/PONG round trip shows the reader past
+// every message that arrived before, and only then is it freed. When that cannot be shown (not
+// connected, no PONG in time) it waits, unsubscribed, until a later round trip or the close of its
+// connection (which joins the reader; a reconnect joins the old reader too).
+
+std::mutex g_retired_mu;
+std::unordered_map<natsConnection*, std::vector<natsSubscription*>> g_retired;  // unsubscribed, not yet freed
+
+std::chrono::milliseconds retire_timeout(const ConnectOptions& o) {
+    return std::min<std::chrono::milliseconds>(o.timeout, std::chrono::seconds(2));
+}
+
+void destroy_retired(natsConnection* nc, const std::vector<natsSubscription*>& subs) {
+    if (subs.empty()) return;
+    std::lock_guard lock(g_retired_mu);
+    auto it = g_retired.find(nc);
+    if (it == g_retired.end()) return;
+    auto& list = it->second;
+    for (auto* sub : subs) {
+        auto at = std::find(list.begin(), list.end(), sub);
+        if (at == list.end()) continue;  // freed by another round trip meanwhile
+        list.erase(at);
+        natsSubscription_Destroy(sub);
+    }
+    if (list.empty()) g_retired.erase(it);
+}
+
+// Unsubscribes and frees `sub` once the reader thread of `nc` cannot be using it any more.
+void retire_subscription(natsConnection* nc, natsSubscription* sub, std::chrono::milliseconds timeout) {
+    if (!sub) return;
+    natsSubscription_Unsubscribe(sub);
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CLOSED) {  // closed: its reader was joined
+        natsSubscription_Destroy(sub);
+        return;
+    }
+    std::vector<natsSubscription*> earlier;  // unsubscribed before this round trip: it covers them too
+    {
+        std::lock_guard lock(g_retired_mu);
+        auto it = g_retired.find(nc);
+        if (it != g_retired.end()) earlier = it->second;
+    }
+    if (natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED && natsConnection_FlushTimeout(nc, to_ms(timeout)) == NATS_OK) {
+        natsSubscription_Destroy(sub);
+        destroy_retired(nc, earlier);
+        return;
+    }
+    std::lock_guard lock(g_retired_mu);
+    g_retired[nc].push_back(sub);
+}
+
 void on_connected(natsConnection* nc, void*) {
     char url[256] = {0};
     natsConnection_GetConnectedUrl(nc, url, sizeof url);
@@ -222,6 +280,8 @@ Status Replier::reply(std::string_view data, const Headers& headers) {
 
 struct Subscription::State {
     Handler handler;
+    natsConnection* nc = nullptr;
+    std::chrono::milliseconds retire_timeout{2000};
     natsSubscription* sub = nullptr;
     std::mutex mu;
     std::condition_variable cv;
@@ -268,6 +328,8 @@ Subscription::Subscription(State* state) : state_(state) {}
 Subscription::~Subscription() {
     if (!state_) return;
     natsSubscription* sub = state_->sub;
+    auto* nc = state_->nc;
+    auto timeout = state_->retire_timeout;
     natsSubscription_Unsubscribe(sub);
     bool free_it = false;
     {
@@ -281,7 +343,7 @@ Subscription::~Subscription() {
         else
             state_->detached = true;
     }
-    natsSubscription_Destroy(sub);
+    retire_subscription(nc, sub, timeout);
     if (free_it) delete state_;
 }
 
@@ -393,6 +455,16 @@ Connection::~Connection() {
         g_registry.erase(pub_state_id_);
     }
     natsConnection_Close(static_cast<natsConnection*>(nc_));
+    std::vector<natsSubscription*> retired;  // the reader is joined now: nothing can use them
+    {
+        std::lock_guard lock(g_retired_mu);
+        auto it = g_retired.find(static_cast<natsConnection*>(nc_));
+        if (it != g_retired.end()) {
+            retired = std::move(it->second);
+            g_retired.erase(it);
+        }
+    }
+    for (auto* sub : retired) natsSubscription_Destroy(sub);
     jsCtx_Destroy(static_cast<jsCtx*>(js_));
     natsConnection_Destroy(static_cast<natsConnection*>(nc_));
 }
@@ -660,6 +732,8 @@ Result<std::unique_ptr<Subscription>> Connection::subscribe(const std::string& s
     auto* st = new Subscription::State();
     st->handler = std::move(handler);
     auto* nc = static_cast<natsConnection*>(nc_);
+    st->nc = nc;
+    st->retire_timeout = retire_timeout(options_);
     natsStatus s = queue_group.empty()
                        ? natsConnection_Subscribe(&st->sub, nc, subject.c_str(), on_sub_msg, st)
                        : natsConnection_QueueSubscribe(&st->sub, nc, subject.c_str(), queue_group.c_str(), on_sub_msg, st);
@@ -672,8 +746,7 @@ Result<std::unique_ptr<Subscription>> Connection::subscribe(const std::string& s
     if (s != NATS_OK) {
         // Without the completion callback we cannot know when the handler is done: undo.
         Error e = nats_error(s, "subscribing to " + subject);
-        natsSubscription_Unsubscribe(st->sub);
-        natsSubscription_Destroy(st->sub);
+        retire_subscription(nc, st->sub, st->retire_timeout);
         return e;  // `st` is leaked on purpose: a handler call might still be running
     }
     return std::make_unique<Subscription>(st);
@@ -790,8 +863,10 @@ Result<std::unique_ptr<PullConsumer>> PullConsumer::create(Connection& conn, con
 }
 
 PullConsumer::~PullConsumer() {
-    // Destroy only: the durable consumer stays on the server (NATS.c >= 3.4 does not delete it).
-    natsSubscription_Destroy(static_cast<natsSubscription*>(sub_));
+    // The durable consumer stays on the server: the subscription is bound to it (NATS.c deletes on
+    // unsubscribe only a consumer it created itself).
+    retire_subscription(static_cast<natsConnection*>(conn_->native_connection()), static_cast<natsSubscription*>(sub_),
+                        retire_timeout(conn_->options()));
 }
 
 Result<std::vector<std::unique_ptr<InMessage>>> PullConsumer::fetch(int batch, std::chrono::milliseconds timeout) {
@@ -918,7 +993,8 @@ Result<std::unique_ptr<Cursor>> Cursor::open(Connection& conn, const CursorOptio
 }
 
 Cursor::~Cursor() {
-    natsSubscription_Destroy(static_cast<natsSubscription*>(sub_));
+    retire_subscription(static_cast<natsConnection*>(conn_->native_connection()), static_cast<natsSubscription*>(sub_),
+                        retire_timeout(conn_->options()));
     if (conn_ && conn_->connected())
         (void)js_DeleteConsumer(static_cast<jsCtx*>(conn_->native_jetstream()), options_.stream.c_str(), name_.c_str(), nullptr,
                                 nullptr);

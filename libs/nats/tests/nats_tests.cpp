@@ -174,6 +174,49 @@ TEST_CASE("a cursor that lost a delivery on the way reports a gap when checked i
     REQUIRE(c->delete_stream("CURSORGAP"));
 }
 
+TEST_CASE("cursors closed while their pulls are still answered leave the reader thread alone", "[integration][nats]") {
+    // NATS.c < 3.6.1 locks an inbound message's subscription without a reference (nats.c #637): a
+    // subscription freed while the server still answers its pull (messages, the 408 of a pull that
+    // expired with the client's timeout) crashed the reader thread. The processor closes every
+    // cursor of its partitions at once when it loses them, each just after a fetch timed out. Here
+    // cursors open, fetch with short timeouts while messages keep coming, and close, from several
+    // threads: with the subscriptions freed at once this crashed within seconds (far sooner with
+    // freed memory overwritten: GLIBC_TUNABLES=glibc.malloc.perturb=85).
+    auto c = connect_to(testing::Nats::shared().url());
+    REQUIRE(c->ensure_stream("CURSORCLOSE", {"cclose.>"}));
+    std::atomic<bool> stop{false};
+    std::atomic<int> closed{0};
+    std::thread publisher([&] {
+        for (long i = 0; !stop.load(); ++i) {
+            (void)c->publish("cclose." + std::to_string(i % 8), "payload");
+            if (i % 16 == 15) std::this_thread::sleep_for(1ms);
+        }
+    });
+    std::vector<std::thread> closers;
+    for (int t = 0; t < 8; ++t)
+        closers.emplace_back([&, t] {
+            const auto subject = "cclose." + std::to_string(t);
+            while (!stop.load()) {
+                // From the stream's end: no backlog, so each fetch waits for what comes and times out.
+                auto mark = c->publish_sync(subject, "mark", "");
+                if (!mark) continue;
+                auto cur = nats::Cursor::open(*c, nats::CursorOptions{"CURSORCLOSE", subject, mark->stream_seq + 1});
+                if (!cur) continue;
+                for (int k = 0; k < 2; ++k) (void)(*cur)->fetch(64, std::chrono::milliseconds(3 + k));
+                cur->reset();
+                ++closed;
+            }
+        });
+    std::this_thread::sleep_for(4s);
+    stop = true;
+    publisher.join();
+    for (auto& t : closers) t.join();
+    INFO(closed.load() << " cursors closed");
+    CHECK(closed.load() > 50);
+    CHECK(c->connected());
+    REQUIRE(c->delete_stream("CURSORCLOSE"));
+}
+
 TEST_CASE("pull consumer: fetch, ack, nak redelivery with delivered count, term, durability", "[integration][nats]") {
     auto c = connect_to(testing::Nats::shared().url());
     REQUIRE(c->ensure_stream("PULL", {"pull.>"}));
