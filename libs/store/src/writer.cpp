@@ -88,14 +88,14 @@ bool Writer::ensure_connection() {
         return false;
     }
     conn_ = std::move(*c);
-    forget_cache();
+    forget_cache();  // others may have written while this writer was away
     try {
         pqxx::nontransaction(*conn_).exec("SET standard_conforming_strings = on");  // insert_sql's literals rely on it
     } catch (const std::exception& e) {
         log_->warn("writer connected but cannot set standard_conforming_strings: {}", e.what());
         conn_.reset();
         return false;
-    }  // others may have written while this writer was away
+    }
     try {
         auto guard = watchdog_->arm(*conn_, opts_.commit_timeout);
         migrate(*conn_);
@@ -335,7 +335,7 @@ void append_number(std::string& out, std::int64_t v) {
 // What the insert and the readers need of each accepted event, serialised once.
 struct Rows {
     std::vector<std::string> data, metadata;
-    std::string ts_text;  // one group, one timestamp
+    std::string ts_text;  // decide() gives a whole group one timestamp
 };
 
 // Dumps each event's data and metadata once and makes its envelope text (the relay publishes it
@@ -344,13 +344,9 @@ Rows serialise(std::vector<events::Event>& evs, const std::vector<events::NewEve
     Rows rows;
     rows.data.reserve(evs.size());
     rows.metadata.reserve(evs.size());
-    SysTime ts_of_text{};
+    if (!evs.empty()) rows.ts_text = format_rfc3339(evs.front().timestamp);
     for (std::size_t k = 0; k < evs.size(); ++k) {
         auto& ev = evs[k];
-        if (rows.ts_text.empty() || ev.timestamp != ts_of_text) {
-            rows.ts_text = format_rfc3339(ev.timestamp);
-            ts_of_text = ev.timestamp;
-        }
         rows.data.push_back(sources[k]->data.dump());
         rows.metadata.push_back(sources[k]->metadata.dump());
         ev.text = std::make_shared<const std::string>(ev.to_json_text(rows.data.back(), rows.metadata.back(), rows.ts_text));
@@ -362,6 +358,7 @@ Rows serialise(std::vector<events::Event>& evs, const std::vector<events::NewEve
 // multi-row INSERT (11 against 22 us per row here), for two more round trips than the INSERT
 // that rides with the lock, which small groups keep.
 constexpr std::size_t kCopyMinEvents = 32;
+bool use_copy(const std::vector<events::Event>& evs) { return evs.size() >= kCopyMinEvents; }
 
 // The INSERT statements of the accepted events, in chunks; sent together they run as one
 // transaction (a multi-statement simple query is atomic). Written into one buffer: building each
@@ -412,7 +409,7 @@ void copy_rows(pqxx::transaction_base& tx, const std::vector<events::Event>& evs
 
 // Writes the group inside `tx` (which holds the writers' lock): COPY for a large group.
 void write_rows(pqxx::transaction_base& tx, const std::vector<events::Event>& evs, const Rows& rows) {
-    if (evs.size() >= kCopyMinEvents)
+    if (use_copy(evs))
         copy_rows(tx, evs, rows);
     else
         tx.exec(insert_sql(evs, rows));
@@ -471,7 +468,7 @@ bool Writer::try_fast_commit(std::vector<AppendRequest*>& reqs, std::vector<Resu
         try {
             const auto rows = serialise(committed, sources_);
             const std::string lock = "SELECT pg_advisory_xact_lock(" + std::to_string(kWriterLock) + ")";
-            if (committed.size() >= kCopyMinEvents) {
+            if (use_copy(committed)) {
                 pqxx::work tx(*conn_);
                 tx.exec(lock);
                 copy_rows(tx, committed, rows);
